@@ -1,0 +1,441 @@
+//! The filter's configuration: the JSON contract (see README "Configuration reference").
+//!
+//! `parse` turns bytes into the raw model below (serde, unknown fields rejected, field
+//! paths in errors), then `validate` checks cross-field rules. Later stages compile
+//! the raw model into fast runtime structures (policy, token sources, providers).
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A configuration error that names the field at fault, e.g.
+/// `routes[2].require.any[0].claim: expected a string`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.path.is_empty() || self.path == "." {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    #[serde(deserialize_with = "lenient_vec")]
+    pub providers: Vec<ProviderConfig>,
+    #[serde(default = "default_token_sources", deserialize_with = "lenient_vec")]
+    pub token_sources: Vec<TokenSourceConfig>,
+    #[serde(deserialize_with = "lenient_vec")]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub on_no_route: OnNoRoute,
+    #[serde(
+        default = "default_claims_to_headers",
+        deserialize_with = "lenient_vec"
+    )]
+    pub claims_to_headers: Vec<ClaimHeaderConfig>,
+    #[serde(default)]
+    pub forward_token: bool,
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    #[serde(deserialize_with = "lenient_vec")]
+    pub issuers: Vec<String>,
+    #[serde(default, deserialize_with = "lenient_opt_vec")]
+    pub tenants: Option<Vec<String>>,
+    #[serde(default)]
+    pub discovery_uri: Option<String>,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Kong: `host[:port]`; Envoy: a cluster name. Default: the URI's `host:port`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(deserialize_with = "lenient_vec")]
+    pub audiences: Vec<String>,
+    #[serde(default = "default_algorithms", deserialize_with = "lenient_vec")]
+    pub algorithms: Vec<String>,
+    /// Shared secret for HS256/384/512; those algorithms are refused without it.
+    #[serde(default)]
+    pub hmac_secret: Option<String>,
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_seconds: u64,
+    #[serde(default)]
+    pub max_lifetime_seconds: Option<u64>,
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_seconds: u64,
+    #[serde(default = "default_jwks_min_refetch")]
+    pub jwks_min_refetch_seconds: u64,
+    #[serde(default = "default_jwks_timeout_ms")]
+    pub jwks_timeout_ms: u64,
+}
+
+/// Exactly one of `header`, `query`, `cookie`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSourceConfig {
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Only with `header`; matched case-insensitively (e.g. `"Bearer "`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub query: Option<String>,
+    #[serde(default)]
+    pub cookie: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matcher: MatchConfig,
+    #[serde(default)]
+    pub auth: AuthMode,
+    #[serde(default, deserialize_with = "lenient_opt_vec")]
+    pub providers: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "lenient_opt_vec")]
+    pub audiences: Option<Vec<String>>,
+    #[serde(default)]
+    pub require: Option<RequirementConfig>,
+    #[serde(default, deserialize_with = "lenient_map")]
+    pub set_request_headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// CORS preflight (`OPTIONS` + `Origin` + `Access-Control-Request-Method`) without a token.
+    #[serde(default)]
+    pub cors_preflight: CorsPreflight,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_vec")]
+    pub methods: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "lenient_opt_vec")]
+    pub hosts: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    Required,
+    Optional,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CorsPreflight {
+    #[default]
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNoRoute {
+    #[default]
+    Deny,
+    AllowAuthenticated,
+}
+
+/// One node of the requirement grammar. Exactly one form per object:
+/// `{"all": [..]}`, `{"any": [..]}`, `{"not": R}`, or `{"claim": PATH, OP: VALUE}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequirementConfig {
+    #[serde(default, deserialize_with = "lenient_opt_vec")]
+    pub all: Option<Vec<RequirementConfig>>,
+    #[serde(default, deserialize_with = "lenient_opt_vec")]
+    pub any: Option<Vec<RequirementConfig>>,
+    #[serde(default)]
+    pub not: Option<Box<RequirementConfig>>,
+    #[serde(default)]
+    pub claim: Option<String>,
+    #[serde(default)]
+    pub equals: Option<Value>,
+    #[serde(default, deserialize_with = "lenient_opt_vec")]
+    pub one_of: Option<Vec<Value>>,
+    #[serde(default, deserialize_with = "lenient_opt_vec")]
+    pub contains_any: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "lenient_opt_vec")]
+    pub contains_all: Option<Vec<String>>,
+    #[serde(default)]
+    pub exists: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests: u64,
+    pub window_seconds: u64,
+    #[serde(default = "default_rate_limit_key")]
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimHeaderConfig {
+    /// Claim path; `a|b` takes the first of the alternatives present (e.g. `azp|appid`).
+    pub claim: String,
+    pub header: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    #[default]
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default)]
+    pub log_level: LogLevel,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: default_cache_entries(),
+            max_token_bytes: default_max_token_bytes(),
+        }
+    }
+}
+
+fn default_token_sources() -> Vec<TokenSourceConfig> {
+    vec![TokenSourceConfig {
+        header: Some("authorization".into()),
+        prefix: Some("Bearer ".into()),
+        query: None,
+        cookie: None,
+    }]
+}
+
+fn default_claims_to_headers() -> Vec<ClaimHeaderConfig> {
+    [
+        ("oid", "x-caller-oid"),
+        ("tid", "x-caller-tid"),
+        ("azp|appid", "x-caller-app"),
+        ("sub", "x-caller-sub"),
+    ]
+    .iter()
+    .map(|(c, h)| ClaimHeaderConfig {
+        claim: (*c).into(),
+        header: (*h).into(),
+    })
+    .collect()
+}
+
+fn default_realm() -> String {
+    "azure-ml".into()
+}
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_clock_skew() -> u64 {
+    60
+}
+fn default_jwks_refresh() -> u64 {
+    3600
+}
+fn default_jwks_min_refetch() -> u64 {
+    300
+}
+fn default_jwks_timeout_ms() -> u64 {
+    3000
+}
+fn default_rate_limit_key() -> String {
+    "oid".into()
+}
+fn default_cache_entries() -> usize {
+    4096
+}
+fn default_max_token_bytes() -> usize {
+    16384
+}
+
+/// Kong re-encodes the config from its schema and may turn an empty array into `{}`:
+/// accept an empty object where a list is expected. A visitor (not an intermediate
+/// `Value`) keeps element paths in error messages.
+fn lenient_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T>(core::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(x) = seq.next_element()? {
+                out.push(x);
+            }
+            Ok(out)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<T>, A::Error> {
+            match map.next_key::<String>()? {
+                None => Ok(Vec::new()),
+                Some(_) => Err(serde::de::Error::custom("expected a list")),
+            }
+        }
+    }
+    d.deserialize_any(V(core::marker::PhantomData))
+}
+
+fn lenient_opt_vec<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    lenient_vec(d).map(Some)
+}
+
+/// An object of string → string, kept in order; `{}` or `[]` mean empty.
+fn lenient_map<'de, D>(d: D) -> Result<Vec<(String, String)>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let v = Value::deserialize(d)?;
+    match v {
+        Value::Array(a) if a.is_empty() => Ok(Vec::new()),
+        Value::Object(m) => m
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k, s)),
+                _ => Err(serde::de::Error::custom(format!(
+                    "{k}: expected a string value"
+                ))),
+            })
+            .collect(),
+        _ => Err(serde::de::Error::custom(
+            "expected an object of header: value",
+        )),
+    }
+}
+
+/// Parse the filter configuration (raw model) with field paths in errors.
+pub fn parse(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let cfg: FilterConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError::new(
+            if path == "." { String::new() } else { path },
+            clean_serde_message(&inner),
+        )
+    })?;
+    Ok(cfg)
+}
+
+/// Parse and validate: the one entry point for loading a configuration.
+pub fn load(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
+    let cfg = parse(bytes)?;
+    crate::validate::validate(&cfg)?;
+    Ok(cfg)
+}
+
+/// serde_json appends " at line X column Y"; keep the message about the value only.
+fn clean_serde_message(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{
+        "providers": [{"name": "entra", "issuers": ["https://login.microsoftonline.com/{tenantid}/v2.0"],
+                       "jwks_uri": "https://login.microsoftonline.com/common/discovery/v2.0/keys",
+                       "audiences": ["api://azureml-gateway"]}],
+        "routes": [{"name": "all", "match": {"path_prefix": "/"}}]
+    }"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL.as_bytes()).unwrap();
+        assert_eq!(c.providers[0].algorithms, vec!["RS256"]);
+        assert_eq!(c.providers[0].clock_skew_seconds, 60);
+        assert_eq!(c.token_sources.len(), 1);
+        assert_eq!(c.realm, "azure-ml");
+        assert_eq!(c.claims_to_headers.len(), 4);
+        assert_eq!(c.routes[0].auth, AuthMode::Required);
+    }
+
+    #[test]
+    fn unknown_field_names_its_path() {
+        let bad = MINIMAL.replace(r#""match""#, r#""matchh""#);
+        let e = parse(bad.as_bytes()).unwrap_err();
+        assert_eq!(e.path, "routes[0].matchh");
+        assert!(e.message.contains("matchh"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_nested_path() {
+        let bad = MINIMAL.replace(
+            r#""match": {"path_prefix": "/"}"#,
+            r#""require": {"any": [{"claim": 5}]}"#,
+        );
+        let e = parse(bad.as_bytes()).unwrap_err();
+        assert_eq!(e.path, "routes[0].require.any[0].claim", "{e}");
+    }
+
+    #[test]
+    fn kong_empty_object_for_empty_array() {
+        let c = MINIMAL.replace(r#""routes""#, r#""token_sources": {}, "routes""#);
+        let c = parse(c.as_bytes()).unwrap();
+        assert!(c.token_sources.is_empty());
+    }
+}

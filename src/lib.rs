@@ -1,0 +1,38 @@
+//! azure-ml-kong: an identity-aware Proxy-Wasm filter for Kong Gateway (and Envoy) in
+//! front of Azure Machine Learning online endpoints.
+//!
+//! Layout: a sans-IO core (everything but `adapter`) that is plain Rust and unit-tested
+//! natively, and a thin `adapter` that owns the Proxy-Wasm contexts and host calls.
+//! Time, randomness and HTTP responses enter the core as values.
+
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
+
+pub mod annotate;
+pub mod audit;
+pub mod config;
+pub mod engine;
+pub mod jose;
+pub mod jwks;
+pub mod keycache;
+pub mod policy;
+pub mod providers;
+pub mod ratelimit;
+pub mod reason;
+pub mod request;
+pub mod respond;
+pub mod token;
+pub mod validate;
+pub mod verify;
+
+#[cfg(target_arch = "wasm32")]
+mod adapter;
