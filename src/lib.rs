@@ -19,6 +19,7 @@
 
 pub mod annotate;
 pub mod audit;
+pub mod claims;
 pub mod config;
 pub mod engine;
 pub mod jose;

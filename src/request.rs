@@ -44,6 +44,18 @@ impl<'a> RequestView<'a> {
     }
 }
 
+/// Where the caller's token was found; annotation uses it to strip the token before
+/// forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenLocation {
+    /// Request header (lower-case name).
+    Header(String),
+    /// Query parameter name.
+    Query(String),
+    /// Cookie name.
+    Cookie(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
