@@ -680,3 +680,42 @@ impl Gateway {
         self.dir.keep()
     }
 }
+
+/// The demo's (and team tests') filter config: two teams, an admin role, a health route.
+pub fn teams_filter_config(idp_port: u16) -> Value {
+    json!({
+        "providers": [{
+            "name": "entra",
+            "issuers": ["https://login.microsoftonline.com/{tenantid}/v2.0",
+                        "https://sts.windows.net/{tenantid}/"],
+            "tenants": [TENANT],
+            "jwks_uri": format!("http://127.0.0.1:{idp_port}/{TENANT}/discovery/v2.0/keys"),
+            "upstream": "mock_idp",
+            "audiences": [AUDIENCE],
+            "jwks_timeout_ms": 1500
+        }],
+        "routes": [
+            {"name": "health", "match": {"path": "/health"}, "auth": "none"},
+            {"name": "team-score",
+             "match": {"path": "/teams/{team}/endpoints/{endpoint}/score", "methods": ["POST"]},
+             "require": {"any": [
+                 {"claim": "roles", "contains_any": ["Admin.All"]},
+                 {"all": [
+                     {"claim": "roles", "contains_any": ["Endpoint.Score"]},
+                     {"claim": "team", "equals": "{path.team}"}
+                 ]}
+             ]},
+             "set_request_headers": {
+                 "authorization": format!("Bearer {ENDPOINT_KEY}"),
+                 "azureml-model-deployment": "blue"
+             }}
+        ],
+        "claims_to_headers": [
+            {"claim": "oid", "header": "x-caller-oid"},
+            {"claim": "tid", "header": "x-caller-tid"},
+            {"claim": "azp|appid", "header": "x-caller-app"},
+            {"claim": "roles", "header": "x-caller-roles"},
+            {"claim": "team", "header": "x-caller-team"}
+        ]
+    })
+}

@@ -1,1 +1,105 @@
-fn main() {}
+//! `make demo`: runs the gateway locally (Envoy + filter + mock IdP + mock Azure ML), walks
+//! through allowed and denied calls, then keeps it up with ready-to-paste curl commands.
+//! `DEMO_ONCE=1` exits after the tour.
+
+use aml_harness::{teams_filter_config, Gateway, Resp, AUDIENCE, OTHER_TENANT};
+use serde_json::{json, Value};
+
+const BODY: &str = r#"{"input_data": {"data": [[1.0, 2.0, 3.5], [0.5, 0.5, 0.5]]}}"#;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("demo failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn call(gw: &Gateway, path: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Result<Resp, String> {
+    let auth;
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    if let Some(t) = token {
+        auth = format!("Bearer {t}");
+        headers.push(("authorization", &auth));
+    }
+    headers.extend_from_slice(extra);
+    aml_harness::http("POST", &gw.url(path), &headers, Some(BODY))
+}
+
+fn outcome(r: &Resp) -> String {
+    let j = r.json();
+    match r.status {
+        200 => {
+            let seen = &j["received"]["headers"];
+            let get = |n: &str| {
+                seen.as_array()
+                    .and_then(|a| a.iter().find(|p| p[0] == n))
+                    .and_then(|p| p[1].as_str())
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            format!(
+                "ALLOWED 200  predictions={}  backend saw x-caller-oid={} x-caller-team={} deployment={}",
+                j["predictions"], get("x-caller-oid"), get("x-caller-team"), j["deployment"]
+            )
+        }
+        s => format!(
+            "DENIED  {s}  {}  ({})",
+            j["error"].as_str().unwrap_or("?"),
+            r.header("www-authenticate").unwrap_or("no WWW-Authenticate")
+        ),
+    }
+}
+
+fn run() -> Result<(), String> {
+    println!("Starting the local gateway: mock Entra ID, mock Azure ML endpoint, Envoy 1.40 + azure_ml_kong.wasm ...");
+    let gw = Gateway::start(teams_filter_config)?;
+    println!("  gateway   {}", gw.url(""));
+    println!("  mock IdP  {}", gw.idp.base());
+    println!("  backend   http://127.0.0.1:{}", gw.aml.port);
+    println!();
+
+    let idp = &gw.idp;
+    let fraud = idp.client_credentials("fraud-scoring-svc", "Endpoint.Score", Some("fraud"))?;
+    let admin = idp.client_credentials("ml-platform-admin", "Admin.All", None)?;
+    let expired = idp.token(json!({"claims": {"roles": ["Endpoint.Score"], "team": "fraud"}, "expires_in": -600}))?;
+    let wrong_aud = idp.token(json!({"claims": {"aud": "api://some-other-api", "roles": ["Endpoint.Score"], "team": "fraud"}}))?;
+    let forged = idp.token(json!({"claims": {"roles": ["Endpoint.Score"], "team": "fraud"}, "sign_with": "forged"}))?;
+    let other_tenant = idp.token(json!({"tenant": OTHER_TENANT, "claims": {"roles": ["Endpoint.Score"], "team": "fraud"}}))?;
+
+    let fraud_path = "/teams/fraud/endpoints/fraud-v2/score";
+    let churn_path = "/teams/churn/endpoints/churn-v1/score";
+    let tour: Vec<(&str, &str, Option<&str>, Vec<(&str, &str)>)> = vec![
+        ("anonymous caller", fraud_path, None, vec![]),
+        ("fraud service (role Endpoint.Score, team fraud)", fraud_path, Some(&fraud), vec![]),
+        ("fraud service -> churn team's model", churn_path, Some(&fraud), vec![]),
+        ("platform admin (role Admin.All) -> churn", churn_path, Some(&admin), vec![]),
+        ("fraud service spoofing x-caller-oid", fraud_path, Some(&fraud), vec![("x-caller-oid", "00000000-spoofed")]),
+        ("expired token", fraud_path, Some(&expired), vec![]),
+        ("token for another API (aud)", fraud_path, Some(&wrong_aud), vec![]),
+        ("forged signature", fraud_path, Some(&forged), vec![]),
+        ("token from a foreign tenant", fraud_path, Some(&other_tenant), vec![]),
+    ];
+    let health = aml_harness::http("GET", &gw.url("/health"), &[], None)?;
+    println!("{:<52} GET  /health\n    -> {}\n", "health probe (auth: none)", if health.status == 200 { "ALLOWED 200 (no token needed)".to_string() } else { outcome(&health) });
+    for (who, path, token, extra) in &tour {
+        let r = call(&gw, path, *token, extra)?;
+        println!("{who:<52} POST {path}\n    -> {}\n", outcome(&r));
+    }
+
+    let audit_lines = gw.envoy.log().lines().filter(|l| l.contains("\"decision\"")).count();
+    println!("Envoy logged {audit_lines} audit lines (one JSON line per decision; see {}).", gw.envoy.log_path.display());
+    if std::env::var("DEMO_ONCE").map(|v| v == "1").unwrap_or(false) {
+        return Ok(());
+    }
+    println!("\nThe gateway stays up. Try it yourself (Ctrl-C to stop):\n");
+    println!("TOKEN=$(curl -s -X POST {}/{}/oauth2/v2.0/token -d 'grant_type=client_credentials&client_id=my-app&client_secret=x&scope={AUDIENCE}/.default&roles=Endpoint.Score&team=fraud' | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')",
+        gw.idp.base(), aml_harness::TENANT);
+    println!("curl -i -X POST {} -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{BODY}'", gw.url(fraud_path));
+    println!("curl -i -X POST {} -H \"Authorization: Bearer $TOKEN\" -d '{{}}'   # other team: 403", gw.url(churn_path));
+    println!("curl -i -X POST {} -d '{{}}'   # no token: 401", gw.url(fraud_path));
+    println!("curl -s 'http://127.0.0.1:{}/stats?filter=azure_ml_kong'   # filter metrics", gw.envoy.admin_port);
+    let _: Value = Value::Null;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,125 @@
+//! HTTP context: one per request. Collects the request, asks the engine, carries out the
+//! decision, or parks the request with the root context until keys are usable.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use super::host;
+use super::root::{State, Waiter};
+use crate::audit::AuditRecord;
+use crate::config::LogLevel;
+use crate::engine::Decision;
+
+pub struct Http {
+    context_id: u32,
+    state: Rc<RefCell<State>>,
+    waiting: bool,
+}
+
+impl Http {
+    pub fn new(context_id: u32, state: Rc<RefCell<State>>) -> Http {
+        Http {
+            context_id,
+            state,
+            waiting: false,
+        }
+    }
+}
+
+impl Context for Http {
+    fn on_done(&mut self) -> bool {
+        if self.waiting {
+            if let Ok(mut st) = self.state.try_borrow_mut() {
+                st.waiters.retain(|w| w.context_id != self.context_id);
+            }
+        }
+        true
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = host::request_headers();
+        let now = host::now_ms();
+        // Kong 3.9 names its route; Envoy has no such property (lookup just fails).
+        let host_route = host::property(&["kong", "route_name"]);
+        let decision = match self.state.try_borrow_mut() {
+            Ok(mut st) => {
+                let d = st.decide(&headers, now, host_route.as_deref());
+                if let Decision::WaitForKeys { provider } = d {
+                    st.waiters.push(Waiter {
+                        context_id: self.context_id,
+                        provider,
+                        since_ms: now,
+                        headers,
+                        host_route,
+                    });
+                    self.waiting = true;
+                    return Action::Pause;
+                }
+                d
+            }
+            // Cannot happen in a single-threaded VM; never forward unverified if it does.
+            Err(_) => return deny_internal(),
+        };
+        finish(&self.state, decision, false)
+    }
+}
+
+/// Carry out a final decision for the effective HTTP context. `resumed`: the request was
+/// paused and is being finished from the root context.
+pub fn finish(state: &Rc<RefCell<State>>, decision: Decision, resumed: bool) -> Action {
+    match decision {
+        Decision::Allow { ops, audit } => {
+            host::apply_header_ops(&ops);
+            record(state, &audit);
+            if resumed {
+                let _ = hostcalls::resume_http_request();
+            }
+            Action::Continue
+        }
+        Decision::Deny { response, audit } => {
+            record(state, &audit);
+            if let Err(e) = host::send_response(&response) {
+                log::error!("azure_ml_kong: cannot send local response: {e:?}");
+            }
+            Action::Pause
+        }
+        // The caller handles waiting; reaching here means a logic error: fail closed.
+        Decision::WaitForKeys { .. } => deny_internal(),
+    }
+}
+
+fn record(state: &Rc<RefCell<State>>, audit: &AuditRecord) {
+    let Ok(mut st) = state.try_borrow_mut() else {
+        return;
+    };
+    let level = match &st.filter {
+        Ok(f) => f.audit_level(),
+        Err(_) => LogLevel::Error,
+    };
+    let line = audit.to_json_line();
+    match level {
+        LogLevel::Trace => log::trace!("{line}"),
+        LogLevel::Debug => log::debug!("{line}"),
+        LogLevel::Info => log::info!("{line}"),
+        LogLevel::Warn => log::warn!("{line}"),
+        LogLevel::Error => log::error!("{line}"),
+    }
+    for name in audit.metric_names() {
+        st.metrics.increment(&name);
+    }
+}
+
+fn deny_internal() -> Action {
+    let _ = hostcalls::send_http_response(
+        503,
+        vec![("content-type", "application/json"), ("cache-control", "no-store")],
+        Some(br#"{"error":"internal_error","error_description":"the authentication filter could not process the request"}"#),
+    );
+    Action::Pause
+}

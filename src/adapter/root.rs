@@ -1,0 +1,238 @@
+//! Root context: loads the configuration, owns the per-worker state shared with HTTP
+//! contexts, drives JWKS fetching from ticks, and finishes requests that waited for keys.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType};
+
+use super::host::{self, Rng};
+use super::http::{self, Http};
+use super::keys::KeyManager;
+use super::metrics::Metrics;
+use crate::engine::{self, Ctx, Decision, Filter};
+use crate::request::RequestView;
+use crate::verify::VerifiedCache;
+
+/// One tick period for everything periodic: JWKS refresh checks, shared-data polling,
+/// waiter timeouts. Short so cold-start waits stay short; each tick is cheap.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A request paused until its provider's keys are usable.
+pub struct Waiter {
+    pub context_id: u32,
+    pub provider: usize,
+    pub since_ms: u64,
+    pub headers: Vec<(String, String)>,
+    pub host_route: Option<String>,
+}
+
+/// Per-worker (per root context) state, shared with the HTTP contexts it creates.
+pub struct State {
+    pub filter: Result<Rc<Filter>, String>,
+    pub keys: KeyManager,
+    pub cache: VerifiedCache,
+    pub waiters: Vec<Waiter>,
+    pub metrics: Metrics,
+    pub rng: Rng,
+}
+
+impl State {
+    fn new(seed: u64) -> State {
+        State {
+            filter: Err("no configuration received yet".into()),
+            keys: KeyManager::empty(),
+            cache: VerifiedCache::new(1),
+            waiters: Vec::new(),
+            metrics: Metrics::default(),
+            rng: Rng::new(seed),
+        }
+    }
+
+    /// Run the engine for one request (new or resumed).
+    pub fn decide(
+        &mut self,
+        headers: &[(String, String)],
+        now_ms: u64,
+        host_route: Option<&str>,
+    ) -> Decision {
+        let req = view(headers);
+        let ctx = Ctx {
+            now_ms,
+            random: self.rng.next(),
+            host_route,
+        };
+        let filter = match &self.filter {
+            Ok(f) => f.clone(),
+            Err(_) => return engine::deny_config_invalid("azure-ml", &req, ctx),
+        };
+        let mut env = self.keys.env(now_ms);
+        filter.decide(&req, ctx, &mut env, &mut self.cache)
+    }
+}
+
+/// Build a request view from host headers (pseudo-headers carry method/path/authority).
+pub fn view(headers: &[(String, String)]) -> RequestView<'_> {
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    };
+    RequestView {
+        method: get(":method"),
+        path: get(":path"),
+        authority: get(":authority"),
+        headers,
+    }
+}
+
+pub struct Root {
+    state: Rc<RefCell<State>>,
+    tick_started: bool,
+}
+
+impl Root {
+    pub fn new(context_id: u32) -> Root {
+        let seed = host::now_ms() ^ (u64::from(context_id) << 32);
+        Root {
+            state: Rc::new(RefCell::new(State::new(seed))),
+            tick_started: false,
+        }
+    }
+
+    /// Finish waiters whose keys became usable or whose wait ran out.
+    fn wake_waiters(&self) {
+        let now = host::now_ms();
+        // Decide under the borrow, act after it: host calls below may re-enter the SDK.
+        let mut actions = Vec::new();
+        {
+            let Ok(mut st) = self.state.try_borrow_mut() else {
+                return;
+            };
+            let waiters = std::mem::take(&mut st.waiters);
+            let mut still = Vec::new();
+            for w in waiters {
+                let ready = st.keys.is_settled(w.provider, now);
+                let expired = now.saturating_sub(w.since_ms) > st.keys.max_wait_ms(w.provider);
+                if ready {
+                    let d = st.decide(&w.headers, now, w.host_route.as_deref());
+                    match d {
+                        Decision::WaitForKeys { .. } if !expired => still.push(w),
+                        Decision::WaitForKeys { provider } => {
+                            let d = deny_unavailable(&mut st, &w, now, provider);
+                            actions.push((w.context_id, d));
+                        }
+                        d => actions.push((w.context_id, d)),
+                    }
+                } else if expired {
+                    let d = deny_unavailable(&mut st, &w, now, w.provider);
+                    actions.push((w.context_id, d));
+                } else {
+                    still.push(w);
+                }
+            }
+            st.waiters = still;
+        }
+        for (context_id, decision) in actions {
+            if hostcalls::set_effective_context(context_id).is_err() {
+                continue; // the client went away
+            }
+            http::finish(&self.state, decision, true);
+        }
+    }
+}
+
+fn deny_unavailable(st: &mut State, w: &Waiter, now: u64, provider: usize) -> Decision {
+    let req = view(&w.headers);
+    let ctx = Ctx {
+        now_ms: now,
+        random: st.rng.next(),
+        host_route: w.host_route.as_deref(),
+    };
+    let retry = st.keys.retry_after_secs(provider, now);
+    match &st.filter {
+        Ok(f) => f.deny_unavailable(&req, ctx, retry),
+        Err(_) => engine::deny_config_invalid("azure-ml", &req, ctx),
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let now = host::now_ms();
+        if let Ok(mut st) = self.state.try_borrow_mut() {
+            let st = &mut *st;
+            let seed = st.rng.next();
+            st.keys
+                .on_http_call_response(token_id, num_headers, body_size, now, seed, &mut st.metrics);
+        }
+        self.wake_waiters();
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let mut st = match self.state.try_borrow_mut() {
+            Ok(s) => s,
+            Err(_) => return true,
+        };
+        match Filter::from_json(&bytes) {
+            Ok(f) => {
+                log::info!(
+                    "azure_ml_kong: configuration loaded: {} provider(s), {} route(s)",
+                    f.providers.len(),
+                    f.config.routes.len()
+                );
+                st.cache = VerifiedCache::new(f.config.cache.max_entries);
+                st.keys = KeyManager::new(&f);
+                st.filter = Ok(Rc::new(f));
+            }
+            Err(e) => {
+                // Fail closed without failing the host's reconfigure (Kong aborts a whole
+                // DB-less reload on `false`): every request gets 503 config_invalid.
+                log::error!(
+                    "azure_ml_kong: invalid configuration: {e}; every request will be denied (503 config_invalid)"
+                );
+                st.filter = Err(e.to_string());
+            }
+        }
+        // Kong traps on a second set_tick_period; dispatching from on_configure traps too,
+        // so the first fetch starts on the first tick.
+        if !self.tick_started {
+            self.tick_started = hostcalls::set_tick_period(TICK).is_ok();
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let now = host::now_ms();
+        if let Ok(mut st) = self.state.try_borrow_mut() {
+            let st = &mut *st;
+            let seed = st.rng.next();
+            st.keys.on_tick(now, seed, &mut st.metrics);
+        }
+        self.wake_waiters();
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http::new(context_id, self.state.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
