@@ -1,1 +1,361 @@
-//! (in progress)
+//! Per-route, per-caller rate limiting: sans-IO counting over shared data.
+//!
+//! Algorithm: the *sliding window approximation* (two fixed windows weighted by how far
+//! into the current one we are): `estimate = previous × (window − elapsed) / window +
+//! current`. A request is allowed while `estimate < limit`, and only allowed requests are
+//! counted. This avoids the 2× burst a plain fixed window allows at a boundary, with the
+//! state of a fixed window: 17 bytes per bucket in shared data.
+//!
+//! The adapter does: `get_shared_data(key)` → [`Window::decode`] → [`check`] → encode and
+//! `set_shared_data(key, bytes, cas)`, retrying on a CAS mismatch. Undecodable bytes are
+//! treated as a fresh bucket.
+//!
+//! Keys: [`RateLimit::bucket_key`] is `aml-rl:` + 32 hex digits of SHA-256 over the route
+//! name and the caller's key-claim value. Hashing keeps identifiers out of shared memory,
+//! bounds the key size, and keeps `/` (a zone separator in Kong's shm_kv) out of keys.
+//! The key claim accepts `a|b` alternatives (first present wins). **A request without the
+//! key claim (unauthenticated on an `optional`/`none` route, or a token lacking the
+//! claim) counts in one shared `anonymous` bucket per route**, so anonymous traffic is
+//! limited as a whole and cannot escape the limit by omitting the claim.
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::claims::{lookup, Claims};
+use crate::config::RateLimitConfig;
+
+/// The bucket used when the key claim is absent.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// A route's compiled `rate_limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: u64,
+    pub window_seconds: u64,
+    /// Claim path alternatives (`azp|appid` → `["azp", "appid"]`).
+    pub key: Vec<String>,
+}
+
+impl RateLimit {
+    pub fn from_config(c: &RateLimitConfig) -> RateLimit {
+        RateLimit {
+            requests: c.requests,
+            window_seconds: c.window_seconds,
+            key: c.key.split('|').map(|s| s.trim().to_string()).collect(),
+        }
+    }
+
+    /// The caller's key-claim value (string or number), or [`ANONYMOUS`].
+    pub fn caller_key<'c>(&self, claims: Option<&'c Claims>) -> Cow<'c, str> {
+        caller_key(&self.key, claims)
+    }
+
+    /// The shared-data key for this route and caller.
+    pub fn bucket_key(&self, route_name: &str, claims: Option<&Claims>) -> String {
+        bucket_key_for_value(route_name, &caller_key(&self.key, claims))
+    }
+
+    /// Count one request. See [`check`].
+    pub fn check(&self, prev: Option<Window>, now_secs: u64) -> (Verdict, Window) {
+        check(prev, now_secs, self.requests, self.window_seconds)
+    }
+}
+
+/// The caller's value of the first present key claim alternative (a non-empty string,
+/// or a number), or [`ANONYMOUS`].
+pub fn caller_key<'c>(key: &[String], claims: Option<&'c Claims>) -> Cow<'c, str> {
+    if let Some(c) = claims {
+        for alt in key {
+            match lookup(c, alt) {
+                Some(Value::String(s)) if !s.is_empty() => return Cow::Borrowed(s.as_str()),
+                Some(Value::Number(n)) => return Cow::Owned(n.to_string()),
+                _ => {}
+            }
+        }
+    }
+    Cow::Borrowed(ANONYMOUS)
+}
+
+/// The shared-data key for `route_name` and the caller identified by the `key` claim
+/// alternatives in `claims` (see the module docs).
+pub fn bucket_key(route_name: &str, key: &[String], claims: &Claims) -> String {
+    bucket_key_for_value(route_name, &caller_key(key, Some(claims)))
+}
+
+/// `aml-rl:` + hex(SHA-256(route ‖ 0 ‖ value))[..32].
+pub fn bucket_key_for_value(route_name: &str, value: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(route_name.as_bytes());
+    h.update([0u8]);
+    h.update(value.as_bytes());
+    let d = h.finalize();
+    let mut out = String::with_capacity(7 + 32);
+    out.push_str("aml-rl:");
+    for b in d.iter().take(16) {
+        out.push(hex_lower(b >> 4));
+        out.push(hex_lower(b & 0xf));
+    }
+    out
+}
+
+fn hex_lower(n: u8) -> char {
+    char::from_digit(u32::from(n & 0xf), 16).unwrap_or('0')
+}
+
+/// The counter state of one bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Start of the current fixed window, unix seconds (a multiple of the window length).
+    pub start: u64,
+    /// Allowed requests counted in the current window.
+    pub count: u32,
+    /// Allowed requests counted in the window before it.
+    pub prev_count: u32,
+}
+
+const VERSION: u8 = 1;
+/// Encoded size: version, start (u64 LE), count (u32 LE), prev_count (u32 LE).
+pub const ENCODED_LEN: usize = 17;
+
+impl Window {
+    pub fn encode(&self) -> [u8; ENCODED_LEN] {
+        let mut out = [0u8; ENCODED_LEN];
+        let parts = [VERSION]
+            .into_iter()
+            .chain(self.start.to_le_bytes())
+            .chain(self.count.to_le_bytes())
+            .chain(self.prev_count.to_le_bytes());
+        for (o, b) in out.iter_mut().zip(parts) {
+            *o = b;
+        }
+        out
+    }
+
+    /// `None` for anything that is not exactly an encoded window of this version.
+    pub fn decode(bytes: &[u8]) -> Option<Window> {
+        let b: &[u8; ENCODED_LEN] = bytes.try_into().ok()?;
+        let [v, s0, s1, s2, s3, s4, s5, s6, s7, c0, c1, c2, c3, p0, p1, p2, p3] = *b;
+        if v != VERSION {
+            return None;
+        }
+        Some(Window {
+            start: u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
+            count: u32::from_le_bytes([c0, c1, c2, c3]),
+            prev_count: u32::from_le_bytes([p0, p1, p2, p3]),
+        })
+    }
+}
+
+/// The outcome of counting one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// When denied: seconds until a request would be allowed (≥ 1). 0 when allowed.
+    pub retry_after_secs: u64,
+}
+
+/// Smallest elapsed time `t` (seconds into a window) at which
+/// `prev × (w − t) + count × w < limit × w`, or `None` if not within `[0, w)`.
+fn first_allowed(prev: u128, count: u128, limit: u128, w: u128) -> Option<u128> {
+    if count >= limit {
+        return None;
+    }
+    if prev == 0 {
+        return Some(0);
+    }
+    // prev × (w − t) < x  ⇔  w − t ≤ ceil(x / prev) − 1
+    let x = (limit - count) * w;
+    let c = x.div_ceil(prev);
+    let t = (w + 1).saturating_sub(c);
+    (t < w).then_some(t)
+}
+
+/// Count one request against `limit` per `window_secs` at time `now_secs`.
+/// Returns the verdict and the state to store (unchanged counts when denied).
+/// A `window_secs` or `limit` of 0 is treated as 1 (config validation rejects both).
+pub fn check(
+    prev: Option<Window>,
+    now_secs: u64,
+    limit: u64,
+    window_secs: u64,
+) -> (Verdict, Window) {
+    let w = window_secs.max(1);
+    let limit = limit.max(1);
+    let cur_start = now_secs - now_secs % w;
+    let mut win = match prev {
+        // Same window, or a worker whose clock is slightly behind: keep counting there.
+        Some(p) if p.start >= cur_start => p,
+        Some(p) if p.start.checked_add(w) == Some(cur_start) => Window {
+            start: cur_start,
+            count: 0,
+            prev_count: p.count,
+        },
+        _ => Window {
+            start: cur_start,
+            count: 0,
+            prev_count: 0,
+        },
+    };
+    let elapsed = u128::from(now_secs.saturating_sub(win.start).min(w - 1));
+    let (wl, ll) = (u128::from(w), u128::from(limit));
+    let (prev_c, cur_c) = (u128::from(win.prev_count), u128::from(win.count));
+    let estimate_w = prev_c * (wl - elapsed) + cur_c * wl;
+    if estimate_w < ll * wl {
+        win.count = win.count.saturating_add(1);
+        return (
+            Verdict {
+                allowed: true,
+                retry_after_secs: 0,
+            },
+            win,
+        );
+    }
+    let retry = match first_allowed(prev_c, cur_c, ll, wl) {
+        Some(t) if t > elapsed => t - elapsed,
+        _ => {
+            // Next window: previous = this window's count, current = 0.
+            let to_next = wl - elapsed;
+            to_next + first_allowed(cur_c, 0, ll, wl).unwrap_or(wl)
+        }
+    };
+    let retry = u64::try_from(retry).unwrap_or(u64::MAX).max(1);
+    (
+        Verdict {
+            allowed: false,
+            retry_after_secs: retry,
+        },
+        win,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_roundtrip_and_garbage() {
+        let w = Window {
+            start: 1_700_000_040,
+            count: 7,
+            prev_count: u32::MAX,
+        };
+        let b = w.encode();
+        assert_eq!(b.len(), ENCODED_LEN);
+        assert_eq!(Window::decode(&b), Some(w));
+        assert_eq!(Window::decode(&b[..16]), None);
+        assert_eq!(Window::decode(b""), None);
+        let mut bad = b;
+        bad[0] = 9;
+        assert_eq!(Window::decode(&bad), None);
+    }
+
+    fn run(state: &mut Option<Window>, now: u64, limit: u64, w: u64) -> Verdict {
+        let (v, s) = check(*state, now, limit, w);
+        *state = Some(s);
+        v
+    }
+
+    #[test]
+    fn fixed_limit_within_a_window() {
+        let mut s = None;
+        for _ in 0..3 {
+            assert!(run(&mut s, 1000, 3, 60).allowed);
+        }
+        let v = run(&mut s, 1000, 3, 60);
+        assert!(!v.allowed);
+        // 1000 is 40 s into the window starting at 960: next window in 20 s, and there
+        // the previous 3 must have decayed below 3 → t > 0 → 1 s in.
+        assert_eq!(v.retry_after_secs, 21);
+        assert_eq!(s.unwrap().count, 3, "denied requests are not counted");
+        // Retry at the announced time is allowed.
+        assert!(run(&mut s, 1021, 3, 60).allowed);
+    }
+
+    #[test]
+    fn sliding_weight_carries_over() {
+        let mut s = None;
+        for _ in 0..10 {
+            assert!(run(&mut s, 59, 10, 60).allowed);
+        }
+        // Just after the boundary the previous 10 still weigh ~10: denied.
+        let v = run(&mut s, 60, 10, 60);
+        assert!(!v.allowed);
+        assert_eq!(v.retry_after_secs, 1);
+        // Half-way through, 5 of the previous weigh in: 5 more are allowed.
+        let mut allowed = 0;
+        for _ in 0..10 {
+            if run(&mut s, 90, 10, 60).allowed {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 5);
+        // Two windows later everything is forgotten.
+        let (v, w) = check(s, 200, 10, 60);
+        assert!(v.allowed);
+        assert_eq!((w.count, w.prev_count, w.start), (1, 0, 180));
+    }
+
+    #[test]
+    fn retry_after_is_exact() {
+        // Brute-force check of the closed form against a simulation.
+        for (limit, w) in [(1u64, 1u64), (3, 10), (10, 60), (7, 13)] {
+            for fill_at in [0u64, 3, w.saturating_sub(1)] {
+                let base = 1000 * w;
+                let mut s = None;
+                while run(&mut s, base + fill_at, limit, w).allowed {}
+                for probe in fill_at..(fill_at + w) {
+                    let now = base + probe;
+                    let (v, _) = check(s, now, limit, w);
+                    if v.allowed {
+                        continue;
+                    }
+                    let mut t = now;
+                    while !check(s, t, limit, w).0.allowed {
+                        t += 1;
+                    }
+                    assert_eq!(v.retry_after_secs, t - now, "limit {limit} w {w} at {now}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn clock_behind_keeps_the_newer_window() {
+        let (_, w) = check(None, 125, 5, 60);
+        let (v, w2) = check(Some(w), 119, 5, 60);
+        assert!(v.allowed);
+        assert_eq!((w2.start, w2.count), (120, 2));
+    }
+
+    #[test]
+    fn zero_limits_do_not_panic() {
+        let (v, _) = check(None, 5, 0, 0);
+        assert!(v.allowed);
+        let (v, _) = check(None, u64::MAX, u64::MAX, u64::MAX);
+        assert!(v.allowed);
+    }
+
+    #[test]
+    fn keys() {
+        let rl = RateLimit::from_config(&RateLimitConfig {
+            requests: 1,
+            window_seconds: 1,
+            key: "azp|appid".into(),
+        });
+        let c: Claims = serde_json::from_str(r#"{"appid":"app-1"}"#).unwrap();
+        assert_eq!(rl.caller_key(Some(&c)), "app-1");
+        assert_eq!(rl.caller_key(None), ANONYMOUS);
+        let empty = Claims::new();
+        assert_eq!(rl.caller_key(Some(&empty)), ANONYMOUS);
+        let k = rl.bucket_key("r", Some(&c));
+        assert!(k.starts_with("aml-rl:") && k.len() == 39, "{k}");
+        assert!(!k.contains("app-1"));
+        assert_ne!(k, rl.bucket_key("r2", Some(&c)));
+        assert_ne!(k, rl.bucket_key("r", None));
+        assert_eq!(k, bucket_key_for_value("r", "app-1"));
+        assert_eq!(k, bucket_key("r", &rl.key, &c));
+        assert_eq!(bucket_key("r", &rl.key, &empty), rl.bucket_key("r", None));
+    }
+}
