@@ -19,12 +19,14 @@
 //!   vec![], Duration::from_millis(req.timeout_ms))`. On `Ok(token)` remember
 //!   `token → (provider index, req.ticket)`; on `Err` call
 //!   [`KeyCache::on_dispatch_error`] with the ticket (and perform its actions).
-//! * [`Action::Resume`]`(id)` → that paused request re-runs verification with
-//!   [`KeyCache::keys`] and is then answered or resumed. A resumed request must not
-//!   wait again: if its `kid` is still unknown → 401 `kid_unknown`; if there are still
-//!   no keys → 503 with [`KeyCache::retry_after_secs`].
+//! * [`Action::Resume`]`(id)` → keys are present: that paused request re-runs
+//!   verification with [`KeyCache::keys`] right away (before other cache calls) and
+//!   is then answered or resumed. If its `kid` is still unknown,
+//!   `request_refetch_for_unknown_kid` with the same id answers `Refused` → 401
+//!   `kid_unknown` (a request never waits twice).
 //! * [`Action::Unavailable`] → answer that paused request 503 `jwks_unavailable` with
-//!   `Retry-After: retry_after_secs`.
+//!   `Retry-After: retry_after_secs` (no keys and the fetch failed, or the request
+//!   waited out its budget).
 //! * [`Action::Event`] → log at [`Event::level`] and count metrics.
 //!
 //! Root context (tick of e.g. 200 ms, set once):
@@ -100,6 +102,24 @@ pub const MAX_WAITERS: usize = 10_000;
 /// The parsed key set must say how many usable keys it holds (0 = failed fetch).
 pub trait KeyCount {
     fn key_count(&self) -> usize;
+}
+
+impl KeyCount for crate::jwks::KeySet {
+    fn key_count(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T: KeyCount + ?Sized> KeyCount for std::rc::Rc<T> {
+    fn key_count(&self) -> usize {
+        (**self).key_count()
+    }
+}
+
+impl<T: KeyCount + ?Sized> KeyCount for std::sync::Arc<T> {
+    fn key_count(&self) -> usize {
+        (**self).key_count()
+    }
 }
 
 /// What the caller passes to every call that may do I/O.
@@ -278,6 +298,8 @@ pub struct KeyCache<K> {
     next_shared_poll_ms: u64,
     rejected_record: Option<(u64, u64)>,
     waiters: Vec<Waiter>,
+    /// Waiters resumed by the last resolution: they must not wait again.
+    just_resumed: Vec<WaiterId>,
 }
 
 impl<K: KeyCount> KeyCache<K> {
@@ -301,6 +323,7 @@ impl<K: KeyCount> KeyCache<K> {
             next_shared_poll_ms: 0,
             rejected_record: None,
             waiters: Vec::new(),
+            just_resumed: Vec::new(),
         }
     }
 
@@ -379,6 +402,9 @@ impl<K: KeyCount> KeyCache<K> {
     /// start) one refetch; `Refused` when the last fetch was less than
     /// `jwks_min_refetch_seconds` ago or the provider is backing off.
     pub fn request_refetch_for_unknown_kid(&mut self, now_ms: u64, waiter: WaiterId) -> Refetch {
+        if self.just_resumed.contains(&waiter) {
+            return Refetch::Refused; // it already waited for a fetch
+        }
         if self.held.is_none() {
             return match self.wait_for_keys(now_ms, waiter) {
                 WaitDecision::Wait => Refetch::Wait,
@@ -598,10 +624,14 @@ impl<K: KeyCount> KeyCache<K> {
     /// Fetch finished (or keys arrived from shared data): wake every waiter.
     fn resolve_waiters(&mut self, now: u64, out: &mut Vec<Action>) {
         self.want_since = None;
+        self.just_resumed.clear();
         let ra = self.retry_after_secs(now);
         for w in self.waiters.drain(..) {
             out.push(match &self.held {
-                Some(_) => Action::Resume(w.id),
+                Some(_) => {
+                    self.just_resumed.push(w.id);
+                    Action::Resume(w.id)
+                }
                 None => Action::Unavailable {
                     waiter: w.id,
                     retry_after_secs: ra,
@@ -610,23 +640,20 @@ impl<K: KeyCount> KeyCache<K> {
         }
     }
 
+    /// Waiting longer than the budget: 503 (the refetch, if any, may still land for
+    /// later requests).
     fn expire_waiters(&mut self, now: u64, out: &mut Vec<Action>) {
         if !self.waiters.iter().any(|w| now >= w.deadline_ms) {
             return;
         }
         let ra = self.retry_after_secs(now);
-        let have = self.held.is_some();
         self.waiters.retain(|w| {
             if now < w.deadline_ms {
                 return true;
             }
-            out.push(if have {
-                Action::Resume(w.id)
-            } else {
-                Action::Unavailable {
-                    waiter: w.id,
-                    retry_after_secs: ra,
-                }
+            out.push(Action::Unavailable {
+                waiter: w.id,
+                retry_after_secs: ra,
             });
             false
         });

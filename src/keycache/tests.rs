@@ -506,12 +506,36 @@ fn unknown_kid_waiter_is_resumed_when_refetch_fails_or_times_out() {
     let d = one_dispatch(&tick(&mut c, &mut env, t + 200));
     let a = respond(&mut c, &mut env, t + 300, d.ticket, &status("500"));
     assert_eq!(resumed(&a), vec![1]); // re-run → 401 kid_unknown, keys kept
+    assert_eq!(
+        c.request_refetch_for_unknown_kid(t + 300, 1),
+        Refetch::Refused
+    );
     assert!(c.keys().is_some());
     // During backoff a new unknown kid is refused.
     assert_eq!(
         c.request_refetch_for_unknown_kid(t + 400, 2),
         Refetch::Refused
     );
+
+    // A refetch that does not answer in time: 503 at the waiter's deadline.
+    let t = 800_000;
+    assert_eq!(c.request_refetch_for_unknown_kid(t, 3), Refetch::Wait);
+    one_dispatch(&tick(&mut c, &mut env, t + 200));
+    let a = tick(&mut c, &mut env, t + 4000);
+    assert_eq!(unavailable(&a), vec![(3, 4)]); // budget: 3000 + 1000 ms
+}
+
+#[test]
+fn resumed_request_never_waits_twice_even_without_min_refetch() {
+    let (mut c, mut env) = warm(&format!(r#"{JWKS}, "jwks_min_refetch_seconds": 0"#));
+    assert_eq!(c.request_refetch_for_unknown_kid(1000, 1), Refetch::Wait);
+    let d = one_dispatch(&tick(&mut c, &mut env, 1000));
+    let a = respond(&mut c, &mut env, 1100, d.ticket, &ok("keys:a,b"));
+    assert_eq!(resumed(&a), vec![1]);
+    // Its re-run still misses the kid: refused, no second fetch for it.
+    assert_eq!(c.request_refetch_for_unknown_kid(1100, 1), Refetch::Refused);
+    // Another request may refetch (min_refetch 0).
+    assert_eq!(c.request_refetch_for_unknown_kid(1100, 2), Refetch::Wait);
 }
 
 #[test]
