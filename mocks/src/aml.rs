@@ -1,0 +1,138 @@
+//! mock-aml: looks like an Azure ML managed online endpoint. Scores any path, echoes
+//! what it received (method, path, every header in order) and optionally checks the
+//! endpoint key (`Authorization: Bearer <key>`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+
+use serde_json::{json, Value};
+use tiny_http::{Method, Request, Server};
+
+use crate::common::{self, BodyError, Reply};
+
+/// Request bodies above this get 413.
+pub const MAX_BODY: usize = 5 * 1024 * 1024;
+pub const WORKERS: usize = 8;
+
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Endpoint key: when set, requests must carry `Authorization: Bearer <key>`.
+    pub key: Option<String>,
+    /// Don't log each request to stderr (for load benchmarks).
+    pub quiet: bool,
+}
+
+/// Binds `listen` and serves on background threads (for tests).
+pub fn spawn(config: Config, listen: &str) -> Result<SocketAddr, String> {
+    let (server, addr) = common::bind(listen)?;
+    thread::spawn(move || serve(server, config));
+    Ok(addr)
+}
+
+/// Serves forever with `WORKERS` threads taking requests off the shared server.
+pub fn serve(server: Server, config: Config) {
+    let server = Arc::new(server);
+    let config = Arc::new(config);
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let (server, config) = (server.clone(), config.clone());
+            thread::spawn(move || {
+                while let Ok(req) = server.recv() {
+                    handle(&config, req);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
+pub fn handle(config: &Config, mut req: Request) {
+    let method = req.method().clone();
+    let path = req.url().split('?').next().unwrap_or("").to_string();
+    let reply = route(config, &mut req, &method, &path);
+    if !config.quiet {
+        eprintln!("mock-aml: {method} {path} -> {}", reply.status);
+    }
+    let _ = req.respond(reply.into_response());
+}
+
+fn route(config: &Config, req: &mut Request, method: &Method, path: &str) -> Reply {
+    let is_get = *method == Method::Get || *method == Method::Head;
+    if is_get && (path == "/health" || path == "/") {
+        return Reply::json(200, &json!({"status": "ok"}));
+    }
+    let received = json!({
+        "method": method.as_str(),
+        "path": req.url(),
+        "headers": req
+            .headers()
+            .iter()
+            .map(|h| json!([h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str()]))
+            .collect::<Vec<_>>(),
+    });
+    if let Some(key) = &config.key {
+        let auth = common::header(req, "authorization");
+        let expected = format!("Bearer {key}");
+        if auth != Some(expected.as_str()) {
+            let message = match auth {
+                None => "missing Authorization header",
+                Some(_) => "Authorization is not `Bearer <endpoint key>`",
+            };
+            return Reply::json(
+                401,
+                &json!({"error": "unauthorized", "message": message, "received": received}),
+            );
+        }
+    }
+    let body = match common::read_body(req, MAX_BODY) {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            return Reply::error(413, "payload_too_large", "request body is over 5 MiB")
+        }
+        Err(BodyError::Io(e)) => {
+            return Reply::error(400, "bad_request", format!("cannot read body: {e}"))
+        }
+    };
+    let deployment = common::header(req, "azureml-model-deployment")
+        .unwrap_or("blue")
+        .to_string();
+    let request_id = common::random_hex(16);
+    Reply::json(
+        200,
+        &json!({
+            "predictions": predictions(&body),
+            "deployment": deployment,
+            "received": received,
+        }),
+    )
+    .with_header("azureml-model-deployment", deployment)
+    .with_header("x-request-id", request_id)
+}
+
+/// One number per input row (the row's sum, 4 decimals) for `{"input_data": {"data": rows}}`,
+/// `{"input_data": rows}` or `{"data": rows}`; `[0.0]` for anything else.
+pub fn predictions(body: &[u8]) -> Vec<f64> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return vec![0.0];
+    };
+    let rows = v
+        .pointer("/input_data/data")
+        .or_else(|| v.get("input_data").filter(|d| d.is_array()))
+        .or_else(|| v.get("data"))
+        .and_then(Value::as_array);
+    match rows {
+        Some(rows) if !rows.is_empty() => rows.iter().map(row_score).collect(),
+        _ => vec![0.0],
+    }
+}
+
+fn row_score(row: &Value) -> f64 {
+    let sum: f64 = match row {
+        Value::Array(cells) => cells.iter().filter_map(Value::as_f64).sum(),
+        other => other.as_f64().unwrap_or(0.0),
+    };
+    (sum * 10_000.0).round() / 10_000.0
+}

@@ -1,0 +1,225 @@
+//! Small helpers shared by both servers: flags, binding, replies, bodies, randomness.
+
+use std::collections::HashMap;
+use std::io::{Cursor, Read, Write};
+use std::net::SocketAddr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::Value;
+use tiny_http::{Header, Request, Response, Server};
+
+/// Parsed command-line flags: `--name value`, `--name=value` or a bare `--switch`.
+#[derive(Debug, Default)]
+pub struct Flags {
+    values: HashMap<String, String>,
+    switches: Vec<String>,
+}
+
+impl Flags {
+    /// Parses `args` (without the program name). `value_flags` take a value,
+    /// `switch_flags` don't. Anything else is an error.
+    pub fn parse(
+        args: impl IntoIterator<Item = String>,
+        value_flags: &[&str],
+        switch_flags: &[&str],
+    ) -> Result<Flags, String> {
+        let mut flags = Flags::default();
+        let mut it = args.into_iter();
+        while let Some(arg) = it.next() {
+            let Some(name) = arg.strip_prefix("--") else {
+                return Err(format!("unexpected argument `{arg}`"));
+            };
+            let (name, inline) = match name.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (name.to_string(), None),
+            };
+            if switch_flags.contains(&name.as_str()) && inline.is_none() {
+                flags.switches.push(name);
+            } else if value_flags.contains(&name.as_str()) {
+                let value = match inline {
+                    Some(v) => v,
+                    None => it.next().ok_or(format!("--{name} needs a value"))?,
+                };
+                flags.values.insert(name, value);
+            } else {
+                return Err(format!("unknown flag --{name}"));
+            }
+        }
+        Ok(flags)
+    }
+
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    pub fn value_or(&self, name: &str, default: &str) -> String {
+        self.value(name).unwrap_or(default).to_string()
+    }
+
+    pub fn switch(&self, name: &str) -> bool {
+        self.switches.iter().any(|s| s == name)
+    }
+}
+
+/// Binds a tiny_http server on `listen` (e.g. `127.0.0.1:0`) and returns it with its address.
+pub fn bind(listen: &str) -> Result<(Server, SocketAddr), String> {
+    let server = Server::http(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| "not an IP listener".to_string())?;
+    Ok((server, addr))
+}
+
+/// Prints the single start-up line tests wait for, and flushes stdout.
+pub fn announce(addr: SocketAddr) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on http://{addr}");
+    let _ = out.flush();
+}
+
+/// With `--exit-on-stdin-eof`: exit the process as soon as stdin is closed
+/// (so a test harness that dies takes its servers with it).
+pub fn exit_on_stdin_eof() {
+    std::thread::spawn(|| {
+        let mut buf = [0u8; 256];
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => std::process::exit(0),
+                Ok(_) => {}
+            }
+        }
+    });
+}
+
+/// A response about to be sent.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(status: u16, value: &Value) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: serde_json::to_vec(value).unwrap_or_default(),
+        }
+    }
+
+    /// `{"error": error, "message": message}` with `status`.
+    pub fn error(status: u16, error: &str, message: impl Into<String>) -> Reply {
+        Reply::json(
+            status,
+            &serde_json::json!({"error": error, "message": message.into()}),
+        )
+    }
+
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Reply {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+
+    pub fn into_response(self) -> Response<Cursor<Vec<u8>>> {
+        let mut resp = Response::from_data(self.body).with_status_code(self.status);
+        let ct = std::iter::once(("Content-Type".to_string(), self.content_type.to_string()));
+        for (name, value) in ct.chain(self.headers) {
+            if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                resp.add_header(h);
+            }
+        }
+        resp
+    }
+}
+
+/// Splits a request target into its path and its decoded query pairs.
+pub fn split_url(url: &str) -> (&str, Vec<(String, String)>) {
+    match url.split_once('?') {
+        Some((path, query)) => (
+            path,
+            form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect(),
+        ),
+        None => (url, Vec::new()),
+    }
+}
+
+/// The first value of `name` among query or form pairs.
+pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The first value of header `name` (case-insensitive).
+pub fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+#[derive(Debug)]
+pub enum BodyError {
+    TooLarge,
+    Io(std::io::Error),
+}
+
+/// Reads the request body, refusing more than `limit` bytes.
+pub fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if req.body_length().is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::with_capacity(req.body_length().unwrap_or(0));
+    req.as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(BodyError::Io)?;
+    if body.len() > limit {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(body)
+}
+
+/// `n` bytes from the OS random generator.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    if getrandom::getrandom(&mut buf).is_err() {
+        // Never expected; still, never panic: fall back to something time-based.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
+        }
+    }
+    buf
+}
+
+pub fn random_hex(n_bytes: usize) -> String {
+    random_bytes(n_bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn b64url(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

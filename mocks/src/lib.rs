@@ -1,0 +1,10 @@
+//! Native test programs for azure-ml-kong: a mock Microsoft Entra ID (`mock-idp`)
+//! and a mock Azure ML managed online endpoint (`mock-aml`).
+//!
+//! Both are small synchronous `tiny_http` servers. The library holds everything so
+//! that tests can run the servers in-process (`idp::spawn`, `aml::spawn`).
+
+pub mod aml;
+pub mod common;
+pub mod idp;
+pub mod keys;
