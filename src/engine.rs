@@ -13,6 +13,7 @@ use crate::claims::Claims;
 use crate::config::{self, AuthMode, ConfigError, CorsPreflight, LogLevel, OnNoRoute};
 use crate::jose::{self, Alg};
 use crate::jwks::KeySet;
+use crate::keycache::JwksSource;
 use crate::policy::{self, Route, Routes};
 use crate::providers::Providers;
 use crate::ratelimit;
@@ -29,6 +30,8 @@ pub struct Filter {
     pub tokens: TokenExtractor,
     pub routes: Routes,
     pub annotator: Annotator,
+    /// Where each provider's keys come from (same order as `providers`).
+    pub jwks_sources: Vec<JwksSource>,
 }
 
 /// What the adapter must do with the request.
@@ -86,12 +89,19 @@ impl Filter {
         let tokens = TokenExtractor::new(&config.token_sources)?;
         let routes = Routes::new(&config, |name| providers.index_of(name))?;
         let annotator = Annotator::new(&config)?;
+        let jwks_sources = config
+            .providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| JwksSource::new(p, &format!("providers[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Filter {
             config,
             providers,
             tokens,
             routes,
             annotator,
+            jwks_sources,
         })
     }
 
@@ -110,7 +120,7 @@ impl Filter {
     ) -> Decision {
         let request_id = annotate::request_id(req, ctx.random);
         let mut audit = AuditRecord::new(ctx.now_ms, &request_id, req);
-        let found = self.routes.find(req.method, req.authority, req.path);
+        let found = self.routes.find_request(req);
         let route = found.as_ref().map(|m| m.route);
         audit.route = route
             .map(|r| r.name.clone())
@@ -121,7 +131,10 @@ impl Filter {
         }
         let (auth, params): (AuthMode, &[(String, String)]) = match &found {
             Some(m) => (m.route.auth, &m.params),
-            None if self.config.on_no_route == OnNoRoute::AllowAuthenticated => {
+            // A path no route could ever match (e.g. an encoded slash) is not "unrouted".
+            None if self.config.on_no_route == OnNoRoute::AllowAuthenticated
+                && Routes::path_is_routable(req.path) =>
+            {
                 (AuthMode::Required, &[])
             }
             None => return self.deny(Reason::NoRoute, &request_id, None, audit),
@@ -255,8 +268,9 @@ impl Filter {
         let mut audit = AuditRecord::new(ctx.now_ms, &request_id, req);
         audit.route = self
             .routes
-            .find(req.method, req.authority, req.path)
-            .map(|m| m.route.name.clone());
+            .find_request(req)
+            .map(|m| m.route.name.clone())
+            .or_else(|| ctx.host_route.map(str::to_string));
         self.deny(
             Reason::JwksUnavailable,
             &request_id,

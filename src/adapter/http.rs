@@ -35,6 +35,7 @@ impl Context for Http {
         if self.waiting {
             if let Ok(mut st) = self.state.try_borrow_mut() {
                 st.waiters.retain(|w| w.context_id != self.context_id);
+                st.keys.cancel_waiter(self.context_id);
             }
         }
         true
@@ -49,12 +50,10 @@ impl HttpContext for Http {
         let host_route = host::property(&["kong", "route_name"]);
         let decision = match self.state.try_borrow_mut() {
             Ok(mut st) => {
-                let d = st.decide(&headers, now, host_route.as_deref());
-                if let Decision::WaitForKeys { provider } = d {
+                let d = st.decide(self.context_id, &headers, now, host_route.as_deref());
+                if let Decision::WaitForKeys { .. } = d {
                     st.waiters.push(Waiter {
                         context_id: self.context_id,
-                        provider,
-                        since_ms: now,
                         headers,
                         host_route,
                     });
@@ -111,7 +110,7 @@ fn record(state: &Rc<RefCell<State>>, audit: &AuditRecord) {
         LogLevel::Error => log::error!("{line}"),
     }
     for name in audit.metric_names() {
-        st.metrics.increment(&name);
+        st.metrics.increment(&format!("azure_ml_kong_{name}"));
     }
 }
 

@@ -25,3 +25,8 @@ impl Metrics {
         }
     }
 }
+
+/// Counter name for a JWKS cache event.
+pub fn jwks_event(ev: &crate::keycache::Event) -> String {
+    format!("azure_ml_kong_{}", ev.name())
+}

@@ -11,21 +11,19 @@ use proxy_wasm::types::{BufferType, ContextType};
 
 use super::host::{self, Rng};
 use super::http::{self, Http};
-use super::keys::KeyManager;
+use super::keys::{KeyManager, Wake};
 use super::metrics::Metrics;
 use crate::engine::{self, Ctx, Decision, Filter};
 use crate::request::RequestView;
 use crate::verify::VerifiedCache;
 
 /// One tick period for everything periodic: JWKS refresh checks, shared-data polling,
-/// waiter timeouts. Short so cold-start waits stay short; each tick is cheap.
-const TICK: Duration = Duration::from_millis(100);
+/// waiter timeouts. Fetches start on ticks, so this bounds the extra cold-start wait.
+const TICK: Duration = Duration::from_millis(200);
 
 /// A request paused until its provider's keys are usable.
 pub struct Waiter {
     pub context_id: u32,
-    pub provider: usize,
-    pub since_ms: u64,
     pub headers: Vec<(String, String)>,
     pub host_route: Option<String>,
 }
@@ -55,6 +53,7 @@ impl State {
     /// Run the engine for one request (new or resumed).
     pub fn decide(
         &mut self,
+        context_id: u32,
         headers: &[(String, String)],
         now_ms: u64,
         host_route: Option<&str>,
@@ -69,7 +68,7 @@ impl State {
             Ok(f) => f.clone(),
             Err(_) => return engine::deny_config_invalid("azure-ml", &req, ctx),
         };
-        let mut env = self.keys.env(now_ms);
+        let mut env = self.keys.env(now_ms, context_id);
         filter.decide(&req, ctx, &mut env, &mut self.cache)
     }
 }
@@ -105,8 +104,11 @@ impl Root {
         }
     }
 
-    /// Finish waiters whose keys became usable or whose wait ran out.
-    fn wake_waiters(&self) {
+    /// Finish paused requests the key caches woke (keys arrived, or waiting is over).
+    fn wake(&self, wakes: Vec<Wake>) {
+        if wakes.is_empty() {
+            return;
+        }
         let now = host::now_ms();
         // Decide under the borrow, act after it: host calls below may re-enter the SDK.
         let mut actions = Vec::new();
@@ -114,29 +116,26 @@ impl Root {
             let Ok(mut st) = self.state.try_borrow_mut() else {
                 return;
             };
-            let waiters = std::mem::take(&mut st.waiters);
-            let mut still = Vec::new();
-            for w in waiters {
-                let ready = st.keys.is_settled(w.provider, now);
-                let expired = now.saturating_sub(w.since_ms) > st.keys.max_wait_ms(w.provider);
-                if ready {
-                    let d = st.decide(&w.headers, now, w.host_route.as_deref());
-                    match d {
-                        Decision::WaitForKeys { .. } if !expired => still.push(w),
-                        Decision::WaitForKeys { provider } => {
-                            let d = deny_unavailable(&mut st, &w, now, provider);
-                            actions.push((w.context_id, d));
-                        }
-                        d => actions.push((w.context_id, d)),
-                    }
-                } else if expired {
-                    let d = deny_unavailable(&mut st, &w, now, w.provider);
-                    actions.push((w.context_id, d));
-                } else {
-                    still.push(w);
+            for wake in wakes {
+                let id = match &wake {
+                    Wake::Resume(id) | Wake::Unavailable { waiter: id, .. } => *id,
+                };
+                let Some(pos) = st.waiters.iter().position(|w| w.context_id == id) else {
+                    continue;
+                };
+                let w = st.waiters.swap_remove(pos);
+                let d = match wake {
+                    Wake::Resume(_) => st.decide(w.context_id, &w.headers, now, w.host_route.as_deref()),
+                    Wake::Unavailable {
+                        retry_after_secs, ..
+                    } => deny_unavailable(&mut st, &w, now, u64::from(retry_after_secs)),
+                };
+                match d {
+                    // Still waiting (a refetch for an unknown kid): park it again.
+                    Decision::WaitForKeys { .. } => st.waiters.push(w),
+                    d => actions.push((w.context_id, d)),
                 }
             }
-            st.waiters = still;
         }
         for (context_id, decision) in actions {
             if hostcalls::set_effective_context(context_id).is_err() {
@@ -147,16 +146,15 @@ impl Root {
     }
 }
 
-fn deny_unavailable(st: &mut State, w: &Waiter, now: u64, provider: usize) -> Decision {
+fn deny_unavailable(st: &mut State, w: &Waiter, now: u64, retry_after_secs: u64) -> Decision {
     let req = view(&w.headers);
     let ctx = Ctx {
         now_ms: now,
         random: st.rng.next(),
         host_route: w.host_route.as_deref(),
     };
-    let retry = st.keys.retry_after_secs(provider, now);
     match &st.filter {
-        Ok(f) => f.deny_unavailable(&req, ctx, retry),
+        Ok(f) => f.deny_unavailable(&req, ctx, retry_after_secs),
         Err(_) => engine::deny_config_invalid("azure-ml", &req, ctx),
     }
 }
@@ -165,18 +163,21 @@ impl Context for Root {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        num_headers: usize,
+        _num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
         let now = host::now_ms();
-        if let Ok(mut st) = self.state.try_borrow_mut() {
-            let st = &mut *st;
-            let seed = st.rng.next();
-            st.keys
-                .on_http_call_response(token_id, num_headers, body_size, now, seed, &mut st.metrics);
-        }
-        self.wake_waiters();
+        let wakes = match self.state.try_borrow_mut() {
+            Ok(mut st) => {
+                let st = &mut *st;
+                let seed = st.rng.next();
+                st.keys
+                    .on_http_call_response(token_id, body_size, now, seed, &mut st.metrics)
+            }
+            Err(_) => Vec::new(),
+        };
+        self.wake(wakes);
     }
 }
 
@@ -198,7 +199,8 @@ impl RootContext for Root {
                     f.config.routes.len()
                 );
                 st.cache = VerifiedCache::new(f.config.cache.max_entries);
-                st.keys = KeyManager::new(&f);
+                let owner = st.rng.next();
+                st.keys = KeyManager::new(&f.jwks_sources, owner);
                 st.filter = Ok(Rc::new(f));
             }
             Err(e) => {
@@ -220,12 +222,15 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let now = host::now_ms();
-        if let Ok(mut st) = self.state.try_borrow_mut() {
-            let st = &mut *st;
-            let seed = st.rng.next();
-            st.keys.on_tick(now, seed, &mut st.metrics);
-        }
-        self.wake_waiters();
+        let wakes = match self.state.try_borrow_mut() {
+            Ok(mut st) => {
+                let st = &mut *st;
+                let seed = st.rng.next();
+                st.keys.on_tick(now, seed, &mut st.metrics)
+            }
+            Err(_) => Vec::new(),
+        };
+        self.wake(wakes);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -1,0 +1,324 @@
+//! Bridges the sans-IO JWKS caches (`crate::keycache`) to the host: dispatches fetches,
+//! routes call responses back, reads and writes shared data, and gives the engine its
+//! view of keys and rate limits (`engine::Env`). See the contract in `keycache`'s docs.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Status;
+
+use super::host;
+use super::metrics::Metrics;
+use crate::engine::{Env, KeyState};
+use crate::jwks::KeySet;
+use crate::keycache::{
+    Action, Event, HttpResponse, Io, JwksSource, KeyCache, Level, NoSharedStore, Refetch,
+    SharedStore, StoreError, Ticket, WaitDecision, WaiterId,
+};
+use crate::keycache::shared::Versioned;
+use crate::ratelimit::{self, Verdict, Window};
+
+type Cache = KeyCache<Rc<KeySet>>;
+
+/// What the root context must do for a paused request.
+pub enum Wake {
+    Resume(WaiterId),
+    Unavailable {
+        waiter: WaiterId,
+        retry_after_secs: u32,
+    },
+}
+
+pub struct KeyManager {
+    caches: Vec<Cache>,
+    calls: HashMap<u32, (usize, Ticket)>,
+    store: HostStore,
+    /// Per-worker rate-limit windows, used only when shared data is unavailable.
+    local_windows: HashMap<String, Window>,
+}
+
+impl KeyManager {
+    pub fn empty() -> KeyManager {
+        KeyManager {
+            caches: Vec::new(),
+            calls: HashMap::new(),
+            store: HostStore { disabled: false },
+            local_windows: HashMap::new(),
+        }
+    }
+
+    pub fn new(sources: &[JwksSource], owner_id: u64) -> KeyManager {
+        let mut m = KeyManager::empty();
+        m.caches = sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Cache::new(s.clone(), owner_id.wrapping_add(i as u64)))
+            .collect();
+        m
+    }
+
+    /// The engine's view for one request (`waiter` = its HTTP context id).
+    pub fn env(&mut self, now_ms: u64, waiter: WaiterId) -> RequestEnv<'_> {
+        RequestEnv {
+            keys: self,
+            now_ms,
+            waiter,
+        }
+    }
+
+    pub fn cancel_waiter(&mut self, waiter: WaiterId) {
+        for c in &mut self.caches {
+            c.cancel_waiter(waiter);
+        }
+    }
+
+    pub fn on_tick(&mut self, now_ms: u64, random: u64, metrics: &mut Metrics) -> Vec<Wake> {
+        let mut wakes = Vec::new();
+        for i in 0..self.caches.len() {
+            let mut out = Vec::new();
+            if let Some(cache) = self.caches.get_mut(i) {
+                let mut io = self.store.io(now_ms, random);
+                cache.on_tick(&mut io.as_io(), parse_keys, &mut out);
+            }
+            self.perform(i, out, now_ms, random, metrics, &mut wakes);
+        }
+        wakes
+    }
+
+    pub fn on_http_call_response(
+        &mut self,
+        token: u32,
+        body_size: usize,
+        now_ms: u64,
+        random: u64,
+        metrics: &mut Metrics,
+    ) -> Vec<Wake> {
+        let mut wakes = Vec::new();
+        let Some((i, ticket)) = self.calls.remove(&token) else {
+            return wakes;
+        };
+        let mut out = Vec::new();
+        if let Some(cache) = self.caches.get_mut(i) {
+            let cap = cache.source().max_body_bytes;
+            let resp = HttpResponse {
+                headers: host::call_response_headers(),
+                body_size,
+                body: if body_size <= cap {
+                    host::call_response_body(body_size, cap)
+                } else {
+                    None
+                },
+            };
+            let mut io = self.store.io(now_ms, random);
+            cache.on_response(&mut io.as_io(), ticket, &resp, parse_keys, &mut out);
+        }
+        self.perform(i, out, now_ms, random, metrics, &mut wakes);
+        wakes
+    }
+
+    /// Carry out cache actions; dispatch failures feed back into the cache.
+    fn perform(
+        &mut self,
+        i: usize,
+        mut out: Vec<Action>,
+        now_ms: u64,
+        random: u64,
+        metrics: &mut Metrics,
+        wakes: &mut Vec<Wake>,
+    ) {
+        while !out.is_empty() {
+            let mut next = Vec::new();
+            for action in out {
+                match action {
+                    Action::Dispatch(req) => {
+                        match host::dispatch(&req.upstream, &req.headers, req.timeout_ms) {
+                            Ok(token) => {
+                                self.calls.insert(token, (i, req.ticket));
+                            }
+                            Err(e) => {
+                                log::warn!(
+                                    "azure_ml_kong: dispatch_http_call to upstream {:?} failed: {e:?} (Envoy: is it a defined cluster? Kong: host:port)",
+                                    req.upstream
+                                );
+                                if let Some(cache) = self.caches.get_mut(i) {
+                                    let mut io = self.store.io(now_ms, random);
+                                    cache.on_dispatch_error(&mut io.as_io(), req.ticket, &mut next);
+                                }
+                            }
+                        }
+                    }
+                    Action::Resume(w) => wakes.push(Wake::Resume(w)),
+                    Action::Unavailable {
+                        waiter,
+                        retry_after_secs,
+                    } => wakes.push(Wake::Unavailable {
+                        waiter,
+                        retry_after_secs,
+                    }),
+                    Action::Event(ev) => report(&ev, metrics),
+                }
+            }
+            out = next;
+        }
+    }
+}
+
+fn parse_keys(body: &[u8]) -> Result<Rc<KeySet>, crate::jwks::JwksError> {
+    let ks = KeySet::parse(body)?;
+    for s in ks.skipped() {
+        log::info!("azure_ml_kong: JWKS key skipped: {s}");
+    }
+    Ok(Rc::new(ks))
+}
+
+fn report(ev: &Event, metrics: &mut Metrics) {
+    let msg = format!("azure_ml_kong: {}: {ev:?}", ev.name());
+    match ev.level() {
+        Level::Warn => log::warn!("{msg}"),
+        Level::Info => log::info!("{msg}"),
+        Level::Debug => log::debug!("{msg}"),
+    }
+    metrics.increment(&super::metrics::jwks_event(ev));
+}
+
+/// The engine's view of keys and limits for one request.
+pub struct RequestEnv<'a> {
+    keys: &'a mut KeyManager,
+    now_ms: u64,
+    waiter: WaiterId,
+}
+
+impl Env for RequestEnv<'_> {
+    fn keys(&mut self, provider: usize) -> KeyState {
+        let Some(cache) = self.keys.caches.get_mut(provider) else {
+            return KeyState::Unavailable {
+                retry_after_secs: 30,
+            };
+        };
+        if let Some(k) = cache.keys() {
+            return KeyState::Ready {
+                keys: k.clone(),
+                generation: cache.generation(),
+            };
+        }
+        match cache.wait_for_keys(self.now_ms, self.waiter) {
+            WaitDecision::Wait => KeyState::Loading,
+            WaitDecision::Unavailable { retry_after_secs } => KeyState::Unavailable {
+                retry_after_secs: u64::from(retry_after_secs),
+            },
+            // Keys appeared between the two calls: cannot happen single-threaded; retry.
+            WaitDecision::Ready => KeyState::Loading,
+        }
+    }
+
+    fn refetch_for_unknown_kid(&mut self, provider: usize) -> bool {
+        self.keys
+            .caches
+            .get_mut(provider)
+            .map(|c| c.request_refetch_for_unknown_kid(self.now_ms, self.waiter) == Refetch::Wait)
+            .unwrap_or(false)
+    }
+
+    fn rate_limit(&mut self, bucket: &str, limit: u64, window_secs: u64) -> Verdict {
+        let now = self.now_ms / 1000;
+        if !self.keys.store.disabled {
+            for _ in 0..crate::keycache::shared::CAS_RETRIES {
+                let (prev, cas) = match self.keys.store.get(bucket) {
+                    Ok(Some((v, cas))) => (Window::decode(&v), cas),
+                    Ok(None) => (None, None),
+                    Err(_) => break,
+                };
+                let (verdict, window) = ratelimit::check(prev, now, limit, window_secs);
+                if !verdict.allowed {
+                    return verdict;
+                }
+                match self.keys.store.set(bucket, &window.encode(), cas) {
+                    Ok(()) => return verdict,
+                    Err(StoreError::CasMismatch) => continue,
+                    Err(StoreError::Unavailable) => break,
+                }
+            }
+            if !self.keys.store.disabled {
+                // Contention beyond retries: count locally rather than fail open or closed.
+                log::debug!("azure_ml_kong: rate-limit CAS contention on {bucket}");
+            }
+        }
+        let prev = self.keys.local_windows.get(bucket).cloned();
+        let (verdict, window) = ratelimit::check(prev, now, limit, window_secs);
+        if verdict.allowed {
+            self.keys.local_windows.insert(bucket.to_string(), window);
+        }
+        verdict
+    }
+}
+
+/// Proxy-Wasm shared data through the raw host calls (the SDK helpers panic on errors).
+/// After the first host error it switches itself off: per-worker caching from then on.
+struct HostStore {
+    disabled: bool,
+}
+
+struct HostIo<'a> {
+    store: &'a mut HostStore,
+    now_ms: u64,
+    random: u64,
+    none: NoSharedStore,
+}
+
+impl HostStore {
+    fn io(&mut self, now_ms: u64, random: u64) -> HostIo<'_> {
+        HostIo {
+            store: self,
+            now_ms,
+            random,
+            none: NoSharedStore,
+        }
+    }
+}
+
+impl HostIo<'_> {
+    fn as_io(&mut self) -> Io<'_> {
+        let store: &mut dyn SharedStore = if self.store.disabled {
+            &mut self.none
+        } else {
+            self.store
+        };
+        Io {
+            now_ms: self.now_ms,
+            random: self.random,
+            store,
+        }
+    }
+}
+
+impl HostStore {
+    fn fail(&mut self, what: &str, e: Status) -> StoreError {
+        if !self.disabled {
+            self.disabled = true;
+            log::warn!(
+                "azure_ml_kong: shared data unavailable ({what}: {e:?}); caching JWKS and rate limits per worker"
+            );
+        }
+        StoreError::Unavailable
+    }
+}
+
+impl SharedStore for HostStore {
+    fn get(&mut self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(v), cas)) => Ok(Some((v, cas))),
+            Ok((None, _)) => Ok(None),
+            Err(Status::NotFound) => Ok(None),
+            Err(e) => Err(self.fail("get", e)),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(e) => Err(self.fail("set", e)),
+        }
+    }
+}
