@@ -196,6 +196,8 @@ impl Filter {
         let now = ctx.now_ms / 1000;
         let jwt = jose::decode(token, self.config.cache.max_token_bytes).map_err(Step::deny)?;
         audit.kid = jwt.header.kid.clone();
+        // Unverified until `verify` succeeds; recorded so a denial says who claimed to call.
+        audit.note_claims(&jwt.claims);
         let allowed = route.and_then(|r| r.providers.as_deref());
         // Provider choice from `iss` comes before any key lookup or fetch: a foreign token
         // costs nothing and cannot trigger JWKS traffic.
@@ -224,10 +226,7 @@ impl Filter {
                 Ok(v)
             }
             Err(Reason::KidUnknown) if env.refetch_for_unknown_kid(pi) => Err(Step::Wait(pi)),
-            Err(reason) => {
-                audit.note_claims(&jwt.claims);
-                Err(Step::Deny(reason, None))
-            }
+            Err(reason) => Err(Step::Deny(reason, None)),
         }
     }
 

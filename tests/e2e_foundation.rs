@@ -21,8 +21,13 @@ fn score(gw: &Gateway, token: Option<&str>, extra: &[(&str, &str)]) -> Resp {
         h.push(("authorization", a));
     }
     h.extend_from_slice(extra);
-    http("POST", &gw.url("/score"), &h, Some(r#"{"input_data":{"data":[[1,2]]}}"#))
-        .unwrap_or_else(|e| panic!("{e}"))
+    http(
+        "POST",
+        &gw.url("/score"),
+        &h,
+        Some(r#"{"input_data":{"data":[[1,2]]}}"#),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Headers the backend received, as (name, value) pairs.
@@ -51,13 +56,22 @@ fn token(gw: &Gateway, spec: Value) -> String {
 #[test]
 fn valid_token_reaches_backend_with_identity_and_without_caller_token() {
     let gw = start();
-    let t = token(&gw, json!({"claims": {"oid": "11111111-2222-3333-4444-555555555555"}}));
+    let t = token(
+        &gw,
+        json!({"claims": {"oid": "11111111-2222-3333-4444-555555555555"}}),
+    );
     let r = score(&gw, Some(&t), &[]);
     assert_eq!(r.status, 200, "{}\n{}", r.body, gw.envoy.log());
     let h = received(&r);
-    assert_eq!(got(&h, "x-caller-oid"), ["11111111-2222-3333-4444-555555555555"]);
+    assert_eq!(
+        got(&h, "x-caller-oid"),
+        ["11111111-2222-3333-4444-555555555555"]
+    );
     assert_eq!(got(&h, "x-caller-tid"), [aml_harness::TENANT]);
-    assert_eq!(got(&h, "authorization"), [format!("Bearer {ENDPOINT_KEY}").as_str()]);
+    assert_eq!(
+        got(&h, "authorization"),
+        [format!("Bearer {ENDPOINT_KEY}").as_str()]
+    );
     assert!(
         !r.body.contains(&t),
         "the caller's token must never reach the backend"
@@ -81,7 +95,11 @@ fn missing_token_is_401_without_error_code() {
 fn bad_tokens_are_401_invalid_token_with_reason() {
     let gw = start();
     let cases = [
-        ("forged signature", json!({"sign_with": "forged"}), "signature_invalid"),
+        (
+            "forged signature",
+            json!({"sign_with": "forged"}),
+            "signature_invalid",
+        ),
         ("expired", json!({"expires_in": -600}), "token_expired"),
         (
             "wrong audience",
@@ -123,8 +141,13 @@ fn start_custom(setup_idp: impl FnOnce(&MockIdp)) -> (MockIdp, MockAml, Envoy, t
 
 fn post(envoy: &Envoy, token: &str) -> Resp {
     let auth = format!("Bearer {token}");
-    http("POST", &envoy.url("/score"), &[("authorization", &auth)], Some("{}"))
-        .unwrap_or_else(|e| panic!("{e}"))
+    http(
+        "POST",
+        &envoy.url("/score"),
+        &[("authorization", &auth)],
+        Some("{}"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

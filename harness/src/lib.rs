@@ -317,7 +317,10 @@ impl MockIdp {
     }
 
     pub fn discovery_uri(&self, tenant: &str) -> String {
-        format!("{}/{tenant}/v2.0/.well-known/openid-configuration", self.base())
+        format!(
+            "{}/{tenant}/v2.0/.well-known/openid-configuration",
+            self.base()
+        )
     }
 
     /// Mint a token through the test control endpoint (see mocks/ for the fields).
@@ -542,14 +545,18 @@ impl Envoy {
             .arg(&log_path)
             .args(["--concurrency", &o.concurrency.to_string()])
             .args(["-l", &o.log_level])
-            .arg("--disable-hot-restart");
+            .arg("--disable-hot-restart")
+            // Tests read the log right after a request: flush it promptly.
+            .args(["--file-flush-interval-msec", "50"]);
         let (mut proc, _) = Proc::spawn("envoy", cmd, logs, false)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let admin_port = loop {
-            if let Some(p) = std::fs::read_to_string(&admin_path)
-                .ok()
-                .and_then(|s| s.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()))
-            {
+            if let Some(p) = std::fs::read_to_string(&admin_path).ok().and_then(|s| {
+                s.trim()
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+            }) {
                 break p;
             }
             if !proc.is_running() || Instant::now() > deadline {
@@ -568,8 +575,8 @@ impl Envoy {
                 .unwrap_or(false);
             if ready {
                 let l = http("GET", &format!("{admin}/listeners?format=json"), &[], None)?;
-                if let Some(p) = l.json()["listener_statuses"][0]["local_address"]
-                    ["socket_address"]["port_value"]
+                if let Some(p) = l.json()["listener_statuses"][0]["local_address"]["socket_address"]
+                    ["port_value"]
                     .as_u64()
                 {
                     break p as u16;

@@ -14,7 +14,12 @@ fn main() {
     }
 }
 
-fn call(gw: &Gateway, path: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Result<Resp, String> {
+fn call(
+    gw: &Gateway,
+    path: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Result<Resp, String> {
     let auth;
     let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
     if let Some(t) = token {
@@ -45,7 +50,8 @@ fn outcome(r: &Resp) -> String {
         s => format!(
             "DENIED  {s}  {}  ({})",
             j["error"].as_str().unwrap_or("?"),
-            r.header("www-authenticate").unwrap_or("no WWW-Authenticate")
+            r.header("www-authenticate")
+                .unwrap_or("no WWW-Authenticate")
         ),
     }
 }
@@ -61,43 +67,112 @@ fn run() -> Result<(), String> {
     let idp = &gw.idp;
     let fraud = idp.client_credentials("fraud-scoring-svc", "Endpoint.Score", Some("fraud"))?;
     let admin = idp.client_credentials("ml-platform-admin", "Admin.All", None)?;
-    let expired = idp.token(json!({"claims": {"roles": ["Endpoint.Score"], "team": "fraud"}, "expires_in": -600}))?;
+    let expired = idp.token(
+        json!({"claims": {"roles": ["Endpoint.Score"], "team": "fraud"}, "expires_in": -600}),
+    )?;
     let wrong_aud = idp.token(json!({"claims": {"aud": "api://some-other-api", "roles": ["Endpoint.Score"], "team": "fraud"}}))?;
-    let forged = idp.token(json!({"claims": {"roles": ["Endpoint.Score"], "team": "fraud"}, "sign_with": "forged"}))?;
-    let other_tenant = idp.token(json!({"tenant": OTHER_TENANT, "claims": {"roles": ["Endpoint.Score"], "team": "fraud"}}))?;
+    let forged = idp.token(
+        json!({"claims": {"roles": ["Endpoint.Score"], "team": "fraud"}, "sign_with": "forged"}),
+    )?;
+    let other_tenant = idp.token(
+        json!({"tenant": OTHER_TENANT, "claims": {"roles": ["Endpoint.Score"], "team": "fraud"}}),
+    )?;
 
     let fraud_path = "/teams/fraud/endpoints/fraud-v2/score";
     let churn_path = "/teams/churn/endpoints/churn-v1/score";
     let tour: Vec<(&str, &str, Option<&str>, Vec<(&str, &str)>)> = vec![
         ("anonymous caller", fraud_path, None, vec![]),
-        ("fraud service (role Endpoint.Score, team fraud)", fraud_path, Some(&fraud), vec![]),
-        ("fraud service -> churn team's model", churn_path, Some(&fraud), vec![]),
-        ("platform admin (role Admin.All) -> churn", churn_path, Some(&admin), vec![]),
-        ("fraud service spoofing x-caller-oid", fraud_path, Some(&fraud), vec![("x-caller-oid", "00000000-spoofed")]),
+        (
+            "fraud service (role Endpoint.Score, team fraud)",
+            fraud_path,
+            Some(&fraud),
+            vec![],
+        ),
+        (
+            "fraud service -> churn team's model",
+            churn_path,
+            Some(&fraud),
+            vec![],
+        ),
+        (
+            "platform admin (role Admin.All) -> churn",
+            churn_path,
+            Some(&admin),
+            vec![],
+        ),
+        (
+            "fraud service spoofing x-caller-oid",
+            fraud_path,
+            Some(&fraud),
+            vec![("x-caller-oid", "00000000-spoofed")],
+        ),
         ("expired token", fraud_path, Some(&expired), vec![]),
-        ("token for another API (aud)", fraud_path, Some(&wrong_aud), vec![]),
+        (
+            "token for another API (aud)",
+            fraud_path,
+            Some(&wrong_aud),
+            vec![],
+        ),
         ("forged signature", fraud_path, Some(&forged), vec![]),
-        ("token from a foreign tenant", fraud_path, Some(&other_tenant), vec![]),
+        (
+            "token from a foreign tenant",
+            fraud_path,
+            Some(&other_tenant),
+            vec![],
+        ),
     ];
     let health = aml_harness::http("GET", &gw.url("/health"), &[], None)?;
-    println!("{:<52} GET  /health\n    -> {}\n", "health probe (auth: none)", if health.status == 200 { "ALLOWED 200 (no token needed)".to_string() } else { outcome(&health) });
+    println!(
+        "{:<52} GET  /health\n    -> {}\n",
+        "health probe (auth: none)",
+        if health.status == 200 {
+            "ALLOWED 200 (no token needed)".to_string()
+        } else {
+            outcome(&health)
+        }
+    );
     for (who, path, token, extra) in &tour {
         let r = call(&gw, path, *token, extra)?;
         println!("{who:<52} POST {path}\n    -> {}\n", outcome(&r));
     }
 
-    let audit_lines = gw.envoy.log().lines().filter(|l| l.contains("\"decision\"")).count();
-    println!("Envoy logged {audit_lines} audit lines (one JSON line per decision; see {}).", gw.envoy.log_path.display());
-    if std::env::var("DEMO_ONCE").map(|v| v == "1").unwrap_or(false) {
+    // Envoy flushes its log file every 50 ms (see the harness).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = gw.envoy.log();
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"decision\""))
+        .collect();
+    println!(
+        "Envoy logged {} audit lines, one JSON line per decision. The last one:",
+        audit.len()
+    );
+    if let Some(line) = audit.last() {
+        let json = line.find('{').map(|i| &line[i..]).unwrap_or(line);
+        println!("    {json}");
+    }
+    if std::env::var("DEMO_ONCE")
+        .map(|v| v == "1")
+        .unwrap_or(false)
+    {
         return Ok(());
     }
     println!("\nThe gateway stays up. Try it yourself (Ctrl-C to stop):\n");
     println!("TOKEN=$(curl -s -X POST {}/{}/oauth2/v2.0/token -d 'grant_type=client_credentials&client_id=my-app&client_secret=x&scope={AUDIENCE}/.default&roles=Endpoint.Score&team=fraud' | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')",
         gw.idp.base(), aml_harness::TENANT);
     println!("curl -i -X POST {} -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{BODY}'", gw.url(fraud_path));
-    println!("curl -i -X POST {} -H \"Authorization: Bearer $TOKEN\" -d '{{}}'   # other team: 403", gw.url(churn_path));
-    println!("curl -i -X POST {} -d '{{}}'   # no token: 401", gw.url(fraud_path));
-    println!("curl -s 'http://127.0.0.1:{}/stats?filter=azure_ml_kong'   # filter metrics", gw.envoy.admin_port);
+    println!(
+        "curl -i -X POST {} -H \"Authorization: Bearer $TOKEN\" -d '{{}}'   # other team: 403",
+        gw.url(churn_path)
+    );
+    println!(
+        "curl -i -X POST {} -d '{{}}'   # no token: 401",
+        gw.url(fraud_path)
+    );
+    println!(
+        "curl -s 'http://127.0.0.1:{}/stats?filter=azure_ml_kong'   # filter metrics",
+        gw.envoy.admin_port
+    );
     let _: Value = Value::Null;
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
