@@ -1,1 +1,336 @@
-//! (in progress)
+//! Token verification against one provider: algorithm allow-list, key choice,
+//! signature (jwt-simple), then every claim check done here with the caller's `now`.
+//!
+//! Order: Graph `nonce` header → `GraphTokenUnverifiable`; `alg` not in the provider's
+//! `algorithms` → `AlgNotAllowed`; key (HS* → the provider's `hmac_secret`, never a
+//! JWKS key; otherwise [`KeySet::find`]) → `KidUnknown` / `KeyTypeMismatch` /
+//! `JwksUnavailable` (no key set yet); signature → `SignatureInvalid`; then `exp`
+//! (required: missing → `TokenMalformed`; `now >= exp + skew` → `TokenExpired`), `nbf`
+//! (`now + skew < nbf` → `TokenNotYetValid`), `iat` (`iat > now + skew` →
+//! `IssuedInFuture`), `max_lifetime` (`exp - iat`, or `exp - now` beyond the skew when
+//! there is no `iat` → `LifetimeTooLong`), `aud` (string or array; must contain one of
+//! the provider's audiences → `AudienceMismatch`), and the JWK's own Entra `issuer`.
+//!
+//! The JWK `issuer` check: `{tenantid}` in it is replaced by the token's `tid`; the
+//! result must equal the token's `iss`, or — for a v1 token
+//! (`https://sts.windows.net/{tid}/`) — the v2 form `https://login.microsoftonline.com/{tid}/v2.0`
+//! (Entra publishes v2 issuers on keys that also sign v1 tokens; this mirrors
+//! Microsoft.IdentityModel's `ValidateIssuerSigningKey`). A mismatch is reported as
+//! `TenantNotAllowed`: the key is restricted to other tenants, so this tenant may not
+//! use it. Sovereign-cloud v1/v2 host pairs are not mapped.
+
+use std::collections::hash_map::HashMap;
+use std::collections::VecDeque;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use jwt_simple::prelude::*;
+use jwt_simple::JWTError;
+use serde_json::Value;
+use sha2::Digest as _;
+
+use crate::claims::Claims;
+use crate::jose::{numeric_date, Alg, DecodedJwt};
+use crate::jwks::{Jwk, KeySet};
+use crate::providers::{is_guid, Provider, TENANT_PLACEHOLDER};
+use crate::reason::Reason;
+
+/// A successfully verified token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// Index of the provider (in `Providers`) that vouched for it.
+    pub provider: usize,
+    pub claims: Claims,
+    pub kid: Option<String>,
+    pub alg: Alg,
+    /// The token's `exp`.
+    pub exp: u64,
+    /// First unix second at which this verification no longer holds (`exp + skew`).
+    pub valid_until: u64,
+}
+
+/// jwt-simple options that leave every time/claim decision to us: its clock is `now`,
+/// `iat`/`nbf` checks are off (`accept_future`), and its `exp` tolerance equals `now`
+/// (so `now - tolerance = 0 <= exp` always holds). No issuer/audience/kid/typ
+/// requirements, no length limits (we cap the size before decoding).
+fn library_options(now: u64) -> VerificationOptions {
+    VerificationOptions {
+        accept_future: true,
+        time_tolerance: Some(Duration::from_secs(now)),
+        artificial_time: Some(UnixTimeStamp::from_secs(now)),
+        max_token_length: None,
+        max_header_length: Some(usize::MAX),
+        ..VerificationOptions::default()
+    }
+}
+
+fn library_error(e: &jwt_simple::Error) -> Reason {
+    match e.downcast_ref::<JWTError>() {
+        Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag) => {
+            Reason::SignatureInvalid
+        }
+        Some(JWTError::AlgorithmMismatch) => Reason::KeyTypeMismatch,
+        // Shapes the library models more narrowly than we do.
+        Some(_) => Reason::TokenMalformed,
+        // A registered claim of a type the library cannot parse (e.g. a numeric `jti`).
+        None if e.downcast_ref::<serde_json::Error>().is_some() => Reason::TokenMalformed,
+        // The crypto backends' own errors: a signature of the wrong length/encoding.
+        None => Reason::SignatureInvalid,
+    }
+}
+
+fn check_hmac(alg: Alg, secret: &[u8], token: &str, opts: VerificationOptions) -> Result<(), Reason> {
+    let o = Some(opts);
+    let r = match alg {
+        Alg::HS256 => HS256Key::from_bytes(secret).verify_token::<NoCustomClaims>(token, o).map(drop),
+        Alg::HS384 => HS384Key::from_bytes(secret).verify_token::<NoCustomClaims>(token, o).map(drop),
+        Alg::HS512 => HS512Key::from_bytes(secret).verify_token::<NoCustomClaims>(token, o).map(drop),
+        _ => return Err(Reason::KeyTypeMismatch),
+    };
+    r.map_err(|e| library_error(&e))
+}
+
+/// Verify a decoded token for `provider` (index `provider_index`, chosen beforehand by
+/// `Providers::select`). `keys` may be `None` only when the token is HS* (the
+/// provider's own secret); an asymmetric token without a key set → `JwksUnavailable`.
+pub fn verify(
+    jwt: &DecodedJwt,
+    provider_index: usize,
+    provider: &Provider,
+    keys: Option<&KeySet>,
+    now: u64,
+) -> Result<Verified, Reason> {
+    let alg = jwt.header.alg;
+    if jwt.header.has_nonce {
+        return Err(Reason::GraphTokenUnverifiable);
+    }
+    if !provider.allows(alg) {
+        return Err(Reason::AlgNotAllowed);
+    }
+    let opts = library_options(now);
+    let mut jwk: Option<&Jwk> = None;
+    if alg.is_hmac() {
+        let secret = provider.hmac_secret().ok_or(Reason::AlgNotAllowed)?;
+        check_hmac(alg, secret, jwt.raw(), opts)?;
+    } else {
+        let ks = keys.ok_or(Reason::JwksUnavailable)?;
+        let k = ks.find(jwt.header.kid.as_deref(), alg)?;
+        k.verify_token(alg, jwt.raw(), opts)
+            .map_err(|e| library_error(&e))?;
+        jwk = Some(k);
+    }
+
+    let c = &jwt.claims;
+    let skew = provider.clock_skew;
+    let exp = numeric_date(c, "exp")?.ok_or(Reason::TokenMalformed)?;
+    let valid_until = exp.saturating_add(skew);
+    if now >= valid_until {
+        return Err(Reason::TokenExpired);
+    }
+    if let Some(nbf) = numeric_date(c, "nbf")? {
+        if now.saturating_add(skew) < nbf {
+            return Err(Reason::TokenNotYetValid);
+        }
+    }
+    let iat = numeric_date(c, "iat")?;
+    if let Some(iat) = iat {
+        if iat > now.saturating_add(skew) {
+            return Err(Reason::IssuedInFuture);
+        }
+    }
+    if let Some(max) = provider.max_lifetime {
+        let too_long = match iat {
+            Some(iat) => exp.saturating_sub(iat) > max,
+            None => exp.saturating_sub(now) > max.saturating_add(skew),
+        };
+        if too_long {
+            return Err(Reason::LifetimeTooLong);
+        }
+    }
+    if !audience_matches(c.get("aud"), &provider.audiences) {
+        return Err(Reason::AudienceMismatch);
+    }
+    if let Some(key_iss) = jwk.and_then(Jwk::issuer) {
+        if !key_issuer_matches(key_iss, c) {
+            return Err(Reason::TenantNotAllowed);
+        }
+    }
+    Ok(Verified {
+        provider: provider_index,
+        claims: c.clone(),
+        kid: jwt.header.kid.clone(),
+        alg,
+        exp,
+        valid_until,
+    })
+}
+
+/// `aud` (a string, or an array of strings) contains one of `accepted`.
+pub fn audience_matches(aud: Option<&Value>, accepted: &[String]) -> bool {
+    match aud {
+        Some(Value::String(a)) => accepted.iter().any(|x| x == a),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|a| accepted.iter().any(|x| x == a)),
+        _ => false,
+    }
+}
+
+fn key_issuer_matches(key_iss: &str, claims: &Claims) -> bool {
+    let Some(iss) = claims.get("iss").and_then(Value::as_str) else {
+        return false;
+    };
+    let tid = claims
+        .get("tid")
+        .and_then(Value::as_str)
+        .filter(|t| is_guid(t));
+    let effective = if key_iss.contains(TENANT_PLACEHOLDER) {
+        match tid {
+            Some(t) => key_iss.replace(TENANT_PLACEHOLDER, t),
+            None => return false,
+        }
+    } else {
+        key_iss.to_string()
+    };
+    if effective == iss {
+        return true;
+    }
+    match tid {
+        Some(t) => {
+            iss == format!("https://sts.windows.net/{t}/")
+                && effective == format!("https://login.microsoftonline.com/{t}/v2.0")
+        }
+        None => false,
+    }
+}
+
+/// SHA-256 of a token: the cache key (the token itself is never stored).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct TokenHash([u8; 32]);
+
+impl Hash for TokenHash {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(self.0.get(..8).unwrap_or(&[0; 8]));
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+/// The key is already a uniform hash: take it as is (no per-process random seed needed,
+/// which also avoids a WASI `random_get` call).
+#[derive(Default)]
+struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+fn token_hash(token: &str) -> TokenHash {
+    TokenHash(sha2::Sha256::digest(token.as_bytes()).into())
+}
+
+struct CacheEntry {
+    verified: Verified,
+    generation: u64,
+}
+
+/// Recently verified tokens, so a repeated token skips signature work.
+///
+/// Keyed by SHA-256 of the token. An entry is returned only while `now < valid_until`
+/// and only for the key-set `generation` it was verified under (bump the generation when
+/// keys change). Bounded: when full, the oldest inserted entry is evicted (FIFO, O(1)).
+/// A hit says which provider verified the token: the caller must still check that the
+/// route accepts that provider, and apply route-level audiences and policy.
+pub struct VerifiedCache {
+    max_entries: usize,
+    map: HashMap<TokenHash, CacheEntry, BuildHasherDefault<PassThroughHasher>>,
+    order: VecDeque<TokenHash>,
+    hits: u64,
+    misses: u64,
+}
+
+impl VerifiedCache {
+    /// `max_entries == 0` disables the cache.
+    pub fn new(max_entries: usize) -> Self {
+        VerifiedCache {
+            max_entries,
+            map: HashMap::default(),
+            order: VecDeque::new(),
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    pub fn get(&mut self, token: &str, now: u64, generation: u64) -> Option<&Verified> {
+        if self.max_entries == 0 {
+            return None;
+        }
+        let key = token_hash(token);
+        match self.map.get(&key) {
+            Some(e) if e.generation == generation && now < e.verified.valid_until => {
+                self.hits += 1;
+                Some(&e.verified)
+            }
+            _ => {
+                self.misses += 1;
+                None
+            }
+        }
+    }
+
+    pub fn insert(&mut self, token: &str, verified: Verified, generation: u64) {
+        if self.max_entries == 0 {
+            return;
+        }
+        let key = token_hash(token);
+        let entry = CacheEntry {
+            verified,
+            generation,
+        };
+        if let Some(e) = self.map.get_mut(&key) {
+            *e = entry;
+            return;
+        }
+        while self.map.len() >= self.max_entries {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.map.insert(key, entry);
+        self.order.push_back(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+
+    /// (hits, misses) since creation.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
+}
+
+#[cfg(test)]
+mod tests;
