@@ -1,0 +1,1356 @@
+//! Offline checks of the Kong and example files (no Docker, no network):
+//!
+//! - every filter config embedded in `kong/*.yml` and `examples/*.{yaml,yml,json}` loads with
+//!   the filter's own parser (`azure_ml_kong::config::load`, and the full compile that
+//!   `on_configure` runs, `engine::Filter::from_json`) AND validates against
+//!   `kong/azure_ml_kong.meta.json`'s `config_schema` (JSON Schema draft-04, as Kong does);
+//! - invalid samples are rejected by both, and both name the same field;
+//! - the schema's documented defaults are the filter's defaults;
+//! - meta.json has the shape Kong 3.9 accepts (`kong/runloop/wasm.lua` FILTER_META_SCHEMA)
+//!   and its metric label patterns extract labels the way Kong's Prometheus exporter does;
+//! - `docker-compose.yml` parses and everything it mounts or builds exists (or, for the
+//!   `.wasm`, is built by the Makefile), and the Kong settings the filter needs are there.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+const FILTER: &str = "azure_ml_kong";
+const SCHEMA_URL: &str = "https://azure-ml-kong.invalid/azure_ml_kong.config_schema.json";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    let p = root().join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
+}
+
+fn yaml(rel: &str) -> Value {
+    serde_norway::from_str::<Value>(&read(rel)).unwrap_or_else(|e| panic!("{rel}: bad YAML: {e}"))
+}
+
+fn meta() -> Value {
+    serde_json::from_str(&read("kong/azure_ml_kong.meta.json"))
+        .unwrap_or_else(|e| panic!("kong/azure_ml_kong.meta.json: bad JSON: {e}"))
+}
+
+// ------------------------------------------------------------------------------------------
+// JSON Schema validation (boon, draft-04)
+
+struct Schema {
+    schemas: boon::Schemas,
+    index: boon::SchemaIndex,
+}
+
+impl Schema {
+    fn config() -> Schema {
+        let config_schema = meta()
+            .get("config_schema")
+            .cloned()
+            .expect("meta.json has no config_schema");
+        Schema::compile(config_schema)
+    }
+
+    fn compile(schema: Value) -> Schema {
+        let mut compiler = boon::Compiler::new();
+        compiler.set_default_draft(boon::Draft::V4);
+        compiler
+            .add_resource(SCHEMA_URL, schema)
+            .unwrap_or_else(|e| panic!("schema resource: {e}"));
+        let mut schemas = boon::Schemas::new();
+        let index = compiler
+            .compile(SCHEMA_URL, &mut schemas)
+            .unwrap_or_else(|e| panic!("schema does not compile (draft-04): {e:#}"));
+        Schema { schemas, index }
+    }
+
+    /// `Ok` or the error locations (see `error_paths`) and the rendered error.
+    fn validate(&self, v: &Value) -> Result<(), (Vec<ErrPath>, String)> {
+        match self.schemas.validate(v, self.index) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let mut out = Vec::new();
+                error_paths(&e, &mut out);
+                Err((out, format!("{e:#}")))
+            }
+        }
+    }
+}
+
+/// One path segment, shared by the filter's `a.b[0].c` and JSON pointers `/a/b/0/c`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+type Path_ = Vec<Seg>;
+
+/// A location a validator error points at; `specific` when the error is about that exact
+/// value (type, enum, additional/required property, ...), not a combinator over a subtree.
+#[derive(Debug, Clone)]
+struct ErrPath {
+    path: Path_,
+    specific: bool,
+}
+
+/// Collect the locations of every error in boon's error tree. For `additionalProperties`
+/// and `required`, the offending property is appended, as the filter names it.
+fn error_paths(e: &boon::ValidationError, out: &mut Vec<ErrPath>) {
+    let base: Path_ = e
+        .instance_location
+        .tokens
+        .iter()
+        .map(|t| match t {
+            boon::InstanceToken::Prop(p) => Seg::Key(p.to_string()),
+            boon::InstanceToken::Item(i) => Seg::Index(*i),
+        })
+        .collect();
+    use boon::ErrorKind as K;
+    match &e.kind {
+        K::Group | K::Schema { .. } | K::Reference { .. } | K::AllOf => {}
+        K::AdditionalProperties { got } => {
+            for p in got {
+                let mut q = base.clone();
+                q.push(Seg::Key(p.to_string()));
+                out.push(ErrPath {
+                    path: q,
+                    specific: true,
+                });
+            }
+        }
+        K::Required { want } => {
+            out.push(ErrPath {
+                path: base.clone(),
+                specific: true,
+            });
+            for p in want {
+                let mut q = base.clone();
+                q.push(Seg::Key(p.to_string()));
+                out.push(ErrPath {
+                    path: q,
+                    specific: true,
+                });
+            }
+        }
+        K::OneOf(_) | K::AnyOf | K::Not => out.push(ErrPath {
+            path: base.clone(),
+            specific: false,
+        }),
+        _ => out.push(ErrPath {
+            path: base.clone(),
+            specific: true,
+        }),
+    }
+    for c in &e.causes {
+        error_paths(c, out);
+    }
+}
+
+/// Parse the filter's error path: `routes[1].require.any[0].claim` (empty = the root).
+fn filter_path(s: &str) -> Path_ {
+    let mut out = Vec::new();
+    for part in s.split('.').filter(|p| !p.is_empty()) {
+        let (name, rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            out.push(Seg::Key(name.to_string()));
+        }
+        for idx in rest.split('[').filter(|x| !x.is_empty()) {
+            let n = idx
+                .trim_end_matches(']')
+                .parse()
+                .unwrap_or_else(|_| panic!("bad index in filter path {s:?}"));
+            out.push(Seg::Index(n));
+        }
+    }
+    out
+}
+
+fn show(p: &Path_) -> String {
+    let mut s = String::new();
+    for seg in p {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// What the filter does with its configuration in `on_configure`: parse and validate
+/// (`config::load`), then compile providers, token sources, routes and key sources
+/// (`engine::Filter::from_json`, which starts with `config::load`).
+fn filter_load(v: &Value) -> Result<(), azure_ml_kong::config::ConfigError> {
+    let bytes = serde_json::to_vec(v).expect("serialize config");
+    azure_ml_kong::engine::Filter::from_json(&bytes).map(|_| ())
+}
+
+// ------------------------------------------------------------------------------------------
+// Finding the filter configs in Kong and Envoy files
+
+#[derive(Debug)]
+struct Found {
+    file: String,
+    /// Where in the file (for messages).
+    at: String,
+    config: Value,
+    host: Host,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Host {
+    Kong,
+    Envoy,
+    /// A bare filter config (a JSON file holding just the config).
+    Bare,
+}
+
+fn config_value(v: &Value, file: &str, at: &str) -> Value {
+    match v {
+        // Without meta.json Kong takes the config as a JSON string.
+        Value::String(s) => serde_json::from_str(s)
+            .unwrap_or_else(|e| panic!("{file} {at}: config string is not JSON: {e}")),
+        other => other.clone(),
+    }
+}
+
+fn walk(v: &Value, file: &str, at: &str, out: &mut Vec<Found>) {
+    match v {
+        Value::Object(m) => {
+            // Kong: filter_chains[].filters[] and plugins[] entries named after the filter.
+            for key in ["filter_chains", "plugins"] {
+                if let Some(Value::Array(items)) = m.get(key) {
+                    for (i, item) in items.iter().enumerate() {
+                        let here = format!("{at}.{key}[{i}]");
+                        if key == "filter_chains" {
+                            if let Some(Value::Array(filters)) = item.get("filters") {
+                                for (j, f) in filters.iter().enumerate() {
+                                    if f.get("name") == Some(&json!(FILTER)) {
+                                        let at = format!("{here}.filters[{j}].config");
+                                        let cfg = f.get("config").unwrap_or_else(|| {
+                                            panic!("{file} {at}: filter without config")
+                                        });
+                                        out.push(Found {
+                                            file: file.into(),
+                                            config: config_value(cfg, file, &at),
+                                            at,
+                                            host: Host::Kong,
+                                        });
+                                    }
+                                }
+                            }
+                        } else if item.get("name") == Some(&json!(FILTER)) {
+                            let at = format!("{here}.config");
+                            let cfg = item
+                                .get("config")
+                                .unwrap_or_else(|| panic!("{file} {at}: plugin without config"));
+                            out.push(Found {
+                                file: file.into(),
+                                config: config_value(cfg, file, &at),
+                                at,
+                                host: Host::Kong,
+                            });
+                        }
+                    }
+                }
+            }
+            // Envoy: envoy.filters.http.wasm typed_config → config.configuration (StringValue).
+            let is_wasm = m
+                .get("@type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with("envoy.extensions.filters.http.wasm.v3.Wasm"));
+            if is_wasm {
+                let at = format!("{at}.config.configuration.value");
+                let value = v
+                    .pointer("/config/configuration/value")
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| {
+                        panic!("{file} {at}: wasm filter without a StringValue configuration")
+                    });
+                let ty = v
+                    .pointer("/config/configuration/@type")
+                    .and_then(Value::as_str);
+                assert_eq!(
+                    ty,
+                    Some("type.googleapis.com/google.protobuf.StringValue"),
+                    "{file} {at}: configuration must be a google.protobuf.StringValue"
+                );
+                out.push(Found {
+                    file: file.into(),
+                    config: serde_json::from_str(value)
+                        .unwrap_or_else(|e| panic!("{file} {at}: not JSON: {e}")),
+                    at,
+                    host: Host::Envoy,
+                });
+            }
+            for (k, child) in m {
+                walk(child, file, &format!("{at}.{k}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                walk(child, file, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn files_in(dir: &str, exts: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root().join(dir))
+        .unwrap_or_else(|e| panic!("cannot list {dir}/: {e}"))
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| exts.iter().any(|x| n.ends_with(&format!(".{x}"))))
+        .map(|n| format!("{dir}/{n}"))
+        .collect();
+    out.sort();
+    out
+}
+
+fn load_any(file: &str) -> Value {
+    if file.ends_with(".json") {
+        serde_json::from_str(&read(file)).unwrap_or_else(|e| panic!("{file}: bad JSON: {e}"))
+    } else {
+        yaml(file)
+    }
+}
+
+fn find_configs(file: &str) -> Vec<Found> {
+    let doc = load_any(file);
+    let mut out = Vec::new();
+    if doc.get("providers").is_some() && doc.get("routes").is_some() {
+        out.push(Found {
+            file: file.into(),
+            at: "(whole file)".into(),
+            config: doc,
+            host: Host::Bare,
+        });
+    } else {
+        walk(&doc, file, "", &mut out);
+    }
+    out
+}
+
+fn all_configs() -> Vec<Found> {
+    let mut files = files_in("kong", &["yml", "yaml"]);
+    files.extend(files_in("examples", &["yaml", "yml", "json"]));
+    files.iter().flat_map(|f| find_configs(f)).collect()
+}
+
+// ------------------------------------------------------------------------------------------
+// Embedded configs are valid for the filter and for Kong
+
+#[test]
+fn embedded_filter_configs_are_valid_for_filter_and_schema() {
+    let schema = Schema::config();
+    let found = all_configs();
+    let count = |file: &str| found.iter().filter(|f| f.file == file).count();
+    assert_eq!(
+        count("kong/kong.yml"),
+        3,
+        "kong/kong.yml: fraud, churn and health chains"
+    );
+    assert_eq!(
+        count("kong/kong.plugins.yml"),
+        1,
+        "kong/kong.plugins.yml: one plugin entry"
+    );
+    assert_eq!(count("examples/envoy-production.yaml"), 1);
+
+    let mut failures = Vec::new();
+    for f in &found {
+        let bytes = serde_json::to_vec(&f.config).expect("serialize config");
+        if let Err(e) = azure_ml_kong::config::load(&bytes) {
+            failures.push(format!("{} {}: config::load rejects it: {e}", f.file, f.at));
+        }
+        if let Err(e) = filter_load(&f.config) {
+            failures.push(format!("{} {}: filter rejects it: {e}", f.file, f.at));
+        }
+        if let Err((_, msg)) = schema.validate(&f.config) {
+            failures.push(format!(
+                "{} {}: meta.json schema rejects it:\n{msg}",
+                f.file, f.at
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Kong dispatches to `host[:port]`; Envoy to a cluster name defined in the same bootstrap.
+#[test]
+fn provider_upstreams_fit_their_host() {
+    let host_port = regex::Regex::new(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$").expect("regex");
+    for f in all_configs() {
+        let providers = f.config["providers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (i, p) in providers.iter().enumerate() {
+            let Some(up) = p.get("upstream").and_then(Value::as_str) else {
+                continue;
+            };
+            match f.host {
+                Host::Kong => assert!(
+                    host_port.is_match(up) && up.contains(['.', ':']),
+                    "{} {}: providers[{i}].upstream {up:?} must be host[:port] in Kong",
+                    f.file,
+                    f.at
+                ),
+                Host::Envoy => {
+                    let doc = load_any(&f.file);
+                    let clusters: Vec<&str> = doc
+                        .pointer("/static_resources/clusters")
+                        .and_then(Value::as_array)
+                        .map(|c| c.iter().filter_map(|c| c["name"].as_str()).collect())
+                        .unwrap_or_default();
+                    assert!(
+                        clusters.contains(&up),
+                        "{} {}: providers[{i}].upstream {up:?} is not a cluster of this bootstrap ({clusters:?})",
+                        f.file,
+                        f.at
+                    );
+                }
+                Host::Bare => {}
+            }
+        }
+    }
+}
+
+/// The demo config's upstreams and the endpoint key match what docker-compose.yml runs.
+#[test]
+fn kong_demo_matches_compose_services() {
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_object().expect("services");
+    let listen_port = |svc: &str| -> String {
+        let cmd: Vec<&str> = services[svc]["command"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{svc}: command list"))
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let i = cmd.iter().position(|a| *a == "--listen").expect("--listen");
+        cmd[i + 1].rsplit(':').next().expect("port").to_string()
+    };
+    let idp = format!("mock-idp:{}", listen_port("mock-idp"));
+    let aml = format!("mock-aml:{}", listen_port("mock-aml"));
+    let aml_cmd = services["mock-aml"]["command"].to_string();
+
+    let kong = yaml("kong/kong.yml");
+    let urls: Vec<&str> = kong["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .filter_map(|s| s["url"].as_str())
+        .collect();
+    assert!(
+        urls.iter()
+            .any(|u| u.starts_with(&format!("http://{aml}/"))),
+        "kong.yml should proxy to {aml}: {urls:?}"
+    );
+    for f in find_configs("kong/kong.yml") {
+        for p in f.config["providers"].as_array().expect("providers") {
+            assert_eq!(p["upstream"], json!(idp), "{}: provider upstream", f.at);
+            let uri = p["jwks_uri"]
+                .as_str()
+                .or(p["discovery_uri"].as_str())
+                .unwrap_or("");
+            assert!(
+                uri.starts_with(&format!("http://{idp}/")),
+                "{}: {uri}",
+                f.at
+            );
+        }
+        for r in f.config["routes"].as_array().expect("routes") {
+            if let Some(auth) = r
+                .pointer("/set_request_headers/authorization")
+                .and_then(Value::as_str)
+            {
+                let key = auth.strip_prefix("Bearer ").expect("Bearer <key>");
+                assert!(
+                    aml_cmd.contains(&format!("\"{key}\"")),
+                    "{}: endpoint key {key} is not the one mock-aml is started with ({aml_cmd})",
+                    f.at
+                );
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Invalid samples: rejected by both, same field
+
+fn base_config() -> Value {
+    json!({
+        "providers": [{
+            "name": "entra",
+            "issuers": ["https://login.microsoftonline.com/{tenantid}/v2.0"],
+            "tenants": ["72f988bf-86f1-41af-91ab-2d7cd011db47"],
+            "jwks_uri": "https://login.microsoftonline.com/common/discovery/v2.0/keys",
+            "audiences": ["api://azureml-gateway"]
+        }],
+        "routes": [
+            {"name": "health", "match": {"path": "/health"}, "auth": "none"},
+            {"name": "score", "match": {"path": "/teams/{team}/score", "methods": ["POST"]},
+             "require": {"all": [
+                 {"claim": "roles", "contains_any": ["Endpoint.Score"]},
+                 {"claim": "team", "equals": "{path.team}"}
+             ]},
+             "set_request_headers": {"authorization": "Bearer k", "azureml-model-deployment": "blue"}}
+        ]
+    })
+}
+
+/// Apply `f` to a copy of the base config.
+fn mutate(f: impl FnOnce(&mut Value)) -> Value {
+    let mut v = base_config();
+    f(&mut v);
+    v
+}
+
+fn at<'a>(v: &'a mut Value, pointer: &str) -> &'a mut Value {
+    v.pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("no {pointer} in the base config"))
+}
+
+fn remove(v: &mut Value, pointer: &str) {
+    let (parent, key) = pointer.rsplit_once('/').expect("pointer");
+    at(v, parent)
+        .as_object_mut()
+        .expect("object")
+        .remove(key)
+        .unwrap_or_else(|| panic!("nothing at {pointer}"));
+}
+
+#[test]
+fn base_sample_is_valid() {
+    let v = base_config();
+    filter_load(&v).unwrap_or_else(|e| panic!("filter: {e}"));
+    Schema::config()
+        .validate(&v)
+        .unwrap_or_else(|(_, m)| panic!("schema: {m}"));
+}
+
+/// Structural errors (serde level in the filter): both must point at the same field.
+#[test]
+fn invalid_samples_rejected_by_both_with_the_same_path() {
+    let samples: Vec<(&str, Value)> = vec![
+        (
+            "unknown top-level field",
+            mutate(|v| v["forward_tokens"] = json!(true)),
+        ),
+        (
+            "unknown field in a route",
+            mutate(|v| {
+                let m = at(v, "/routes/1").as_object_mut().expect("route");
+                let x = m.remove("match").expect("match");
+                m.insert("matchh".into(), x);
+            }),
+        ),
+        (
+            "unknown field in a provider",
+            mutate(|v| at(v, "/providers/0")["audience"] = json!(["a"])),
+        ),
+        (
+            "unknown token source kind",
+            mutate(|v| v["token_sources"] = json!([{"headers": "authorization"}])),
+        ),
+        (
+            "unknown requirement operator",
+            mutate(|v| {
+                *at(v, "/routes/1/require/all/0") = json!({"claim": "roles", "contains": ["x"]})
+            }),
+        ),
+        (
+            "wrong type: number as string",
+            mutate(|v| at(v, "/providers/0")["jwks_timeout_ms"] = json!("fast")),
+        ),
+        (
+            "wrong type: claim is a number",
+            mutate(|v| *at(v, "/routes/1/require/all/1/claim") = json!(5)),
+        ),
+        (
+            "wrong type: requirement list is an object",
+            mutate(|v| {
+                *at(v, "/routes/1/require") = json!({"all": {"claim": "roles", "exists": true}})
+            }),
+        ),
+        (
+            "wrong type: forward_token",
+            mutate(|v| v["forward_token"] = json!("yes")),
+        ),
+        (
+            "wrong type: issuers",
+            mutate(|v| {
+                at(v, "/providers/0")["issuers"] = json!("https://sts.windows.net/{tenantid}/")
+            }),
+        ),
+        (
+            "bad enum: auth",
+            mutate(|v| at(v, "/routes/0")["auth"] = json!("sometimes")),
+        ),
+        (
+            "bad enum: on_no_route",
+            mutate(|v| v["on_no_route"] = json!("allow")),
+        ),
+        (
+            "bad enum: cors_preflight",
+            mutate(|v| at(v, "/routes/1")["cors_preflight"] = json!("yes")),
+        ),
+        (
+            "bad enum: audit level",
+            mutate(|v| v["audit"] = json!({"log_level": "verbose"})),
+        ),
+        (
+            "missing required: audiences",
+            mutate(|v| remove(v, "/providers/0/audiences")),
+        ),
+        (
+            "missing required: issuers",
+            mutate(|v| remove(v, "/providers/0/issuers")),
+        ),
+        (
+            "missing required: route name",
+            mutate(|v| remove(v, "/routes/0/name")),
+        ),
+        ("missing required: routes", mutate(|v| remove(v, "/routes"))),
+        (
+            "missing required: claims_to_headers header",
+            mutate(|v| v["claims_to_headers"] = json!([{"claim": "oid"}])),
+        ),
+        (
+            "missing required: rate_limit window",
+            mutate(|v| at(v, "/routes/1")["rate_limit"] = json!({"requests": 10})),
+        ),
+    ];
+    let schema = Schema::config();
+    let mut failures = Vec::new();
+    for (what, v) in &samples {
+        let fe = match filter_load(v) {
+            Ok(()) => {
+                failures.push(format!("{what}: the filter accepts it"));
+                continue;
+            }
+            Err(e) => e,
+        };
+        let (paths, msg) = match schema.validate(v) {
+            Ok(()) => {
+                failures.push(format!("{what}: meta.json's schema accepts it"));
+                continue;
+            }
+            Err(x) => x,
+        };
+        let fp = filter_path(&fe.path);
+        if !paths.iter().any(|p| p.specific && p.path == fp) {
+            let got: BTreeSet<String> = paths.iter().map(|p| show(&p.path)).collect();
+            failures.push(format!(
+                "{what}: filter says `{fe}`, the schema validator points at {got:?}\n{msg}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Cross-field rules (the filter's `validate` stage): both reject; the validator's error is
+/// at the filter's field or at an enclosing object (a oneOf/not over that object).
+#[test]
+fn cross_field_samples_rejected_by_both() {
+    let samples: Vec<(&str, Value)> = vec![
+        // serde's derived structs also accept a JSON array (fields by position), so the
+        // filter reports the first element; the validator reports the array itself.
+        (
+            "wrong type: not is a list",
+            mutate(|v| {
+                *at(v, "/routes/1/require") = json!({"not": [{"claim": "idtyp", "equals": "app"}]})
+            }),
+        ),
+        ("no providers", mutate(|v| v["providers"] = json!([]))),
+        ("no routes", mutate(|v| v["routes"] = json!([]))),
+        (
+            "no token sources",
+            mutate(|v| v["token_sources"] = json!([])),
+        ),
+        (
+            "both discovery_uri and jwks_uri",
+            mutate(|v| {
+                at(v, "/providers/0")["discovery_uri"] = json!("https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration")
+            }),
+        ),
+        (
+            "neither discovery_uri nor jwks_uri",
+            mutate(|v| remove(v, "/providers/0/jwks_uri")),
+        ),
+        (
+            "no audiences",
+            mutate(|v| at(v, "/providers/0")["audiences"] = json!([])),
+        ),
+        (
+            "no issuers",
+            mutate(|v| at(v, "/providers/0")["issuers"] = json!([])),
+        ),
+        (
+            "unknown algorithm",
+            mutate(|v| at(v, "/providers/0")["algorithms"] = json!(["none"])),
+        ),
+        (
+            "tenant is not a GUID",
+            mutate(|v| at(v, "/providers/0")["tenants"] = json!(["contoso.onmicrosoft.com"])),
+        ),
+        (
+            "token source with header and query",
+            mutate(|v| {
+                v["token_sources"] = json!([{"header": "authorization", "query": "access_token"}])
+            }),
+        ),
+        (
+            "token source with nothing",
+            mutate(|v| v["token_sources"] = json!([{}])),
+        ),
+        (
+            "prefix without header",
+            mutate(|v| {
+                v["token_sources"] = json!([{"query": "access_token", "prefix": "Bearer "}])
+            }),
+        ),
+        (
+            "claim test with two operators",
+            mutate(|v| {
+                *at(v, "/routes/1/require/all/0") =
+                    json!({"claim": "roles", "contains_any": ["a"], "exists": true})
+            }),
+        ),
+        (
+            "claim test without operator",
+            mutate(|v| *at(v, "/routes/1/require/all/0") = json!({"claim": "roles"})),
+        ),
+        (
+            "operator without claim",
+            mutate(|v| *at(v, "/routes/1/require/all/0") = json!({"equals": "x"})),
+        ),
+        (
+            "empty requirement node",
+            mutate(|v| *at(v, "/routes/1/require/all/0") = json!({})),
+        ),
+        (
+            "all and claim in one node",
+            mutate(|v| {
+                *at(v, "/routes/1/require") = json!({"all": [], "claim": "x", "exists": true})
+            }),
+        ),
+        (
+            "path and path_prefix",
+            mutate(|v| at(v, "/routes/0/match")["path_prefix"] = json!("/")),
+        ),
+        (
+            "rate limit of zero",
+            mutate(|v| {
+                at(v, "/routes/1")["rate_limit"] = json!({"requests": 0, "window_seconds": 60})
+            }),
+        ),
+        (
+            "set a hop-by-hop header",
+            mutate(|v| {
+                at(v, "/routes/1/set_request_headers")["transfer-encoding"] = json!("chunked")
+            }),
+        ),
+        (
+            "claim header is host",
+            mutate(|v| v["claims_to_headers"] = json!([{"claim": "oid", "header": "host"}])),
+        ),
+        (
+            "upper-case claim header",
+            mutate(|v| {
+                v["claims_to_headers"] = json!([{"claim": "oid", "header": "X-Caller-Oid"}])
+            }),
+        ),
+        (
+            "realm with a quote",
+            mutate(|v| v["realm"] = json!("azure\"ml")),
+        ),
+        (
+            "cache of zero entries",
+            mutate(|v| v["cache"] = json!({"max_entries": 0})),
+        ),
+        (
+            "tiny token cap",
+            mutate(|v| v["cache"] = json!({"max_token_bytes": 100})),
+        ),
+        (
+            "empty tenants list",
+            mutate(|v| at(v, "/providers/0")["tenants"] = json!([])),
+        ),
+        (
+            "short hmac secret",
+            mutate(|v| {
+                at(v, "/providers/0")["hmac_secret"] = json!("short");
+                at(v, "/providers/0")["algorithms"] = json!(["HS256"]);
+            }),
+        ),
+        (
+            "clock skew above an hour",
+            mutate(|v| at(v, "/providers/0")["clock_skew_seconds"] = json!(7200)),
+        ),
+        (
+            "blank token prefix",
+            mutate(|v| v["token_sources"] = json!([{"header": "authorization", "prefix": " "}])),
+        ),
+        (
+            "empty all list",
+            mutate(|v| *at(v, "/routes/1/require") = json!({"all": []})),
+        ),
+        (
+            "empty one_of list",
+            mutate(|v| *at(v, "/routes/1/require/all/0") = json!({"claim": "roles", "one_of": []})),
+        ),
+        (
+            "lower-case method",
+            mutate(|v| at(v, "/routes/1/match")["methods"] = json!(["post"])),
+        ),
+        (
+            "empty methods list",
+            mutate(|v| at(v, "/routes/1/match")["methods"] = json!([])),
+        ),
+        (
+            "host with port",
+            mutate(|v| at(v, "/routes/1/match")["hosts"] = json!(["ml.example.com:443"])),
+        ),
+        (
+            "header value with a newline",
+            mutate(|v| {
+                at(v, "/routes/1/set_request_headers")["azureml-model-deployment"] =
+                    json!("blue\r\nx-evil: 1")
+            }),
+        ),
+    ];
+    let schema = Schema::config();
+    let mut failures = Vec::new();
+    for (what, v) in &samples {
+        let schema_result = schema.validate(v);
+        let filter_result = filter_load(v);
+        match (&filter_result, &schema_result) {
+            (Ok(()), _) => failures.push(format!("{what}: the filter accepts it")),
+            (_, Ok(())) => failures.push(format!("{what}: meta.json's schema accepts it")),
+            (Err(fe), Err((paths, msg))) => {
+                let fp = filter_path(&fe.path);
+                let agrees = paths
+                    .iter()
+                    .filter(|p| !p.path.is_empty() || fp.is_empty())
+                    .any(|p| fp.starts_with(&p.path));
+                if !agrees {
+                    let got: BTreeSet<String> = paths.iter().map(|p| show(&p.path)).collect();
+                    failures.push(format!(
+                        "{what}: filter says `{fe}`, the schema validator points at {got:?}\n{msg}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn path_normalization() {
+    assert_eq!(
+        filter_path("routes[1].require.any[0].claim"),
+        vec![
+            Seg::Key("routes".into()),
+            Seg::Index(1),
+            Seg::Key("require".into()),
+            Seg::Key("any".into()),
+            Seg::Index(0),
+            Seg::Key("claim".into())
+        ]
+    );
+    assert_eq!(filter_path(""), Vec::<Seg>::new());
+    assert_eq!(show(&filter_path("a[0][2].b")), "a[0][2].b");
+}
+
+// ------------------------------------------------------------------------------------------
+// meta.json itself
+
+/// Every object schema closes itself with `additionalProperties: false`.
+#[test]
+fn schema_is_closed_everywhere() {
+    fn check(v: &Value, at: &str, bad: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                let is_object_schema = m.get("type") == Some(&json!("object"))
+                    || (m.contains_key("properties") && !at.ends_with(".properties"));
+                if is_object_schema && m.get("additionalProperties") != Some(&json!(false)) {
+                    bad.push(at.to_string());
+                }
+                for (k, c) in m {
+                    check(c, &format!("{at}.{k}"), bad);
+                }
+            }
+            Value::Array(a) => {
+                for (i, c) in a.iter().enumerate() {
+                    check(c, &format!("{at}[{i}]"), bad);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut bad = Vec::new();
+    check(&meta()["config_schema"], "config_schema", &mut bad);
+    assert!(
+        bad.is_empty(),
+        "object schemas without additionalProperties: false: {bad:?}"
+    );
+}
+
+/// Kong 3.9 refuses to start on a malformed meta.json: check it the way
+/// `kong/runloop/wasm.lua` does (FILTER_META_SCHEMA: config_schema is a draft-04 schema,
+/// metrics.label_patterns[] = {label, pattern}), and that `$schema` is draft-04.
+#[test]
+fn meta_json_has_the_shape_kong_accepts() {
+    let kong_meta_schema = json!({
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "type": "object",
+        "properties": {
+            "config_schema": {"$ref": "http://json-schema.org/draft-04/schema#"},
+            "metrics": {
+                "type": "object",
+                "properties": {
+                    "label_patterns": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["label", "pattern"],
+                            "properties": {
+                                "label": {"type": "string"},
+                                "pattern": {"type": "string"}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let m = meta();
+    Schema::compile(kong_meta_schema)
+        .validate(&m)
+        .unwrap_or_else(|(_, e)| {
+            panic!("meta.json does not match Kong's FILTER_META_SCHEMA:\n{e}")
+        });
+    assert_eq!(
+        m["config_schema"]["$schema"],
+        json!("http://json-schema.org/draft-04/schema#")
+    );
+    let keys: BTreeSet<&str> = m
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, BTreeSet::from(["config_schema", "metrics"]));
+}
+
+/// The schema's `default`s are the filter's defaults (a minimal config, parsed by the filter).
+#[test]
+fn schema_defaults_are_the_filter_defaults() {
+    let m = meta();
+    let s = &m["config_schema"];
+    let d = |ptr: &str| -> Value {
+        s.pointer(&format!("{ptr}/default"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no default at config_schema{ptr}"))
+    };
+    let minimal = json!({
+        "providers": [{"name": "p", "issuers": ["i"], "jwks_uri": "https://x/k", "audiences": ["a"]}],
+        "routes": [{"name": "r", "rate_limit": {"requests": 1, "window_seconds": 1}}]
+    });
+    let cfg = azure_ml_kong::config::load(minimal.to_string().as_bytes())
+        .unwrap_or_else(|e| panic!("minimal config: {e}"));
+    let p = &cfg.providers[0];
+    let r = &cfg.routes[0];
+    let prov = "/definitions/provider/properties";
+    assert_eq!(d(&format!("{prov}/algorithms")), json!(p.algorithms));
+    assert_eq!(
+        d(&format!("{prov}/clock_skew_seconds")),
+        json!(p.clock_skew_seconds)
+    );
+    assert_eq!(
+        d(&format!("{prov}/jwks_refresh_seconds")),
+        json!(p.jwks_refresh_seconds)
+    );
+    assert_eq!(
+        d(&format!("{prov}/jwks_min_refetch_seconds")),
+        json!(p.jwks_min_refetch_seconds)
+    );
+    assert_eq!(
+        d(&format!("{prov}/jwks_timeout_ms")),
+        json!(p.jwks_timeout_ms)
+    );
+    assert_eq!(d("/properties/realm"), json!(cfg.realm));
+    assert_eq!(d("/properties/forward_token"), json!(cfg.forward_token));
+    assert_eq!(
+        d("/properties/cache/properties/max_entries"),
+        json!(cfg.cache.max_entries)
+    );
+    assert_eq!(
+        d("/properties/cache/properties/max_token_bytes"),
+        json!(cfg.cache.max_token_bytes)
+    );
+    assert_eq!(
+        d("/definitions/rate_limit/properties/key"),
+        json!(r.rate_limit.as_ref().map(|l| l.key.clone()))
+    );
+    let ts: Vec<Value> = cfg
+        .token_sources
+        .iter()
+        .map(|t| {
+            let mut o = serde_json::Map::new();
+            for (k, v) in [
+                ("header", &t.header),
+                ("prefix", &t.prefix),
+                ("query", &t.query),
+                ("cookie", &t.cookie),
+            ] {
+                if let Some(v) = v {
+                    o.insert(k.into(), json!(v));
+                }
+            }
+            Value::Object(o)
+        })
+        .collect();
+    assert_eq!(d("/properties/token_sources"), json!(ts));
+    let ch: Vec<Value> = cfg
+        .claims_to_headers
+        .iter()
+        .map(|c| json!({"claim": c.claim, "header": c.header}))
+        .collect();
+    assert_eq!(d("/properties/claims_to_headers"), json!(ch));
+    // Enum defaults: compare through the filter (the default value must parse to the default).
+    use azure_ml_kong::config::{AuthMode, CorsPreflight, LogLevel, OnNoRoute};
+    assert_eq!(cfg.on_no_route, OnNoRoute::Deny);
+    assert_eq!(d("/properties/on_no_route"), json!("deny"));
+    assert_eq!(r.auth, AuthMode::Required);
+    assert_eq!(d("/definitions/route/properties/auth"), json!("required"));
+    assert_eq!(r.cors_preflight, CorsPreflight::Deny);
+    assert_eq!(
+        d("/definitions/route/properties/cors_preflight"),
+        json!("deny")
+    );
+    assert_eq!(cfg.audit.log_level, LogLevel::Warn);
+    assert_eq!(d("/properties/audit/properties/log_level"), json!("warn"));
+}
+
+// ------------------------------------------------------------------------------------------
+// Metric label extraction, as Kong 3.9's Prometheus exporter does it
+
+/// Kong 3.9 `kong/plugins/prometheus/wasmx.lua` `parse_pw_key`: the stored key is
+/// `pw:<filter>:<metric name>`; each label pattern is matched in list order with ONE shared
+/// `ngx.re.match` ctx, so a pattern starts where the previous successful match ended; the
+/// label value is capture 2; capture 1 must end where the match ends, and the metric name is
+/// the key up to the first label's capture 1, with `:` turned into `_`.
+fn kong_parse(key: &str, patterns: &[(String, regex::Regex)]) -> (String, Vec<(String, String)>) {
+    let mut labels = Vec::new();
+    let mut pos = 0usize; // 0-based start offset (ctx.pos - 1)
+    let mut first = key.len();
+    for (label, re) in patterns {
+        if let Some(c) = re.captures_at(key, pos) {
+            let whole = c.get(0).expect("match");
+            let g1 = c.get(1).expect("pattern needs capture 1");
+            let g2 = c.get(2).expect("pattern needs capture 2");
+            pos = whole.end();
+            // Kong computes the label position as ctx.pos - #capture1.
+            let l_pos = whole.end() - g1.as_str().len();
+            labels.push((label.clone(), g2.as_str().to_string()));
+            first = first.min(l_pos);
+        }
+    }
+    (key[..first].replace(':', "_"), labels)
+}
+
+#[test]
+fn metric_names_yield_the_documented_labels() {
+    let m = meta();
+    let patterns: Vec<(String, regex::Regex)> = m["metrics"]["label_patterns"]
+        .as_array()
+        .expect("label_patterns")
+        .iter()
+        .map(|p| {
+            let label = p["label"].as_str().expect("label").to_string();
+            let pat = p["pattern"].as_str().expect("pattern");
+            let re = regex::Regex::new(pat).unwrap_or_else(|e| panic!("{label}: {e}"));
+            (label, re)
+        })
+        .collect();
+    let l = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    let cases = [
+        (
+            "decisions_total_route=team-score_decision=deny_reason=insufficient_scope",
+            "pw_azure_ml_kong_decisions_total",
+            l(&[
+                ("route", "team-score"),
+                ("decision", "deny"),
+                ("reason", "insufficient_scope"),
+            ]),
+        ),
+        (
+            "decisions_total_route=health_decision=allow_reason=anonymous",
+            "pw_azure_ml_kong_decisions_total",
+            l(&[
+                ("route", "health"),
+                ("decision", "allow"),
+                ("reason", "anonymous"),
+            ]),
+        ),
+        (
+            "decisions_total_route=unmatched_decision=deny_reason=no_route",
+            "pw_azure_ml_kong_decisions_total",
+            l(&[
+                ("route", "unmatched"),
+                ("decision", "deny"),
+                ("reason", "no_route"),
+            ]),
+        ),
+        (
+            "jwks_fetches_total_provider=entra_result=http_error",
+            "pw_azure_ml_kong_jwks_fetches_total",
+            l(&[("provider", "entra"), ("result", "http_error")]),
+        ),
+        (
+            "jwks_keys_provider=entra",
+            "pw_azure_ml_kong_jwks_keys",
+            l(&[("provider", "entra")]),
+        ),
+        (
+            "token_cache_hits_total",
+            "pw_azure_ml_kong_token_cache_hits_total",
+            vec![],
+        ),
+        (
+            "token_verify_us",
+            "pw_azure_ml_kong_token_verify_us",
+            vec![],
+        ),
+    ];
+    for (name, want_name, want_labels) in cases {
+        let key = format!("pw:{FILTER}:{name}");
+        assert!(
+            key.len() <= 256,
+            "{key}: longer than ngx_wasm_module's max_metric_name_length (256)"
+        );
+        let (got_name, got_labels) = kong_parse(&key, &patterns);
+        assert_eq!(got_name, want_name, "{name}");
+        assert_eq!(got_labels, want_labels, "{name}");
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// docker-compose.yml, Dockerfiles, kong.conf
+
+fn compose() -> Value {
+    yaml("docker-compose.yml")
+}
+
+/// (source, target) of every bind mount of a service, short or long syntax.
+fn binds(svc: &Value) -> Vec<(String, String)> {
+    svc["volumes"]
+        .as_array()
+        .map(|vs| {
+            vs.iter()
+                .filter_map(|v| match v {
+                    Value::String(s) => {
+                        let mut it = s.split(':');
+                        Some((it.next()?.to_string(), it.next()?.to_string()))
+                    }
+                    Value::Object(o) if o.get("type") == Some(&json!("bind")) => Some((
+                        o["source"].as_str()?.to_string(),
+                        o["target"].as_str()?.to_string(),
+                    )),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn kong_conf() -> Vec<(String, String)> {
+    read("kong/kong.conf")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("kong.conf: bad line {l:?}"));
+            let v = v.split(" #").next().unwrap_or("").trim();
+            (k.trim().to_string(), v.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn compose_parses_and_everything_it_uses_exists() {
+    let c = compose();
+    let services = c["services"].as_object().expect("compose: services");
+    let makefile = read("Makefile");
+    let mut problems = Vec::new();
+    for (name, svc) in services {
+        if let Some(b) = svc.get("build") {
+            let ctx = b["context"].as_str().unwrap_or(".");
+            let df = b["dockerfile"].as_str().unwrap_or("Dockerfile");
+            let df_path = root().join(ctx).join(df);
+            if !df_path.is_file() {
+                problems.push(format!("{name}: Dockerfile {} missing", df_path.display()));
+            }
+            let ignore = PathBuf::from(format!("{}.dockerignore", df_path.display()));
+            if !ignore.is_file() && !root().join(ctx).join(".dockerignore").is_file() {
+                problems.push(format!(
+                    "{name}: no .dockerignore: target/ would be sent as build context"
+                ));
+            }
+        }
+        for (src, _) in binds(svc) {
+            let rel = src.trim_start_matches("./");
+            if rel.starts_with("target/") {
+                // A build artifact: fine if the Makefile builds it before `docker compose up`.
+                let built = makefile.contains(rel);
+                let kong_up_builds = makefile
+                    .lines()
+                    .any(|l| l.starts_with("kong-up:") && l.contains("wasm"));
+                if !(built && kong_up_builds) {
+                    problems.push(format!(
+                        "{name}: mounts {rel}, which the Makefile's kong-up target does not build"
+                    ));
+                }
+            } else if !root().join(rel).exists() {
+                problems.push(format!("{name}: mounts {rel}, which does not exist"));
+            }
+        }
+        for p in svc["ports"].as_array().cloned().unwrap_or_default() {
+            let p = p.as_str().unwrap_or("").to_string();
+            if !p.starts_with("127.0.0.1:") {
+                problems.push(format!("{name}: port {p} is not bound to 127.0.0.1"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn compose_runs_kong_3_9_with_the_filter() {
+    let c = compose();
+    let kong = &c["services"]["kong"];
+    let image = kong["image"].as_str().expect("kong image");
+    assert!(
+        regex::Regex::new(r"^kong:3\.9\.[0-9]+$")
+            .expect("re")
+            .is_match(image),
+        "pin an exact Kong 3.9.x release (Wasm filters are gone after 3.9): {image}"
+    );
+    let mounts = binds(kong);
+    let target_of = |src: &str| {
+        mounts
+            .iter()
+            .find(|(s, _)| s.trim_start_matches("./") == src)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| panic!("kong does not mount {src}"))
+    };
+    let conf = kong_conf();
+    let get = |k: &str| {
+        conf.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("kong/kong.conf lacks {k}"))
+    };
+    assert_eq!(target_of("kong/kong.conf"), "/etc/kong/kong.conf");
+    let filters_path = get("wasm_filters_path");
+    assert_eq!(
+        target_of("target/wasm32-wasip1/release/azure_ml_kong.wasm"),
+        format!("{filters_path}/{FILTER}.wasm")
+    );
+    assert_eq!(
+        target_of("kong/azure_ml_kong.meta.json"),
+        format!("{filters_path}/{FILTER}.meta.json")
+    );
+    assert_eq!(target_of("kong/kong.yml"), get("declarative_config"));
+    assert_eq!(get("wasm"), "on");
+    assert_eq!(get("database"), "off");
+    assert!(
+        !get("nginx_wasm_shm_kv").is_empty(),
+        "the filter needs the `*` shm_kv zone"
+    );
+    assert_eq!(get("nginx_wasm_proxy_wasm_lua_resolver"), "on");
+    assert_eq!(get("log_level"), "notice");
+    // The environment must not silently override those.
+    let env = kong["environment"].as_object().cloned().unwrap_or_default();
+    for k in [
+        "KONG_WASM",
+        "KONG_WASM_FILTERS_PATH",
+        "KONG_DATABASE",
+        "KONG_LOG_LEVEL",
+        "KONG_NGINX_WASM_SHM_KV",
+    ] {
+        assert!(
+            !env.contains_key(k),
+            "{k} in compose overrides kong/kong.conf"
+        );
+    }
+    let kong_yml = yaml("kong/kong.yml");
+    assert_eq!(kong_yml["_format_version"], json!("3.0"));
+}
+
+#[test]
+fn mock_dockerfiles_build_the_workspace_binaries() {
+    let cargo = read("Cargo.toml");
+    let rust_version = cargo
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rust-version = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .expect("rust-version in Cargo.toml");
+    let mocks = read("mocks/Cargo.toml");
+    let c = compose();
+    for svc in ["mock-idp", "mock-aml"] {
+        let df_rel = c["services"][svc]["build"]["dockerfile"]
+            .as_str()
+            .expect("dockerfile");
+        let df = read(df_rel);
+        assert!(
+            df.contains(&format!("ARG RUST_VERSION={rust_version}\n")),
+            "{df_rel}: builder must use rust {rust_version} (rust-version in Cargo.toml)"
+        );
+        assert!(
+            df.contains("-p aml-mocks") && df.contains(&format!("--bin {svc}")),
+            "{df_rel}"
+        );
+        assert!(
+            mocks.contains(&format!("name = \"{svc}\"")),
+            "mocks/Cargo.toml has no bin {svc}"
+        );
+        assert!(
+            df.contains("USER "),
+            "{df_rel}: run the mock as a non-root user"
+        );
+    }
+}
+
+#[test]
+fn docs_and_examples_exist() {
+    for f in [
+        "docs/kong.md",
+        "examples/README.md",
+        "kong/kong.plugins.yml",
+    ] {
+        assert!(Path::new(&root().join(f)).is_file(), "{f} missing");
+    }
+}
