@@ -21,7 +21,10 @@ fn b64(b: &[u8]) -> String {
 }
 
 fn main() {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let rsa = RS256KeyPair::generate(2048).unwrap();
     let der = rsa.to_der().unwrap();
     let es256 = ES256KeyPair::generate();
@@ -75,24 +78,55 @@ fn main() {
     ))
     .unwrap();
     let claims = || {
-        let mut c = jwt_simple::claims::Claims::with_custom_claims(custom.clone(), Duration::from_secs(1));
+        let mut c =
+            jwt_simple::claims::Claims::with_custom_claims(custom.clone(), Duration::from_secs(1));
         c.issued_at = None;
         c.expires_at = None;
         c.invalid_before = None;
         c
     };
-    println!("{:<7} {:>12} {:>12}   (decode+select+verify, release, native)", "alg", "us/verify", "verifies/s");
+    println!(
+        "{:<7} {:>12} {:>12}   (decode+select+verify, release, native)",
+        "alg", "us/verify", "verifies/s"
+    );
     for alg in Alg::ALL {
         let token = match alg {
-            Alg::RS256 => RS256KeyPair::from_der(&der).unwrap().with_key_id("rsa").sign(claims()),
-            Alg::RS384 => RS384KeyPair::from_der(&der).unwrap().with_key_id("rsa").sign(claims()),
-            Alg::RS512 => RS512KeyPair::from_der(&der).unwrap().with_key_id("rsa").sign(claims()),
-            Alg::PS256 => PS256KeyPair::from_der(&der).unwrap().with_key_id("rsa").sign(claims()),
-            Alg::PS384 => PS384KeyPair::from_der(&der).unwrap().with_key_id("rsa").sign(claims()),
-            Alg::PS512 => PS512KeyPair::from_der(&der).unwrap().with_key_id("rsa").sign(claims()),
-            Alg::ES256 => ES256KeyPair::from_bytes(&es256.to_bytes()).unwrap().with_key_id("p256").sign(claims()),
-            Alg::ES384 => ES384KeyPair::from_bytes(&es384.to_bytes()).unwrap().with_key_id("p384").sign(claims()),
-            Alg::EdDSA => Ed25519KeyPair::from_bytes(&ed.to_bytes()).unwrap().with_key_id("ed").sign(claims()),
+            Alg::RS256 => RS256KeyPair::from_der(&der)
+                .unwrap()
+                .with_key_id("rsa")
+                .sign(claims()),
+            Alg::RS384 => RS384KeyPair::from_der(&der)
+                .unwrap()
+                .with_key_id("rsa")
+                .sign(claims()),
+            Alg::RS512 => RS512KeyPair::from_der(&der)
+                .unwrap()
+                .with_key_id("rsa")
+                .sign(claims()),
+            Alg::PS256 => PS256KeyPair::from_der(&der)
+                .unwrap()
+                .with_key_id("rsa")
+                .sign(claims()),
+            Alg::PS384 => PS384KeyPair::from_der(&der)
+                .unwrap()
+                .with_key_id("rsa")
+                .sign(claims()),
+            Alg::PS512 => PS512KeyPair::from_der(&der)
+                .unwrap()
+                .with_key_id("rsa")
+                .sign(claims()),
+            Alg::ES256 => ES256KeyPair::from_bytes(&es256.to_bytes())
+                .unwrap()
+                .with_key_id("p256")
+                .sign(claims()),
+            Alg::ES384 => ES384KeyPair::from_bytes(&es384.to_bytes())
+                .unwrap()
+                .with_key_id("p384")
+                .sign(claims()),
+            Alg::EdDSA => Ed25519KeyPair::from_bytes(&ed.to_bytes())
+                .unwrap()
+                .with_key_id("ed")
+                .sign(claims()),
             Alg::HS256 => HS256Key::from_bytes(SECRET.as_bytes()).authenticate(claims()),
             Alg::HS384 => HS384Key::from_bytes(SECRET.as_bytes()).authenticate(claims()),
             Alg::HS512 => HS512Key::from_bytes(SECRET.as_bytes()).authenticate(claims()),
@@ -114,13 +148,21 @@ fn main() {
     }
 
     // Decode alone and a cache hit (hash + lookup), for a typical RS256 token.
-    let token = RS256KeyPair::from_der(&der).unwrap().with_key_id("rsa").sign(claims()).unwrap();
+    let token = RS256KeyPair::from_der(&der)
+        .unwrap()
+        .with_key_id("rsa")
+        .sign(claims())
+        .unwrap();
     let iters = 50_000;
     let t = Instant::now();
     for _ in 0..iters {
         std::hint::black_box(jose::decode(&token, 16384).unwrap());
     }
-    println!("decode only ({} bytes): {:>8.2} us", token.len(), t.elapsed().as_secs_f64() * 1e6 / iters as f64);
+    println!(
+        "decode only ({} bytes): {:>8.2} us",
+        token.len(),
+        t.elapsed().as_secs_f64() * 1e6 / iters as f64
+    );
     let d = jose::decode(&token, 16384).unwrap();
     let v = verify(&d, 0, providers.get(0).unwrap(), Some(&keys), now).unwrap();
     let mut cache = VerifiedCache::new(4096);
@@ -129,5 +171,8 @@ fn main() {
     for _ in 0..iters {
         std::hint::black_box(cache.get(&token, now, 1).is_some());
     }
-    println!("cache hit (sha256 + lookup):  {:>8.2} us", t.elapsed().as_secs_f64() * 1e6 / iters as f64);
+    println!(
+        "cache hit (sha256 + lookup):  {:>8.2} us",
+        t.elapsed().as_secs_f64() * 1e6 / iters as f64
+    );
 }

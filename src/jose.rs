@@ -392,7 +392,10 @@ mod tests {
         assert_eq!(d.raw(), t);
         // Debug never shows the token or claim values.
         let dbg = format!("{d:?}");
-        assert!(!dbg.contains(&t) && !dbg.contains("issuer.example"), "{dbg}");
+        assert!(
+            !dbg.contains(&t) && !dbg.contains("issuer.example"),
+            "{dbg}"
+        );
     }
 
     #[test]
@@ -400,40 +403,183 @@ mod tests {
         let good_h = r#"{"alg":"RS256"}"#;
         let cases: Vec<(&str, String, Reason)> = vec![
             ("5 segments", "a.b.c.d.e".into(), Reason::TokenEncrypted),
-            ("2 segments", signing_input(good_h, P), Reason::TokenMalformed),
-            ("4 segments", format!("{}.x.y", signing_input(good_h, P)), Reason::TokenMalformed),
+            (
+                "2 segments",
+                signing_input(good_h, P),
+                Reason::TokenMalformed,
+            ),
+            (
+                "4 segments",
+                format!("{}.x.y", signing_input(good_h, P)),
+                Reason::TokenMalformed,
+            ),
             ("empty", String::new(), Reason::TokenMalformed),
-            ("alg none", tok(r#"{"alg":"none"}"#, P), Reason::AlgNotAllowed),
-            ("alg None", tok(r#"{"alg":"None"}"#, P), Reason::AlgNotAllowed),
-            ("alg unknown", tok(r#"{"alg":"XS256"}"#, P), Reason::AlgNotAllowed),
-            ("alg missing", tok(r#"{"kid":"a"}"#, P), Reason::TokenMalformed),
-            ("alg number", tok(r#"{"alg":256}"#, P), Reason::TokenMalformed),
-            ("crit empty", tok(r#"{"alg":"RS256","crit":[]}"#, P), Reason::CritUnsupported),
-            ("crit exp", tok(r#"{"alg":"RS256","crit":["exp"],"exp":1}"#, P), Reason::CritUnsupported),
-            ("crit b64", tok(r#"{"alg":"HS256","crit":["b64"],"b64":false}"#, P), Reason::CritUnsupported),
-            ("dup header key", tok(r#"{"alg":"HS256","alg":"RS256"}"#, P), Reason::TokenMalformed),
-            ("dup claim", tok(good_h, r#"{"sub":"a","sub":"b"}"#), Reason::TokenMalformed),
-            ("dup nested claim", tok(good_h, r#"{"a":{"x":1,"x":2}}"#), Reason::TokenMalformed),
-            ("dup in array obj", tok(good_h, r#"{"a":[{"x":1,"x":1}]}"#), Reason::TokenMalformed),
-            ("payload array", tok(good_h, "[1,2]"), Reason::TokenMalformed),
-            ("payload string", tok(good_h, "\"x\""), Reason::TokenMalformed),
-            ("payload trailing junk", tok(good_h, r#"{"a":1} x"#), Reason::TokenMalformed),
-            ("payload not json", tok(good_h, "hello"), Reason::TokenMalformed),
+            (
+                "alg none",
+                tok(r#"{"alg":"none"}"#, P),
+                Reason::AlgNotAllowed,
+            ),
+            (
+                "alg None",
+                tok(r#"{"alg":"None"}"#, P),
+                Reason::AlgNotAllowed,
+            ),
+            (
+                "alg unknown",
+                tok(r#"{"alg":"XS256"}"#, P),
+                Reason::AlgNotAllowed,
+            ),
+            (
+                "alg missing",
+                tok(r#"{"kid":"a"}"#, P),
+                Reason::TokenMalformed,
+            ),
+            (
+                "alg number",
+                tok(r#"{"alg":256}"#, P),
+                Reason::TokenMalformed,
+            ),
+            (
+                "crit empty",
+                tok(r#"{"alg":"RS256","crit":[]}"#, P),
+                Reason::CritUnsupported,
+            ),
+            (
+                "crit exp",
+                tok(r#"{"alg":"RS256","crit":["exp"],"exp":1}"#, P),
+                Reason::CritUnsupported,
+            ),
+            (
+                "crit b64",
+                tok(r#"{"alg":"HS256","crit":["b64"],"b64":false}"#, P),
+                Reason::CritUnsupported,
+            ),
+            (
+                "dup header key",
+                tok(r#"{"alg":"HS256","alg":"RS256"}"#, P),
+                Reason::TokenMalformed,
+            ),
+            (
+                "dup claim",
+                tok(good_h, r#"{"sub":"a","sub":"b"}"#),
+                Reason::TokenMalformed,
+            ),
+            (
+                "dup nested claim",
+                tok(good_h, r#"{"a":{"x":1,"x":2}}"#),
+                Reason::TokenMalformed,
+            ),
+            (
+                "dup in array obj",
+                tok(good_h, r#"{"a":[{"x":1,"x":1}]}"#),
+                Reason::TokenMalformed,
+            ),
+            (
+                "payload array",
+                tok(good_h, "[1,2]"),
+                Reason::TokenMalformed,
+            ),
+            (
+                "payload string",
+                tok(good_h, "\"x\""),
+                Reason::TokenMalformed,
+            ),
+            (
+                "payload trailing junk",
+                tok(good_h, r#"{"a":1} x"#),
+                Reason::TokenMalformed,
+            ),
+            (
+                "payload not json",
+                tok(good_h, "hello"),
+                Reason::TokenMalformed,
+            ),
             ("header array", tok("[]", P), Reason::TokenMalformed),
-            ("kid number", tok(r#"{"alg":"RS256","kid":7}"#, P), Reason::TokenMalformed),
-            ("typ wrong", tok(r#"{"alg":"RS256","typ":"JWE"}"#, P), Reason::TokenMalformed),
-            ("jwk object", tok(r#"{"alg":"RS256","jwk":{"kty":"RSA"}}"#, P), Reason::TokenMalformed),
-            ("x5c not array", tok(r#"{"alg":"RS256","x5c":"abc"}"#, P), Reason::TokenMalformed),
-            ("enc in 3 parts", tok(r#"{"alg":"RS256","enc":"A128GCM"}"#, P), Reason::TokenEncrypted),
-            ("empty sig", format!("{}.", signing_input(good_h, P)), Reason::TokenMalformed),
-            ("empty header", format!(".{}.{}", b64(P.as_bytes()), b64(b"s")), Reason::TokenMalformed),
-            ("padding", format!("{}=.{}.{}", b64(br#"{"alg":"RS256"}"#), b64(P.as_bytes()), b64(b"s")), Reason::TokenMalformed),
-            ("std alphabet +", format!("{}.{}.ab+c", b64(good_h.as_bytes()), b64(P.as_bytes())), Reason::TokenMalformed),
-            ("std alphabet /", format!("{}.{}.ab/c", b64(good_h.as_bytes()), b64(P.as_bytes())), Reason::TokenMalformed),
-            ("space", format!("{}.{} .{}", b64(good_h.as_bytes()), b64(P.as_bytes()), b64(b"s")), Reason::TokenMalformed),
-            ("non-canonical bits", format!("{}.{}.AB", b64(good_h.as_bytes()), b64(P.as_bytes())), Reason::TokenMalformed),
-            ("impossible length", format!("{}.{}.A", b64(good_h.as_bytes()), b64(P.as_bytes())), Reason::TokenMalformed),
-            ("invalid utf8", format!("{}.{}.{}", b64(good_h.as_bytes()), b64(b"{\"a\":\"\xff\"}"), b64(b"s")), Reason::TokenMalformed),
+            (
+                "kid number",
+                tok(r#"{"alg":"RS256","kid":7}"#, P),
+                Reason::TokenMalformed,
+            ),
+            (
+                "typ wrong",
+                tok(r#"{"alg":"RS256","typ":"JWE"}"#, P),
+                Reason::TokenMalformed,
+            ),
+            (
+                "jwk object",
+                tok(r#"{"alg":"RS256","jwk":{"kty":"RSA"}}"#, P),
+                Reason::TokenMalformed,
+            ),
+            (
+                "x5c not array",
+                tok(r#"{"alg":"RS256","x5c":"abc"}"#, P),
+                Reason::TokenMalformed,
+            ),
+            (
+                "enc in 3 parts",
+                tok(r#"{"alg":"RS256","enc":"A128GCM"}"#, P),
+                Reason::TokenEncrypted,
+            ),
+            (
+                "empty sig",
+                format!("{}.", signing_input(good_h, P)),
+                Reason::TokenMalformed,
+            ),
+            (
+                "empty header",
+                format!(".{}.{}", b64(P.as_bytes()), b64(b"s")),
+                Reason::TokenMalformed,
+            ),
+            (
+                "padding",
+                format!(
+                    "{}=.{}.{}",
+                    b64(br#"{"alg":"RS256"}"#),
+                    b64(P.as_bytes()),
+                    b64(b"s")
+                ),
+                Reason::TokenMalformed,
+            ),
+            (
+                "std alphabet +",
+                format!("{}.{}.ab+c", b64(good_h.as_bytes()), b64(P.as_bytes())),
+                Reason::TokenMalformed,
+            ),
+            (
+                "std alphabet /",
+                format!("{}.{}.ab/c", b64(good_h.as_bytes()), b64(P.as_bytes())),
+                Reason::TokenMalformed,
+            ),
+            (
+                "space",
+                format!(
+                    "{}.{} .{}",
+                    b64(good_h.as_bytes()),
+                    b64(P.as_bytes()),
+                    b64(b"s")
+                ),
+                Reason::TokenMalformed,
+            ),
+            (
+                "non-canonical bits",
+                format!("{}.{}.AB", b64(good_h.as_bytes()), b64(P.as_bytes())),
+                Reason::TokenMalformed,
+            ),
+            (
+                "impossible length",
+                format!("{}.{}.A", b64(good_h.as_bytes()), b64(P.as_bytes())),
+                Reason::TokenMalformed,
+            ),
+            (
+                "invalid utf8",
+                format!(
+                    "{}.{}.{}",
+                    b64(good_h.as_bytes()),
+                    b64(b"{\"a\":\"\xff\"}"),
+                    b64(b"s")
+                ),
+                Reason::TokenMalformed,
+            ),
         ];
         for (name, t, want) in cases {
             assert_eq!(decode(&t, 16384).map(|_| ()), Err(want), "{name}");
@@ -475,8 +621,7 @@ mod tests {
 
     #[test]
     fn numeric_dates() {
-        let c: Claims =
-            serde_json::from_str(r#"{"a":5,"b":5.9,"c":-1,"d":"5","e":1e30}"#).unwrap();
+        let c: Claims = serde_json::from_str(r#"{"a":5,"b":5.9,"c":-1,"d":"5","e":1e30}"#).unwrap();
         assert_eq!(numeric_date(&c, "a"), Ok(Some(5)));
         assert_eq!(numeric_date(&c, "b"), Ok(Some(5)));
         assert_eq!(numeric_date(&c, "c"), Err(Reason::TokenMalformed));

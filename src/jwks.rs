@@ -135,15 +135,47 @@ impl Jwk {
         let o = Some(opts);
         let mismatch = || jwt_simple::Error::from(JWTError::AlgorithmMismatch);
         match (&self.material, alg) {
-            (Material::Rsa(k), Alg::RS256) => k.rs256.as_ref().ok_or_else(mismatch)?.verify_token::<NoCustomClaims>(token, o).map(drop),
-            (Material::Rsa(k), Alg::RS384) => k.rs384.as_ref().ok_or_else(mismatch)?.verify_token::<NoCustomClaims>(token, o).map(drop),
-            (Material::Rsa(k), Alg::RS512) => k.rs512.as_ref().ok_or_else(mismatch)?.verify_token::<NoCustomClaims>(token, o).map(drop),
-            (Material::Rsa(k), Alg::PS256) => k.ps256.as_ref().ok_or_else(mismatch)?.verify_token::<NoCustomClaims>(token, o).map(drop),
-            (Material::Rsa(k), Alg::PS384) => k.ps384.as_ref().ok_or_else(mismatch)?.verify_token::<NoCustomClaims>(token, o).map(drop),
-            (Material::Rsa(k), Alg::PS512) => k.ps512.as_ref().ok_or_else(mismatch)?.verify_token::<NoCustomClaims>(token, o).map(drop),
+            (Material::Rsa(k), Alg::RS256) => k
+                .rs256
+                .as_ref()
+                .ok_or_else(mismatch)?
+                .verify_token::<NoCustomClaims>(token, o)
+                .map(drop),
+            (Material::Rsa(k), Alg::RS384) => k
+                .rs384
+                .as_ref()
+                .ok_or_else(mismatch)?
+                .verify_token::<NoCustomClaims>(token, o)
+                .map(drop),
+            (Material::Rsa(k), Alg::RS512) => k
+                .rs512
+                .as_ref()
+                .ok_or_else(mismatch)?
+                .verify_token::<NoCustomClaims>(token, o)
+                .map(drop),
+            (Material::Rsa(k), Alg::PS256) => k
+                .ps256
+                .as_ref()
+                .ok_or_else(mismatch)?
+                .verify_token::<NoCustomClaims>(token, o)
+                .map(drop),
+            (Material::Rsa(k), Alg::PS384) => k
+                .ps384
+                .as_ref()
+                .ok_or_else(mismatch)?
+                .verify_token::<NoCustomClaims>(token, o)
+                .map(drop),
+            (Material::Rsa(k), Alg::PS512) => k
+                .ps512
+                .as_ref()
+                .ok_or_else(mismatch)?
+                .verify_token::<NoCustomClaims>(token, o)
+                .map(drop),
             (Material::P256(k), Alg::ES256) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
             (Material::P384(k), Alg::ES384) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            (Material::Ed25519(k), Alg::EdDSA) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
+            (Material::Ed25519(k), Alg::EdDSA) => {
+                k.verify_token::<NoCustomClaims>(token, o).map(drop)
+            }
             _ => Err(mismatch()),
         }
     }
@@ -174,7 +206,8 @@ impl KeySet {
                 None => format!("keys[{i}]"),
             };
             if set.keys.len() >= MAX_KEYS {
-                set.skipped.push(format!("{label}: more than {MAX_KEYS} keys"));
+                set.skipped
+                    .push(format!("{label}: more than {MAX_KEYS} keys"));
                 continue;
             }
             match parse_jwk(e) {
@@ -288,7 +321,9 @@ fn parse_jwk(e: &Value) -> Result<Jwk, String> {
     }
     let alg = match field(e, "alg")? {
         None => None,
-        Some(a) => Some(Alg::parse(a).ok_or_else(|| format!("unsupported alg {:?}", printable(a)))?),
+        Some(a) => {
+            Some(Alg::parse(a).ok_or_else(|| format!("unsupported alg {:?}", printable(a)))?)
+        }
     };
     let kid = field(e, "kid")?.map(str::to_string);
     let issuer = field(e, "issuer")?.map(str::to_string);
@@ -362,7 +397,8 @@ fn rsa(e: &Value, alg: Option<Alg>) -> Result<Material, String> {
     if bits < 2048 {
         return Err(format!("RSA modulus of {bits} bits is below 2048"));
     }
-    let bad = |_| format!("RSA key rejected ({bits}-bit modulus; 2048-4096 bits and e=65537 required)");
+    let bad =
+        |_| format!("RSA key rejected ({bits}-bit modulus; 2048-4096 bits and e=65537 required)");
     let want = |a: Alg| alg.is_none_or(|x| x == a);
     let mut k = RsaKeys::default();
     if want(Alg::RS256) {
@@ -480,7 +516,10 @@ Yto49XsyFN8PfUVwYeIgxjcJrd1Q3X1gmfQ7oohgTFpS8CrsXuQfqluDQ/OBIxeb
 
     pub fn ed_jwk(kp: &Ed25519KeyPair, kid: &str, extra: &str) -> String {
         let raw = kp.public_key().to_bytes();
-        format!(r#"{{"kty":"OKP","crv":"Ed25519","kid":"{kid}","x":"{}"{extra}}}"#, b64(&raw))
+        format!(
+            r#"{{"kty":"OKP","crv":"Ed25519","kid":"{kid}","x":"{}"{extra}}}"#,
+            b64(&raw)
+        )
     }
 
     pub fn jwks(keys: &[String]) -> String {
@@ -499,7 +538,10 @@ mod tests {
         assert_eq!(KeySet::parse(b"nope").unwrap_err(), JwksError::NotJson);
         assert_eq!(KeySet::parse(b"[]").unwrap_err(), JwksError::NotJson);
         assert_eq!(KeySet::parse(b"{}").unwrap_err(), JwksError::NoKeys);
-        assert_eq!(KeySet::parse(br#"{"keys":{}}"#).unwrap_err(), JwksError::NoKeys);
+        assert_eq!(
+            KeySet::parse(br#"{"keys":{}}"#).unwrap_err(),
+            JwksError::NoKeys
+        );
         assert_eq!(
             KeySet::parse(br#"{"keys":[]}"#).unwrap_err(),
             JwksError::NoUsableKeys(vec![])
@@ -513,9 +555,16 @@ mod tests {
         let es = ES256KeyPair::generate();
         let es3 = ES384KeyPair::generate();
         let ed = Ed25519KeyPair::generate();
-        let weak = format!(r#"{{"kty":"RSA","kid":"weak","n":"{}","e":"AQAB"}}"#, RSA_WEAK_N.trim());
+        let weak = format!(
+            r#"{{"kty":"RSA","kid":"weak","n":"{}","e":"AQAB"}}"#,
+            RSA_WEAK_N.trim()
+        );
         let doc = jwks(&[
-            rsa_jwk(RSA_A_PEM, "rsa", r#","use":"sig","x5t":"abc","x5c":["MIIB"],"issuer":"https://login.microsoftonline.com/{tenantid}/v2.0""#),
+            rsa_jwk(
+                RSA_A_PEM,
+                "rsa",
+                r#","use":"sig","x5t":"abc","x5c":["MIIB"],"issuer":"https://login.microsoftonline.com/{tenantid}/v2.0""#,
+            ),
             p256_jwk(&es, "p256", r#","alg":"ES256""#),
             p384_jwk(&es3, "p384", ""),
             ed_jwk(&ed, "ed", ""),
@@ -524,7 +573,11 @@ mod tests {
             r#"{"kty":"EC","crv":"P-521","kid":"p521","x":"AA","y":"AA"}"#.into(),
             r#"{"kty":"EC","crv":"secp256k1","kid":"k1","x":"AA","y":"AA"}"#.into(),
             r#"{"kty":"OKP","crv":"X25519","kid":"x","x":"AA"}"#.into(),
-            format!(r#"{{"kty":"EC","crv":"P-256","kid":"offcurve","x":"{}","y":"{}"}}"#, b64(&[1u8; 32]), b64(&[2u8; 32])),
+            format!(
+                r#"{{"kty":"EC","crv":"P-256","kid":"offcurve","x":"{}","y":"{}"}}"#,
+                b64(&[1u8; 32]),
+                b64(&[2u8; 32])
+            ),
             p256_jwk(&es, "p256-as-rs", r#","alg":"RS256""#),
             p256_jwk(&es, "p256-bad-alg", r#","alg":"ES512""#),
             rsa_jwk(RSA_B_PEM, "ops", r#","key_ops":["encrypt"]"#),
@@ -537,15 +590,29 @@ mod tests {
         assert_eq!(ks.skipped().len(), 12, "{:?}", ks.skipped());
         let joined = ks.skipped().join("\n");
         for want in [
-            "kid enc", "\"sig\"", "below 2048", "P-521", "secp256k1", "X25519", "P-256 point",
-            "does not fit", "unsupported alg", "key_ops", "base64url", "no \"kty\"", "not an object",
+            "kid enc",
+            "\"sig\"",
+            "below 2048",
+            "P-521",
+            "secp256k1",
+            "X25519",
+            "P-256 point",
+            "does not fit",
+            "unsupported alg",
+            "key_ops",
+            "base64url",
+            "no \"kty\"",
+            "not an object",
         ] {
             assert!(joined.contains(want), "missing {want}: {joined}");
         }
         let rsa = ks.find(Some("rsa"), Alg::RS256).unwrap();
         assert_eq!(rsa.kind(), KeyKind::Rsa);
         assert_eq!(rsa.alg(), None);
-        assert_eq!(rsa.issuer(), Some("https://login.microsoftonline.com/{tenantid}/v2.0"));
+        assert_eq!(
+            rsa.issuer(),
+            Some("https://login.microsoftonline.com/{tenantid}/v2.0")
+        );
         assert!(ks.has_kid("ed") && !ks.has_kid("enc"));
         assert!(format!("{rsa:?}").contains("rsa"));
     }
@@ -573,8 +640,8 @@ mod tests {
             (Some("a"), HS256, Err(Reason::KeyTypeMismatch)), // algorithm confusion
             (None, HS512, Err(Reason::KeyTypeMismatch)),
             (Some("zz"), RS256, Err(Reason::KidUnknown)),
-            (None, ES256, Ok("e")),       // exactly one fitting key
-            (None, RS384, Ok("a")),       // b is pinned to PS256, so only a fits
+            (None, ES256, Ok("e")),                 // exactly one fitting key
+            (None, RS384, Ok("a")),                 // b is pinned to PS256, so only a fits
             (None, PS256, Err(Reason::KidUnknown)), // a and b both fit
             (None, EdDSA, Err(Reason::KeyTypeMismatch)),
         ];
@@ -588,13 +655,19 @@ mod tests {
     fn rsa_exponent_and_size_policy() {
         let kp = RS256KeyPair::from_pem(RSA_A_PEM).unwrap();
         let c = kp.public_key().to_components();
-        let e3 = format!(r#"{{"keys":[{{"kty":"RSA","kid":"x","n":"{}","e":"Aw"}}]}}"#, b64(&c.n));
+        let e3 = format!(
+            r#"{{"keys":[{{"kty":"RSA","kid":"x","n":"{}","e":"Aw"}}]}}"#,
+            b64(&c.n)
+        );
         let err = KeySet::parse(e3.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("e=65537"), "{err}");
         // leading zero bytes in n are tolerated
         let mut n = vec![0u8];
         n.extend_from_slice(&c.n);
-        let z = format!(r#"{{"keys":[{{"kty":"RSA","kid":"x","n":"{}","e":"AQAB"}}]}}"#, b64(&n));
+        let z = format!(
+            r#"{{"keys":[{{"kty":"RSA","kid":"x","n":"{}","e":"AQAB"}}]}}"#,
+            b64(&n)
+        );
         assert_eq!(KeySet::parse(z.as_bytes()).unwrap().len(), 1);
     }
 }

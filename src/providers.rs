@@ -87,7 +87,10 @@ impl core::fmt::Debug for Provider {
             .field("tenants", &self.tenants)
             .field("audiences", &self.audiences)
             .field("algorithms", &self.algorithms)
-            .field("hmac_secret", &self.hmac_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "hmac_secret",
+                &self.hmac_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("clock_skew", &self.clock_skew)
             .field("max_lifetime", &self.max_lifetime)
             .field("key_source", &self.key_source)
@@ -271,12 +274,18 @@ fn compile(i: usize, c: &ProviderConfig) -> Result<Provider, ConfigError> {
         return Err(ConfigError::new(f("name"), "must not be empty"));
     }
     if c.issuers.is_empty() {
-        return Err(ConfigError::new(f("issuers"), "at least one issuer is required"));
+        return Err(ConfigError::new(
+            f("issuers"),
+            "at least one issuer is required",
+        ));
     }
     let mut issuers = Vec::with_capacity(c.issuers.len());
     for (j, s) in c.issuers.iter().enumerate() {
         if s.trim().is_empty() {
-            return Err(ConfigError::new(f(&format!("issuers[{j}]")), "must not be empty"));
+            return Err(ConfigError::new(
+                f(&format!("issuers[{j}]")),
+                "must not be empty",
+            ));
         }
         if s.matches(TENANT_PLACEHOLDER).count() > 1 {
             return Err(ConfigError::new(
@@ -305,7 +314,10 @@ fn compile(i: usize, c: &ProviderConfig) -> Result<Provider, ConfigError> {
                 }
                 out.push(g.to_ascii_lowercase());
             }
-            if !issuers.iter().any(|t| matches!(t, IssuerTemplate::Tenant { .. })) {
+            if !issuers
+                .iter()
+                .any(|t| matches!(t, IssuerTemplate::Tenant { .. }))
+            {
                 return Err(ConfigError::new(
                     f("tenants"),
                     "only applies to issuers containing {tenantid}",
@@ -315,15 +327,24 @@ fn compile(i: usize, c: &ProviderConfig) -> Result<Provider, ConfigError> {
         }
     };
     if c.audiences.is_empty() {
-        return Err(ConfigError::new(f("audiences"), "at least one audience is required"));
+        return Err(ConfigError::new(
+            f("audiences"),
+            "at least one audience is required",
+        ));
     }
     for (j, a) in c.audiences.iter().enumerate() {
         if a.trim().is_empty() {
-            return Err(ConfigError::new(f(&format!("audiences[{j}]")), "must not be empty"));
+            return Err(ConfigError::new(
+                f(&format!("audiences[{j}]")),
+                "must not be empty",
+            ));
         }
     }
     if c.algorithms.is_empty() {
-        return Err(ConfigError::new(f("algorithms"), "at least one algorithm is required"));
+        return Err(ConfigError::new(
+            f("algorithms"),
+            "at least one algorithm is required",
+        ));
     }
     let mut algorithms: Vec<Alg> = Vec::with_capacity(c.algorithms.len());
     for (j, a) in c.algorithms.iter().enumerate() {
@@ -337,7 +358,10 @@ fn compile(i: usize, c: &ProviderConfig) -> Result<Provider, ConfigError> {
             return Err(ConfigError::new(path, msg));
         };
         if alg.is_hmac() && c.hmac_secret.is_none() {
-            return Err(ConfigError::new(path, format!("{alg} requires hmac_secret")));
+            return Err(ConfigError::new(
+                path,
+                format!("{alg} requires hmac_secret"),
+            ));
         }
         if !algorithms.contains(&alg) {
             algorithms.push(alg);
@@ -394,10 +418,16 @@ fn compile(i: usize, c: &ProviderConfig) -> Result<Provider, ConfigError> {
         ));
     }
     if c.max_lifetime_seconds == Some(0) {
-        return Err(ConfigError::new(f("max_lifetime_seconds"), "must be positive"));
+        return Err(ConfigError::new(
+            f("max_lifetime_seconds"),
+            "must be positive",
+        ));
     }
     if c.jwks_refresh_seconds == 0 {
-        return Err(ConfigError::new(f("jwks_refresh_seconds"), "must be positive"));
+        return Err(ConfigError::new(
+            f("jwks_refresh_seconds"),
+            "must be positive",
+        ));
     }
     if c.jwks_timeout_ms == 0 {
         return Err(ConfigError::new(f("jwks_timeout_ms"), "must be positive"));
@@ -422,7 +452,10 @@ fn compile(i: usize, c: &ProviderConfig) -> Result<Provider, ConfigError> {
 /// `http(s)://host[:port]/...` with a non-empty host.
 fn check_uri(path: &str, u: &str) -> Result<String, ConfigError> {
     if host_port(u).is_none() {
-        return Err(ConfigError::new(path, "expected an http(s) URL with a host"));
+        return Err(ConfigError::new(
+            path,
+            "expected an http(s) URL with a host",
+        ));
     }
     Ok(u.to_string())
 }
@@ -482,9 +515,11 @@ mod tests {
     }
 
     fn okta() -> ProviderConfig {
-        cfg(r#"{"name":"okta","issuers":["https://dev-1.okta.com/oauth2/default"],
+        cfg(
+            r#"{"name":"okta","issuers":["https://dev-1.okta.com/oauth2/default"],
                 "discovery_uri":"https://dev-1.okta.com/oauth2/default/.well-known/openid-configuration",
-                "audiences":["api://default"],"algorithms":["RS256","ES256"],"upstream":"okta_cluster"}"#)
+                "audiences":["api://default"],"algorithms":["RS256","ES256"],"upstream":"okta_cluster"}"#,
+        )
     }
 
     fn claims(json: &str) -> Claims {
@@ -512,25 +547,122 @@ mod tests {
         let cases: Vec<(Vec<ProviderConfig>, &str, &str)> = vec![
             (vec![], "providers", "at least one"),
             (vec![entra(""), entra("")], "providers[1].name", "duplicate"),
-            (vec![okta(), entra(r#","algorithms":["RS256","XS256"]"#)], "providers[1].algorithms[1]", "unknown algorithm \"XS256\""),
-            (vec![entra(r#","algorithms":["none"]"#)], "providers[0].algorithms[0]", "never"),
-            (vec![entra(r#","algorithms":[]"#)], "providers[0].algorithms", "at least one"),
-            (vec![entra(r#","algorithms":["HS256"]"#)], "providers[0].algorithms[0]", "requires hmac_secret"),
-            (vec![entra(r#","algorithms":["RS256","HS256"],"hmac_secret":"short""#)], "providers[0].hmac_secret", "at least 32 bytes"),
-            (vec![entra(&format!(r#","hmac_secret":"{secret}""#))], "providers[0].hmac_secret", "no HS256"),
-            (vec![entra(r#","discovery_uri":"https://x/.well-known/openid-configuration""#)], "providers[0].jwks_uri", "only one"),
-            (vec![cfg(r#"{"name":"a","issuers":["x"],"audiences":["a"]}"#)], "providers[0]", "one of discovery_uri or jwks_uri"),
-            (vec![cfg(r#"{"name":"a","issuers":["x"],"audiences":["a"],"jwks_uri":"ftp://x"}"#)], "providers[0].jwks_uri", "http"),
-            (vec![cfg(r#"{"name":"a","issuers":[],"audiences":["a"],"jwks_uri":"https://x"}"#)], "providers[0].issuers", "at least one"),
-            (vec![cfg(r#"{"name":"a","issuers":["x"],"audiences":[],"jwks_uri":"https://x"}"#)], "providers[0].audiences", "at least one"),
-            (vec![cfg(r#"{"name":"a","issuers":["x"],"audiences":[""],"jwks_uri":"https://x"}"#)], "providers[0].audiences[0]", "empty"),
-            (vec![cfg(r#"{"name":"","issuers":["x"],"audiences":["a"],"jwks_uri":"https://x"}"#)], "providers[0].name", "empty"),
-            (vec![cfg(r#"{"name":"a","issuers":["{tenantid}{tenantid}"],"audiences":["a"],"jwks_uri":"https://x"}"#)], "providers[0].issuers[0]", "at most once"),
-            (vec![entra(r#","tenants":["not-a-guid"]"#)], "providers[0].tenants[0]", "GUID"),
-            (vec![entra(r#","tenants":[]"#)], "providers[0].tenants", "empty"),
-            (vec![okta(), cfg(&format!(r#"{{"name":"b","issuers":["x"],"audiences":["a"],"jwks_uri":"https://x","tenants":["{T1}"]}}"#))], "providers[1].tenants", "only applies"),
-            (vec![entra(r#","clock_skew_seconds":99999"#)], "providers[0].clock_skew_seconds", "at most"),
-            (vec![entra(r#","max_lifetime_seconds":0"#)], "providers[0].max_lifetime_seconds", "positive"),
+            (
+                vec![okta(), entra(r#","algorithms":["RS256","XS256"]"#)],
+                "providers[1].algorithms[1]",
+                "unknown algorithm \"XS256\"",
+            ),
+            (
+                vec![entra(r#","algorithms":["none"]"#)],
+                "providers[0].algorithms[0]",
+                "never",
+            ),
+            (
+                vec![entra(r#","algorithms":[]"#)],
+                "providers[0].algorithms",
+                "at least one",
+            ),
+            (
+                vec![entra(r#","algorithms":["HS256"]"#)],
+                "providers[0].algorithms[0]",
+                "requires hmac_secret",
+            ),
+            (
+                vec![entra(
+                    r#","algorithms":["RS256","HS256"],"hmac_secret":"short""#,
+                )],
+                "providers[0].hmac_secret",
+                "at least 32 bytes",
+            ),
+            (
+                vec![entra(&format!(r#","hmac_secret":"{secret}""#))],
+                "providers[0].hmac_secret",
+                "no HS256",
+            ),
+            (
+                vec![entra(
+                    r#","discovery_uri":"https://x/.well-known/openid-configuration""#,
+                )],
+                "providers[0].jwks_uri",
+                "only one",
+            ),
+            (
+                vec![cfg(r#"{"name":"a","issuers":["x"],"audiences":["a"]}"#)],
+                "providers[0]",
+                "one of discovery_uri or jwks_uri",
+            ),
+            (
+                vec![cfg(
+                    r#"{"name":"a","issuers":["x"],"audiences":["a"],"jwks_uri":"ftp://x"}"#,
+                )],
+                "providers[0].jwks_uri",
+                "http",
+            ),
+            (
+                vec![cfg(
+                    r#"{"name":"a","issuers":[],"audiences":["a"],"jwks_uri":"https://x"}"#,
+                )],
+                "providers[0].issuers",
+                "at least one",
+            ),
+            (
+                vec![cfg(
+                    r#"{"name":"a","issuers":["x"],"audiences":[],"jwks_uri":"https://x"}"#,
+                )],
+                "providers[0].audiences",
+                "at least one",
+            ),
+            (
+                vec![cfg(
+                    r#"{"name":"a","issuers":["x"],"audiences":[""],"jwks_uri":"https://x"}"#,
+                )],
+                "providers[0].audiences[0]",
+                "empty",
+            ),
+            (
+                vec![cfg(
+                    r#"{"name":"","issuers":["x"],"audiences":["a"],"jwks_uri":"https://x"}"#,
+                )],
+                "providers[0].name",
+                "empty",
+            ),
+            (
+                vec![cfg(
+                    r#"{"name":"a","issuers":["{tenantid}{tenantid}"],"audiences":["a"],"jwks_uri":"https://x"}"#,
+                )],
+                "providers[0].issuers[0]",
+                "at most once",
+            ),
+            (
+                vec![entra(r#","tenants":["not-a-guid"]"#)],
+                "providers[0].tenants[0]",
+                "GUID",
+            ),
+            (
+                vec![entra(r#","tenants":[]"#)],
+                "providers[0].tenants",
+                "empty",
+            ),
+            (
+                vec![
+                    okta(),
+                    cfg(&format!(
+                        r#"{{"name":"b","issuers":["x"],"audiences":["a"],"jwks_uri":"https://x","tenants":["{T1}"]}}"#
+                    )),
+                ],
+                "providers[1].tenants",
+                "only applies",
+            ),
+            (
+                vec![entra(r#","clock_skew_seconds":99999"#)],
+                "providers[0].clock_skew_seconds",
+                "at most",
+            ),
+            (
+                vec![entra(r#","max_lifetime_seconds":0"#)],
+                "providers[0].max_lifetime_seconds",
+                "positive",
+            ),
         ];
         for (cfgs, path, msg) in cases {
             let e = Providers::new(&cfgs).unwrap_err();
@@ -558,7 +690,9 @@ mod tests {
         let v2 = claims(&format!(
             r#"{{"iss":"https://login.microsoftonline.com/{T1}/v2.0","tid":"{T1}"}}"#
         ));
-        let v1 = claims(&format!(r#"{{"iss":"https://sts.windows.net/{T2}/","tid":"{T2}"}}"#));
+        let v1 = claims(&format!(
+            r#"{{"iss":"https://sts.windows.net/{T2}/","tid":"{T2}"}}"#
+        ));
         let ok = claims(r#"{"iss":"https://dev-1.okta.com/oauth2/default"}"#);
         assert_eq!(p.select(&v2, None), Ok(0));
         assert_eq!(p.select(&v1, None), Ok(0));
@@ -569,15 +703,37 @@ mod tests {
         let table: Vec<(String, Reason)> = vec![
             (r#"{"tid":"x"}"#.into(), Reason::IssuerUnknown),
             (r#"{"iss":5}"#.into(), Reason::TokenMalformed),
-            (r#"{"iss":"https://evil.example/"}"#.into(), Reason::IssuerUnknown),
+            (
+                r#"{"iss":"https://evil.example/"}"#.into(),
+                Reason::IssuerUnknown,
+            ),
             // tid missing / not a GUID
-            (format!(r#"{{"iss":"https://login.microsoftonline.com/{T1}/v2.0"}}"#), Reason::TenantInvalid),
-            (r#"{"iss":"https://login.microsoftonline.com/common/v2.0","tid":"common"}"#.into(), Reason::TenantInvalid),
+            (
+                format!(r#"{{"iss":"https://login.microsoftonline.com/{T1}/v2.0"}}"#),
+                Reason::TenantInvalid,
+            ),
+            (
+                r#"{"iss":"https://login.microsoftonline.com/common/v2.0","tid":"common"}"#.into(),
+                Reason::TenantInvalid,
+            ),
             // tid does not match the iss
-            (format!(r#"{{"iss":"https://login.microsoftonline.com/{T1}/v2.0","tid":"{T2}"}}"#), Reason::IssuerUnknown),
+            (
+                format!(r#"{{"iss":"https://login.microsoftonline.com/{T1}/v2.0","tid":"{T2}"}}"#),
+                Reason::IssuerUnknown,
+            ),
             // path tricks around the template
-            (format!(r#"{{"iss":"https://login.microsoftonline.com/{T1}/v2.0/x","tid":"{T1}"}}"#), Reason::IssuerUnknown),
-            (format!(r#"{{"iss":"https://login.microsoftonline.com/{T1}/v2.0","tid":"{T1}/v2.0/../{T1}"}}"#), Reason::TenantInvalid),
+            (
+                format!(
+                    r#"{{"iss":"https://login.microsoftonline.com/{T1}/v2.0/x","tid":"{T1}"}}"#
+                ),
+                Reason::IssuerUnknown,
+            ),
+            (
+                format!(
+                    r#"{{"iss":"https://login.microsoftonline.com/{T1}/v2.0","tid":"{T1}/v2.0/../{T1}"}}"#
+                ),
+                Reason::TenantInvalid,
+            ),
         ];
         for (c, want) in table {
             assert_eq!(p.select(&claims(&c), None), Err(want), "{c}");
@@ -586,10 +742,14 @@ mod tests {
 
     #[test]
     fn tenant_allow_list() {
-        let p = Providers::new(&[entra(&format!(r#","tenants":["{}"]"#, T1.to_uppercase()))])
-            .unwrap();
-        let t1 = claims(&format!(r#"{{"iss":"https://sts.windows.net/{T1}/","tid":"{T1}"}}"#));
-        let t2 = claims(&format!(r#"{{"iss":"https://sts.windows.net/{T2}/","tid":"{T2}"}}"#));
+        let p =
+            Providers::new(&[entra(&format!(r#","tenants":["{}"]"#, T1.to_uppercase()))]).unwrap();
+        let t1 = claims(&format!(
+            r#"{{"iss":"https://sts.windows.net/{T1}/","tid":"{T1}"}}"#
+        ));
+        let t2 = claims(&format!(
+            r#"{{"iss":"https://sts.windows.net/{T2}/","tid":"{T2}"}}"#
+        ));
         assert_eq!(p.select(&t1, None), Ok(0));
         assert_eq!(p.select(&t2, None), Err(Reason::TenantNotAllowed));
     }

@@ -11,7 +11,10 @@ use crate::request::{RequestView, TokenLocation};
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Source {
     /// Lower-case header name, optional scheme prefix (compared case-insensitively).
-    Header { name: String, prefix: Option<String> },
+    Header {
+        name: String,
+        prefix: Option<String>,
+    },
     Query(String),
     Cookie(String),
 }
@@ -24,9 +27,8 @@ pub struct TokenExtractor {
 
 fn valid_header_name(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl TokenExtractor {
@@ -275,7 +277,12 @@ pub fn strip_query_param(path: &str, name: &str) -> String {
 mod tests {
     use super::*;
 
-    fn src(h: Option<&str>, p: Option<&str>, q: Option<&str>, c: Option<&str>) -> TokenSourceConfig {
+    fn src(
+        h: Option<&str>,
+        p: Option<&str>,
+        q: Option<&str>,
+        c: Option<&str>,
+    ) -> TokenSourceConfig {
         TokenSourceConfig {
             header: h.map(Into::into),
             prefix: p.map(Into::into),
@@ -315,24 +322,54 @@ mod tests {
     fn config_errors_name_the_field() {
         let cases = vec![
             (vec![], "token_sources", "at least one"),
-            (vec![src(None, None, None, None)], "token_sources[0]", "one of"),
+            (
+                vec![src(None, None, None, None)],
+                "token_sources[0]",
+                "one of",
+            ),
             (
                 vec![src(Some("a"), None, Some("q"), None)],
                 "token_sources[0].query",
                 "only one",
             ),
             (
-                vec![src(Some("a"), None, None, None), src(None, Some("B "), Some("q"), None)],
+                vec![
+                    src(Some("a"), None, None, None),
+                    src(None, Some("B "), Some("q"), None),
+                ],
                 "token_sources[1].prefix",
                 "only allowed with header",
             ),
-            (vec![src(Some("bad name"), None, None, None)], "token_sources[0].header", "header name"),
-            (vec![src(Some(""), None, None, None)], "token_sources[0].header", "header name"),
-            (vec![src(Some("a"), Some(" "), None, None)], "token_sources[0].prefix", "empty"),
-            (vec![src(None, None, Some(""), None)], "token_sources[0].query", "parameter"),
-            (vec![src(None, None, None, Some("a;b"))], "token_sources[0].cookie", "cookie"),
             (
-                vec![src(Some("X-T"), None, None, None), src(Some("x-t"), Some("B "), None, None)],
+                vec![src(Some("bad name"), None, None, None)],
+                "token_sources[0].header",
+                "header name",
+            ),
+            (
+                vec![src(Some(""), None, None, None)],
+                "token_sources[0].header",
+                "header name",
+            ),
+            (
+                vec![src(Some("a"), Some(" "), None, None)],
+                "token_sources[0].prefix",
+                "empty",
+            ),
+            (
+                vec![src(None, None, Some(""), None)],
+                "token_sources[0].query",
+                "parameter",
+            ),
+            (
+                vec![src(None, None, None, Some("a;b"))],
+                "token_sources[0].cookie",
+                "cookie",
+            ),
+            (
+                vec![
+                    src(Some("X-T"), None, None, None),
+                    src(Some("x-t"), Some("B "), None, None),
+                ],
                 "token_sources[1].header",
                 "duplicate",
             ),
@@ -347,7 +384,13 @@ mod tests {
     #[test]
     fn header_prefix_is_case_insensitive() {
         let x = all3();
-        for v in ["Bearer abc", "bearer abc", "BEARER abc", "Bearer   abc", " Bearer abc "] {
+        for v in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "Bearer   abc",
+            " Bearer abc ",
+        ] {
             assert_eq!(
                 run(&x, "/", &[("authorization", v)]).unwrap(),
                 Some(("abc".into(), TokenLocation::Header("authorization".into()))),
@@ -355,8 +398,14 @@ mod tests {
             );
         }
         // Another scheme is not a bearer token.
-        assert_eq!(run(&x, "/", &[("authorization", "Basic abc")]).unwrap(), None);
-        assert_eq!(run(&x, "/", &[("authorization", "Bearerabc")]).unwrap(), None);
+        assert_eq!(
+            run(&x, "/", &[("authorization", "Basic abc")]).unwrap(),
+            None
+        );
+        assert_eq!(
+            run(&x, "/", &[("authorization", "Bearerabc")]).unwrap(),
+            None
+        );
         assert_eq!(run(&x, "/", &[]).unwrap(), None);
     }
 
@@ -373,8 +422,14 @@ mod tests {
         ] {
             assert_eq!(run(&x, p, &h), Err(Reason::TokenMalformed), "{p} {h:?}");
         }
-        assert_eq!(run(&x, "/?access_token=%zz", &[]), Err(Reason::TokenMalformed));
-        assert_eq!(run(&x, "/?access_token=%ff", &[]), Err(Reason::TokenMalformed));
+        assert_eq!(
+            run(&x, "/?access_token=%zz", &[]),
+            Err(Reason::TokenMalformed)
+        );
+        assert_eq!(
+            run(&x, "/?access_token=%ff", &[]),
+            Err(Reason::TokenMalformed)
+        );
     }
 
     #[test]
@@ -389,7 +444,12 @@ mod tests {
             Some(("tok".into(), TokenLocation::Cookie("aml_token".into())))
         );
         assert_eq!(
-            run(&x, "/", &[("cookie", "x=1"), ("cookie", "aml_token=\"tok\"")]).unwrap(),
+            run(
+                &x,
+                "/",
+                &[("cookie", "x=1"), ("cookie", "aml_token=\"tok\"")]
+            )
+            .unwrap(),
             Some(("tok".into(), TokenLocation::Cookie("aml_token".into())))
         );
         // Another cookie whose name merely contains ours is not ours.
@@ -402,10 +462,16 @@ mod tests {
         let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
             ("/?access_token=a", vec![("authorization", "Bearer b")]),
             ("/?access_token=a&access_token=a", vec![]),
-            ("/", vec![("authorization", "Bearer a"), ("authorization", "Bearer a")]),
+            (
+                "/",
+                vec![("authorization", "Bearer a"), ("authorization", "Bearer a")],
+            ),
             ("/", vec![("authorization", "Bearer a, Bearer b")]),
             ("/", vec![("cookie", "aml_token=a; aml_token=b")]),
-            ("/", vec![("cookie", "aml_token=a"), ("authorization", "Bearer a")]),
+            (
+                "/",
+                vec![("cookie", "aml_token=a"), ("authorization", "Bearer a")],
+            ),
         ];
         for (p, h) in cases {
             assert_eq!(run(&x, p, &h), Err(Reason::TokenAmbiguous), "{p} {h:?}");
@@ -429,12 +495,21 @@ mod tests {
     fn strip_query() {
         assert_eq!(strip_query_param("/s?access_token=x", "access_token"), "/s");
         assert_eq!(
-            strip_query_param("/s?a=1&access_token=x&b=%20&access_token=y&c", "access_token"),
+            strip_query_param(
+                "/s?a=1&access_token=x&b=%20&access_token=y&c",
+                "access_token"
+            ),
             "/s?a=1&b=%20&c"
         );
-        assert_eq!(strip_query_param("/s?access%5Ftoken=x&a", "access_token"), "/s?a");
+        assert_eq!(
+            strip_query_param("/s?access%5Ftoken=x&a", "access_token"),
+            "/s?a"
+        );
         assert_eq!(strip_query_param("/s", "access_token"), "/s");
         assert_eq!(strip_query_param("/s?a=1", "access_token"), "/s?a=1");
-        assert_eq!(strip_query_param("/s?access_tokenx=1", "access_token"), "/s?access_tokenx=1");
+        assert_eq!(
+            strip_query_param("/s?access_tokenx=1", "access_token"),
+            "/s?access_tokenx=1"
+        );
     }
 }

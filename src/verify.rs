@@ -78,12 +78,23 @@ fn library_error(e: &jwt_simple::Error) -> Reason {
     }
 }
 
-fn check_hmac(alg: Alg, secret: &[u8], token: &str, opts: VerificationOptions) -> Result<(), Reason> {
+fn check_hmac(
+    alg: Alg,
+    secret: &[u8],
+    token: &str,
+    opts: VerificationOptions,
+) -> Result<(), Reason> {
     let o = Some(opts);
     let r = match alg {
-        Alg::HS256 => HS256Key::from_bytes(secret).verify_token::<NoCustomClaims>(token, o).map(drop),
-        Alg::HS384 => HS384Key::from_bytes(secret).verify_token::<NoCustomClaims>(token, o).map(drop),
-        Alg::HS512 => HS512Key::from_bytes(secret).verify_token::<NoCustomClaims>(token, o).map(drop),
+        Alg::HS256 => HS256Key::from_bytes(secret)
+            .verify_token::<NoCustomClaims>(token, o)
+            .map(drop),
+        Alg::HS384 => HS384Key::from_bytes(secret)
+            .verify_token::<NoCustomClaims>(token, o)
+            .map(drop),
+        Alg::HS512 => HS512Key::from_bytes(secret)
+            .verify_token::<NoCustomClaims>(token, o)
+            .map(drop),
         _ => return Err(Reason::KeyTypeMismatch),
     };
     r.map_err(|e| library_error(&e))

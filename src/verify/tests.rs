@@ -93,7 +93,13 @@ fn good_claims() -> Value {
 }
 
 /// Sign `payload` (exactly these claims) with `alg`; `other` = a different key.
-fn sign_with(alg: Alg, kid: Option<&str>, payload: &Value, other: bool, meta: Option<KeyMetadata>) -> String {
+fn sign_with(
+    alg: Alg,
+    kid: Option<&str>,
+    payload: &Value,
+    other: bool,
+    meta: Option<KeyMetadata>,
+) -> String {
     let f = fx();
     let custom = payload.as_object().unwrap().clone();
     let mut claims = jwt_simple::claims::Claims::with_custom_claims(custom, Duration::from_secs(1));
@@ -115,7 +121,11 @@ fn sign_with(alg: Alg, kid: Option<&str>, payload: &Value, other: bool, meta: Op
     }
     macro_rules! mac {
         ($t:ty) => {{
-            let s: &[u8] = if other { b"another-secret-another-secret-xx" } else { SECRET.as_bytes() };
+            let s: &[u8] = if other {
+                b"another-secret-another-secret-xx"
+            } else {
+                SECRET.as_bytes()
+            };
             let mut k = <$t>::from_bytes(s);
             if let Some(kid) = kid {
                 k = k.with_key_id(kid);
@@ -130,9 +140,18 @@ fn sign_with(alg: Alg, kid: Option<&str>, payload: &Value, other: bool, meta: Op
         Alg::PS256 => go!(PS256KeyPair::from_pem(pem).unwrap()),
         Alg::PS384 => go!(PS384KeyPair::from_pem(pem).unwrap()),
         Alg::PS512 => go!(PS512KeyPair::from_pem(pem).unwrap()),
-        Alg::ES256 => go!(ES256KeyPair::from_bytes(&if other { &f.es256_other } else { &f.es256 }.to_bytes()).unwrap()),
-        Alg::ES384 => go!(ES384KeyPair::from_bytes(&if other { &f.es384_other } else { &f.es384 }.to_bytes()).unwrap()),
-        Alg::EdDSA => go!(Ed25519KeyPair::from_bytes(&if other { &f.ed_other } else { &f.ed }.to_bytes()).unwrap()),
+        Alg::ES256 => go!(ES256KeyPair::from_bytes(
+            &if other { &f.es256_other } else { &f.es256 }.to_bytes()
+        )
+        .unwrap()),
+        Alg::ES384 => go!(ES384KeyPair::from_bytes(
+            &if other { &f.es384_other } else { &f.es384 }.to_bytes()
+        )
+        .unwrap()),
+        Alg::EdDSA => go!(Ed25519KeyPair::from_bytes(
+            &if other { &f.ed_other } else { &f.ed }.to_bytes()
+        )
+        .unwrap()),
         Alg::HS256 => mac!(HS256Key),
         Alg::HS384 => mac!(HS384Key),
         Alg::HS512 => mac!(HS512Key),
@@ -197,13 +216,24 @@ fn every_algorithm_good_bad_and_wrong_key_type() {
     for alg in Alg::ALL {
         let good = sign(alg, &good_claims());
         let v = check(&good).unwrap_or_else(|e| panic!("{alg}: {e}"));
-        assert_eq!((v.alg, v.kid.as_deref(), v.provider), (alg, Some(kid_for(alg)), 0));
+        assert_eq!(
+            (v.alg, v.kid.as_deref(), v.provider),
+            (alg, Some(kid_for(alg)), 0)
+        );
         assert_eq!(v.claims["oid"], "o-1");
         assert_eq!((v.exp, v.valid_until), (NOW + 3600, NOW + 3660));
 
         let other_key = sign_with(alg, Some(kid_for(alg)), &good_claims(), true, None);
-        assert_eq!(check(&other_key).unwrap_err(), Reason::SignatureInvalid, "{alg} other key");
-        assert_eq!(check(&tamper_sig(&good)).unwrap_err(), Reason::SignatureInvalid, "{alg} tampered sig");
+        assert_eq!(
+            check(&other_key).unwrap_err(),
+            Reason::SignatureInvalid,
+            "{alg} other key"
+        );
+        assert_eq!(
+            check(&tamper_sig(&good)).unwrap_err(),
+            Reason::SignatureInvalid,
+            "{alg} tampered sig"
+        );
         let mut changed = good_claims();
         changed["oid"] = json!("o-2");
         assert_eq!(
@@ -212,13 +242,25 @@ fn every_algorithm_good_bad_and_wrong_key_type() {
             "{alg} swapped payload"
         );
         let (head, _) = good.rsplit_once('.').unwrap();
-        assert_eq!(check(&format!("{head}.AAAA")).unwrap_err(), Reason::SignatureInvalid, "{alg} short sig");
+        assert_eq!(
+            check(&format!("{head}.AAAA")).unwrap_err(),
+            Reason::SignatureInvalid,
+            "{alg} short sig"
+        );
 
         if !alg.is_hmac() {
             let wrong = sign_with(alg, Some(wrong_kid_for(alg)), &good_claims(), false, None);
-            assert_eq!(check(&wrong).unwrap_err(), Reason::KeyTypeMismatch, "{alg} wrong key type");
+            assert_eq!(
+                check(&wrong).unwrap_err(),
+                Reason::KeyTypeMismatch,
+                "{alg} wrong key type"
+            );
             let unknown = sign_with(alg, Some("nope"), &good_claims(), false, None);
-            assert_eq!(check(&unknown).unwrap_err(), Reason::KidUnknown, "{alg} unknown kid");
+            assert_eq!(
+                check(&unknown).unwrap_err(),
+                Reason::KidUnknown,
+                "{alg} unknown kid"
+            );
             assert_eq!(
                 run(&all_algs(), None, &good, NOW).unwrap_err(),
                 Reason::JwksUnavailable,
@@ -227,10 +269,16 @@ fn every_algorithm_good_bad_and_wrong_key_type() {
         } else {
             // HS* never consults the JWKS: no key set is needed, and a kid naming an
             // RSA key changes nothing.
-            assert!(run(&all_algs(), None, &good, NOW).is_ok(), "{alg} without JWKS");
+            assert!(
+                run(&all_algs(), None, &good, NOW).is_ok(),
+                "{alg} without JWKS"
+            );
             let with_rsa_kid = sign_with(alg, Some("rsa"), &good_claims(), false, None);
             assert!(check(&with_rsa_kid).is_ok());
-            assert_eq!(fx().keys.find(Some("rsa"), alg).unwrap_err(), Reason::KeyTypeMismatch);
+            assert_eq!(
+                fx().keys.find(Some("rsa"), alg).unwrap_err(),
+                Reason::KeyTypeMismatch
+            );
         }
 
         let res = run(&only_rs256, Some(&fx().keys), &good, NOW);
@@ -258,30 +306,106 @@ fn claim_checks_table() {
     let cases: Vec<(&str, Value, Result<(), Reason>)> = vec![
         ("good", base.clone(), Ok(())),
         ("exp missing", without("exp"), Err(Reason::TokenMalformed)),
-        ("exp string", with("exp", json!("soon")), Err(Reason::TokenMalformed)),
-        ("exp negative", with("exp", json!(-5)), Err(Reason::TokenMalformed)),
-        ("exp fraction", with("exp", json!((NOW + 10) as f64 + 0.5)), Ok(())),
-        ("expired", with("exp", json!(NOW - 61)), Err(Reason::TokenExpired)),
-        ("expired at exp+skew", with("exp", json!(NOW - 60)), Err(Reason::TokenExpired)),
+        (
+            "exp string",
+            with("exp", json!("soon")),
+            Err(Reason::TokenMalformed),
+        ),
+        (
+            "exp negative",
+            with("exp", json!(-5)),
+            Err(Reason::TokenMalformed),
+        ),
+        (
+            "exp fraction",
+            with("exp", json!((NOW + 10) as f64 + 0.5)),
+            Ok(()),
+        ),
+        (
+            "expired",
+            with("exp", json!(NOW - 61)),
+            Err(Reason::TokenExpired),
+        ),
+        (
+            "expired at exp+skew",
+            with("exp", json!(NOW - 60)),
+            Err(Reason::TokenExpired),
+        ),
         ("within skew", with("exp", json!(NOW - 59)), Ok(())),
-        ("nbf future", with("nbf", json!(NOW + 61)), Err(Reason::TokenNotYetValid)),
+        (
+            "nbf future",
+            with("nbf", json!(NOW + 61)),
+            Err(Reason::TokenNotYetValid),
+        ),
         ("nbf within skew", with("nbf", json!(NOW + 60)), Ok(())),
-        ("nbf string", with("nbf", json!("x")), Err(Reason::TokenMalformed)),
-        ("iat future", with("iat", json!(NOW + 61)), Err(Reason::IssuedInFuture)),
+        (
+            "nbf string",
+            with("nbf", json!("x")),
+            Err(Reason::TokenMalformed),
+        ),
+        (
+            "iat future",
+            with("iat", json!(NOW + 61)),
+            Err(Reason::IssuedInFuture),
+        ),
         ("iat within skew", with("iat", json!(NOW + 60)), Ok(())),
-        ("lifetime exp-iat", with("exp", json!(NOW - 60 + 86401)), Err(Reason::LifetimeTooLong)),
-        ("lifetime exact", with("exp", json!(NOW - 60 + 86400)), Ok(())),
-        ("huge exp", with("exp", json!(u64::MAX)), Err(Reason::LifetimeTooLong)),
+        (
+            "lifetime exp-iat",
+            with("exp", json!(NOW - 60 + 86401)),
+            Err(Reason::LifetimeTooLong),
+        ),
+        (
+            "lifetime exact",
+            with("exp", json!(NOW - 60 + 86400)),
+            Ok(()),
+        ),
+        (
+            "huge exp",
+            with("exp", json!(u64::MAX)),
+            Err(Reason::LifetimeTooLong),
+        ),
         ("aud missing", without("aud"), Err(Reason::AudienceMismatch)),
-        ("aud other", with("aud", json!("api://other")), Err(Reason::AudienceMismatch)),
-        ("aud array hit", with("aud", json!(["x", "https://ml.azure.com"])), Ok(())),
-        ("aud array miss", with("aud", json!(["x", "y"])), Err(Reason::AudienceMismatch)),
-        ("aud empty array", with("aud", json!([])), Err(Reason::AudienceMismatch)),
-        ("aud case differs", with("aud", json!("API://GW")), Err(Reason::AudienceMismatch)),
-        ("aud number", with("aud", json!(5)), Err(Reason::TokenMalformed)),
-        ("iss unknown", with("iss", json!("https://evil.example/")), Err(Reason::IssuerUnknown)),
+        (
+            "aud other",
+            with("aud", json!("api://other")),
+            Err(Reason::AudienceMismatch),
+        ),
+        (
+            "aud array hit",
+            with("aud", json!(["x", "https://ml.azure.com"])),
+            Ok(()),
+        ),
+        (
+            "aud array miss",
+            with("aud", json!(["x", "y"])),
+            Err(Reason::AudienceMismatch),
+        ),
+        (
+            "aud empty array",
+            with("aud", json!([])),
+            Err(Reason::AudienceMismatch),
+        ),
+        (
+            "aud case differs",
+            with("aud", json!("API://GW")),
+            Err(Reason::AudienceMismatch),
+        ),
+        (
+            "aud number",
+            with("aud", json!(5)),
+            Err(Reason::TokenMalformed),
+        ),
+        (
+            "iss unknown",
+            with("iss", json!("https://evil.example/")),
+            Err(Reason::IssuerUnknown),
+        ),
         ("iss missing", without("iss"), Err(Reason::IssuerUnknown)),
-        ("tid not guid", with("tid", json!("common")), Err(Reason::TenantInvalid)),
+        (
+            "tid not guid",
+            with("tid", json!("common")),
+            Err(Reason::TenantInvalid),
+        ),
         ("v1 issuer", with("iss", json!(v1(T1))), Ok(())),
     ];
     for (name, claims, want) in cases {
@@ -296,7 +420,10 @@ fn claim_checks_table() {
     c["exp"] = json!(NOW + 86400 + 60);
     assert!(check(&sign(Alg::HS256, &c)).is_ok());
     c["exp"] = json!(NOW + 86400 + 61);
-    assert_eq!(check(&sign(Alg::HS256, &c)).unwrap_err(), Reason::LifetimeTooLong);
+    assert_eq!(
+        check(&sign(Alg::HS256, &c)).unwrap_err(),
+        Reason::LifetimeTooLong
+    );
     // No max_lifetime: a far exp is fine, and jwt-simple's own clock never interferes.
     let lax = Providers::new(&[provider_cfg("").clone()].map(|mut c| {
         c.max_lifetime_seconds = None;
@@ -321,8 +448,14 @@ fn claim_checks_table() {
 #[test]
 fn alg_none_and_algorithm_confusion() {
     let input = signing_input(r#"{"alg":"none","typ":"JWT"}"#, &good_claims().to_string());
-    assert_eq!(check(&format!("{input}.")).unwrap_err(), Reason::AlgNotAllowed);
-    assert_eq!(check(&format!("{input}.{}", b64(b"x"))).unwrap_err(), Reason::AlgNotAllowed);
+    assert_eq!(
+        check(&format!("{input}.")).unwrap_err(),
+        Reason::AlgNotAllowed
+    );
+    assert_eq!(
+        check(&format!("{input}.{}", b64(b"x"))).unwrap_err(),
+        Reason::AlgNotAllowed
+    );
 
     // HS256 "signed" with the RSA public key (as PEM and as DER) the attacker found.
     let pk = RS256KeyPair::from_pem(RSA_A_PEM).unwrap().public_key();
@@ -346,8 +479,14 @@ fn alg_none_and_algorithm_confusion() {
         // Even where HS256 is allowed, only the configured secret is used.
         assert_eq!(check(&forged).unwrap_err(), Reason::SignatureInvalid);
     }
-    assert_eq!(fx().keys.find(Some("rsa"), Alg::HS256).unwrap_err(), Reason::KeyTypeMismatch);
-    assert_eq!(fx().keys.find(None, Alg::HS256).unwrap_err(), Reason::KeyTypeMismatch);
+    assert_eq!(
+        fx().keys.find(Some("rsa"), Alg::HS256).unwrap_err(),
+        Reason::KeyTypeMismatch
+    );
+    assert_eq!(
+        fx().keys.find(None, Alg::HS256).unwrap_err(),
+        Reason::KeyTypeMismatch
+    );
 }
 
 #[test]
@@ -355,12 +494,26 @@ fn header_hygiene() {
     let p = good_claims().to_string();
     let hs = |h: &str| hs_token(Alg::HS256, SECRET.as_bytes(), h, &p);
     // Validly MACed tokens that must still be refused.
-    assert_eq!(check(&hs(r#"{"alg":"HS256","crit":["exp"]}"#)).unwrap_err(), Reason::CritUnsupported);
-    assert_eq!(check(&hs(r#"{"alg":"HS256","crit":[]}"#)).unwrap_err(), Reason::CritUnsupported);
-    assert_eq!(check(&hs(r#"{"alg":"HS256","alg":"HS256"}"#)).unwrap_err(), Reason::TokenMalformed);
     assert_eq!(
-        check(&hs_token(Alg::HS256, SECRET.as_bytes(), r#"{"alg":"HS256"}"#, r#"{"aud":"x","aud":"api://gw"}"#))
-            .unwrap_err(),
+        check(&hs(r#"{"alg":"HS256","crit":["exp"]}"#)).unwrap_err(),
+        Reason::CritUnsupported
+    );
+    assert_eq!(
+        check(&hs(r#"{"alg":"HS256","crit":[]}"#)).unwrap_err(),
+        Reason::CritUnsupported
+    );
+    assert_eq!(
+        check(&hs(r#"{"alg":"HS256","alg":"HS256"}"#)).unwrap_err(),
+        Reason::TokenMalformed
+    );
+    assert_eq!(
+        check(&hs_token(
+            Alg::HS256,
+            SECRET.as_bytes(),
+            r#"{"alg":"HS256"}"#,
+            r#"{"aud":"x","aud":"api://gw"}"#
+        ))
+        .unwrap_err(),
         Reason::TokenMalformed
     );
     assert!(check(&hs(r#"{"alg":"HS256","typ":"JWT"}"#)).is_ok());
@@ -371,7 +524,10 @@ fn header_hygiene() {
     );
     let graph = format!(
         "{}.{}",
-        signing_input(r#"{"typ":"JWT","nonce":"n0","alg":"RS256","x5t":"k","kid":"rsa"}"#, &p),
+        signing_input(
+            r#"{"typ":"JWT","nonce":"n0","alg":"RS256","x5t":"k","kid":"rsa"}"#,
+            &p
+        ),
         b64(&[7u8; 256])
     );
     assert_eq!(check(&graph).unwrap_err(), Reason::GraphTokenUnverifiable);
@@ -381,7 +537,13 @@ fn header_hygiene() {
         .with_key_set_url("https://evil.example/jwks.json")
         .with_certificate_url("https://evil.example/cert.pem")
         .with_public_key("eyJrdHkiOiJSU0EifQ");
-    let t = sign_with(Alg::RS256, Some("rsa"), &good_claims(), false, Some(evil.clone()));
+    let t = sign_with(
+        Alg::RS256,
+        Some("rsa"),
+        &good_claims(),
+        false,
+        Some(evil.clone()),
+    );
     let d = decode(&t, MAX).unwrap();
     assert!(d.header.kid.as_deref() == Some("rsa"));
     assert!(check(&t).is_ok(), "jku/x5u/jwk are ignored");
@@ -390,32 +552,52 @@ fn header_hygiene() {
     assert_eq!(check(&t).unwrap_err(), Reason::SignatureInvalid);
 
     // JWE, padding, junk, oversize.
-    assert_eq!(check("eyJhbGciOiJSU0EtT0FFUCJ9.a.b.c.d").unwrap_err(), Reason::TokenEncrypted);
+    assert_eq!(
+        check("eyJhbGciOiJSU0EtT0FFUCJ9.a.b.c.d").unwrap_err(),
+        Reason::TokenEncrypted
+    );
     let good = sign(Alg::RS256, &good_claims());
-    assert_eq!(check(&format!("{good}=")).unwrap_err(), Reason::TokenMalformed);
-    assert_eq!(check(&format!("{good}!")).unwrap_err(), Reason::TokenMalformed);
-    assert_eq!(check(&good.replacen('.', "=.", 1)).unwrap_err(), Reason::TokenMalformed);
+    assert_eq!(
+        check(&format!("{good}=")).unwrap_err(),
+        Reason::TokenMalformed
+    );
+    assert_eq!(
+        check(&format!("{good}!")).unwrap_err(),
+        Reason::TokenMalformed
+    );
+    assert_eq!(
+        check(&good.replacen('.', "=.", 1)).unwrap_err(),
+        Reason::TokenMalformed
+    );
     let mut big = good_claims();
     big["pad"] = json!("x".repeat(MAX));
-    assert_eq!(check(&sign(Alg::HS256, &big)).unwrap_err(), Reason::TokenTooLarge);
+    assert_eq!(
+        check(&sign(Alg::HS256, &big)).unwrap_err(),
+        Reason::TokenTooLarge
+    );
     // A registered claim of a type the signature library cannot model.
     let mut odd = good_claims();
     odd["jti"] = json!(5);
-    assert_eq!(check(&sign(Alg::HS256, &odd)).unwrap_err(), Reason::TokenMalformed);
+    assert_eq!(
+        check(&sign(Alg::HS256, &odd)).unwrap_err(),
+        Reason::TokenMalformed
+    );
 }
 
 #[test]
 fn missing_kid_with_one_or_two_keys() {
     let one = KeySet::parse(jwks(&[rsa_jwk(RSA_A_PEM, "a", "")]).as_bytes()).unwrap();
-    let two = KeySet::parse(
-        jwks(&[rsa_jwk(RSA_A_PEM, "a", ""), rsa_jwk(RSA_B_PEM, "b", "")]).as_bytes(),
-    )
-    .unwrap();
+    let two =
+        KeySet::parse(jwks(&[rsa_jwk(RSA_A_PEM, "a", ""), rsa_jwk(RSA_B_PEM, "b", "")]).as_bytes())
+            .unwrap();
     let t = sign_with(Alg::RS256, None, &good_claims(), false, None);
     let ps = all_algs();
     let v = run(&ps, Some(&one), &t, NOW).unwrap();
     assert_eq!(v.kid, None);
-    assert_eq!(run(&ps, Some(&two), &t, NOW).unwrap_err(), Reason::KidUnknown);
+    assert_eq!(
+        run(&ps, Some(&two), &t, NOW).unwrap_err(),
+        Reason::KidUnknown
+    );
     // One RSA key and one EC key: only one fits RS256.
     let mixed = KeySet::parse(
         jwks(&[rsa_jwk(RSA_A_PEM, "a", ""), p256_jwk(&fx().es256, "e", "")]).as_bytes(),
@@ -437,7 +619,10 @@ fn entra_v1_v2_multi_tenant_and_allow_list() {
         let mut c = good_claims();
         c["iss"] = json!(iss);
         c["tid"] = json!(tid);
-        assert!(run(&ps, Some(&fx().keys), &sign(Alg::RS256, &c), NOW).is_ok(), "{iss}");
+        assert!(
+            run(&ps, Some(&fx().keys), &sign(Alg::RS256, &c), NOW).is_ok(),
+            "{iss}"
+        );
     }
     let allow = Providers::new(&[provider_cfg(&format!(r#","tenants":["{T1}"]"#))]).unwrap();
     let mut c = good_claims();
@@ -474,8 +659,14 @@ fn jwk_issuer_field() {
     // Key pinned to T1: T1 ok (v2 and v1), T2 refused.
     assert!(run(&ps, Some(&ks_f), &tok(v2(T1), T1), NOW).is_ok());
     assert!(run(&ps, Some(&ks_f), &tok(v1(T1), T1), NOW).is_ok());
-    assert_eq!(run(&ps, Some(&ks_f), &tok(v2(T2), T2), NOW).unwrap_err(), Reason::TenantNotAllowed);
-    assert_eq!(run(&ps, Some(&ks_f), &tok(v1(T2), T2), NOW).unwrap_err(), Reason::TenantNotAllowed);
+    assert_eq!(
+        run(&ps, Some(&ks_f), &tok(v2(T2), T2), NOW).unwrap_err(),
+        Reason::TenantNotAllowed
+    );
+    assert_eq!(
+        run(&ps, Some(&ks_f), &tok(v1(T2), T2), NOW).unwrap_err(),
+        Reason::TenantNotAllowed
+    );
     // Exact-issuer provider whose key names another issuer.
     let okta: ProviderConfig = serde_json::from_str(
         r#"{"name":"okta","issuers":["https://okta.example/oauth2/default"],"jwks_uri":"https://okta.example/keys","audiences":["api://gw"]}"#,
@@ -487,7 +678,10 @@ fn jwk_issuer_field() {
     c.as_object_mut().unwrap().remove("tid");
     let t = sign(Alg::RS256, &c);
     assert!(run(&ps2, Some(&fx().keys), &t, NOW).is_ok());
-    assert_eq!(run(&ps2, Some(&ks_f), &t, NOW).unwrap_err(), Reason::TenantNotAllowed);
+    assert_eq!(
+        run(&ps2, Some(&ks_f), &t, NOW).unwrap_err(),
+        Reason::TenantNotAllowed
+    );
 }
 
 #[test]
@@ -509,8 +703,20 @@ fn every_reason_on_this_path() {
     note(check("a.b.c.d.e"));
     note(check(&hs(r#"{"alg":"none"}"#)));
     note(check(&hs(r#"{"alg":"HS256","crit":["x"]}"#)));
-    note(check(&sign_with(Alg::RS256, Some("zz"), &good_claims(), false, None)));
-    note(check(&sign_with(Alg::RS256, Some("p256"), &good_claims(), false, None)));
+    note(check(&sign_with(
+        Alg::RS256,
+        Some("zz"),
+        &good_claims(),
+        false,
+        None,
+    )));
+    note(check(&sign_with(
+        Alg::RS256,
+        Some("p256"),
+        &good_claims(),
+        false,
+        None,
+    )));
     note(check(&tamper_sig(&sign(Alg::RS256, &good_claims()))));
     note(check(&sign(Alg::RS256, &c("exp", json!(1)))));
     note(check(&sign(Alg::RS256, &c("nbf", json!(NOW + 999)))));
@@ -519,16 +725,35 @@ fn every_reason_on_this_path() {
     note(check(&sign(Alg::RS256, &c("iss", json!("https://x/")))));
     note(check(&sign(Alg::RS256, &c("tid", json!("x")))));
     let allow = Providers::new(&[provider_cfg(&format!(r#","tenants":["{T2}"]"#))]).unwrap();
-    note(run(&allow, Some(&fx().keys), &sign(Alg::RS256, &good_claims()), NOW));
+    note(run(
+        &allow,
+        Some(&fx().keys),
+        &sign(Alg::RS256, &good_claims()),
+        NOW,
+    ));
     note(check(&sign(Alg::RS256, &c("aud", json!("x")))));
     note(check(&hs(r#"{"alg":"HS256","nonce":"x"}"#)));
     note(run(&ps, None, &sign(Alg::RS256, &good_claims()), NOW));
     use Reason::*;
     let want: HashSet<Reason> = [
-        TokenTooLarge, TokenMalformed, TokenEncrypted, AlgNotAllowed, CritUnsupported,
-        KidUnknown, KeyTypeMismatch, SignatureInvalid, TokenExpired, TokenNotYetValid,
-        IssuedInFuture, LifetimeTooLong, IssuerUnknown, TenantInvalid, TenantNotAllowed,
-        AudienceMismatch, GraphTokenUnverifiable, JwksUnavailable,
+        TokenTooLarge,
+        TokenMalformed,
+        TokenEncrypted,
+        AlgNotAllowed,
+        CritUnsupported,
+        KidUnknown,
+        KeyTypeMismatch,
+        SignatureInvalid,
+        TokenExpired,
+        TokenNotYetValid,
+        IssuedInFuture,
+        LifetimeTooLong,
+        IssuerUnknown,
+        TenantInvalid,
+        TenantNotAllowed,
+        AudienceMismatch,
+        GraphTokenUnverifiable,
+        JwksUnavailable,
     ]
     .into_iter()
     .collect();
@@ -567,7 +792,10 @@ fn cache_hits_expiry_generation_and_bound() {
         c.insert(t, verified(NOW + 10), 1);
     }
     assert_eq!(c.len(), 3);
-    assert!(c.get("t1", NOW, 2).is_none() && c.get("t2", NOW, 1).is_none(), "oldest evicted");
+    assert!(
+        c.get("t1", NOW, 2).is_none() && c.get("t2", NOW, 1).is_none(),
+        "oldest evicted"
+    );
     assert!(c.get("t5", NOW, 1).is_some());
     let (hits, misses) = c.stats();
     assert!(hits >= 4 && misses >= 6, "{hits} {misses}");
