@@ -4,7 +4,6 @@
 //! JOSE decoding, provider selection, JWKS keys, verification, route policy, rate limits,
 //! annotation, responses, audit) are put together; each piece stays ignorant of the others.
 
-use std::borrow::Cow;
 use std::rc::Rc;
 
 use crate::annotate::{self, Annotator, HeaderOp};
@@ -31,7 +30,7 @@ pub struct Filter {
     pub routes: Routes,
     pub annotator: Annotator,
     /// Where each provider's keys come from (same order as `providers`).
-    pub jwks_sources: Vec<JwksSource>,
+    pub jwks_sources: Vec<Option<JwksSource>>,
 }
 
 /// What the adapter must do with the request.
@@ -55,11 +54,16 @@ pub enum Decision {
 
 /// Key availability for one provider, as the adapter's JWKS cache sees it.
 pub enum KeyState {
-    Ready { keys: Rc<KeySet>, generation: u64 },
+    Ready {
+        keys: Rc<KeySet>,
+        generation: u64,
+    },
     /// A fetch is under way (or about to start); waiting is worthwhile.
     Loading,
     /// No keys and fetching failed: answer 503 with this `Retry-After`.
-    Unavailable { retry_after_secs: u64 },
+    Unavailable {
+        retry_after_secs: u64,
+    },
 }
 
 /// The state the engine reads and nudges through the adapter (shared data, dispatches).
@@ -89,11 +93,15 @@ impl Filter {
         let tokens = TokenExtractor::new(&config.token_sources)?;
         let routes = Routes::new(&config, |name| providers.index_of(name))?;
         let annotator = Annotator::new(&config)?;
+        // Providers that only use a shared secret (HS*) have no key set to fetch.
         let jwks_sources = config
             .providers
             .iter()
             .enumerate()
-            .map(|(i, p)| JwksSource::new(p, &format!("providers[{i}]")))
+            .map(|(i, p)| match providers.get(i).map(|pr| pr.needs_jwks()) {
+                Some(true) => JwksSource::new(p, &format!("providers[{i}]")).map(Some),
+                _ => Ok(None),
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Filter {
             config,
@@ -186,7 +194,7 @@ impl Filter {
     /// Token → verified claims, or why not.
     fn authenticate(
         &self,
-        token: &Cow<'_, str>,
+        token: &str,
         route: Option<&Route>,
         ctx: Ctx,
         env: &mut dyn Env,
@@ -201,8 +209,14 @@ impl Filter {
         let allowed = route.and_then(|r| r.providers.as_deref());
         // Provider choice from `iss` comes before any key lookup or fetch: a foreign token
         // costs nothing and cannot trigger JWKS traffic.
-        let pi = self.providers.select(&jwt.claims, allowed).map_err(Step::deny)?;
-        let provider = self.providers.get(pi).ok_or(Step::Deny(Reason::IssuerUnknown, None))?;
+        let pi = self
+            .providers
+            .select(&jwt.claims, allowed)
+            .map_err(Step::deny)?;
+        let provider = self
+            .providers
+            .get(pi)
+            .ok_or(Step::Deny(Reason::IssuerUnknown, None))?;
         audit.provider = Some(provider.name.clone());
         let (keys, generation) = if is_hmac(jwt.header.alg) {
             (None, 0)
@@ -257,12 +271,7 @@ impl Filter {
     }
 
     /// Answer a request that waited for keys that did not come.
-    pub fn deny_unavailable(
-        &self,
-        req: &RequestView,
-        ctx: Ctx,
-        retry_after_secs: u64,
-    ) -> Decision {
+    pub fn deny_unavailable(&self, req: &RequestView, ctx: Ctx, retry_after_secs: u64) -> Decision {
         let request_id = annotate::request_id(req, ctx.random);
         let mut audit = AuditRecord::new(ctx.now_ms, &request_id, req);
         audit.route = self

@@ -115,7 +115,13 @@ fn each_team_reaches_only_its_endpoint_and_admin_reaches_all() {
     let r = post(&gw, sneaky, Some(&c.fraud), &[]);
     assert_ne!(r.status, 200, "{}", r.body);
     // A GET is not the POST route: no route → 403.
-    let r = http("GET", &gw.url(FRAUD), &[("authorization", &format!("Bearer {}", c.fraud))], None).unwrap();
+    let r = http(
+        "GET",
+        &gw.url(FRAUD),
+        &[("authorization", &format!("Bearer {}", c.fraud))],
+        None,
+    )
+    .unwrap();
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"], "no_route");
 }
@@ -127,13 +133,19 @@ fn backend_gets_endpoint_key_identity_and_deployment_never_the_caller_token() {
     let r = post(&gw, FRAUD, Some(&c.fraud), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     let h = received(&r);
-    assert_eq!(values(&h, "authorization"), [format!("Bearer {ENDPOINT_KEY}").as_str()]);
+    assert_eq!(
+        values(&h, "authorization"),
+        [format!("Bearer {ENDPOINT_KEY}").as_str()]
+    );
     assert_eq!(values(&h, "azureml-model-deployment"), ["blue"]);
     assert_eq!(values(&h, "x-caller-team"), ["fraud"]);
     assert_eq!(values(&h, "x-caller-roles"), ["Endpoint.Score"]);
     assert_eq!(values(&h, "x-caller-app"), ["fraud-svc"]);
     assert_eq!(values(&h, "x-caller-oid").len(), 1);
-    assert!(!r.body.contains(&c.fraud), "caller token reached the backend");
+    assert!(
+        !r.body.contains(&c.fraud),
+        "caller token reached the backend"
+    );
     assert!(values(&h, "x-request-id").len() == 1);
 
     let r = post(&gw, "/batch/run", Some(&c.fraud), &[]);
@@ -149,7 +161,10 @@ fn backend_gets_endpoint_key_identity_and_deployment_never_the_caller_token() {
     )
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    let path = r.json()["received"]["path"].as_str().unwrap_or_default().to_string();
+    let path = r.json()["received"]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(!path.contains("access_token"), "{path}");
     assert!(path.contains("x=1") && path.contains("y=2"), "{path}");
     assert!(!r.body.contains(&c.fraud));
@@ -160,13 +175,24 @@ fn spoofed_identity_headers_never_reach_the_backend() {
     let gw = start();
     let c = callers(&gw);
     // One spoofed copy: replaced by the verified value.
-    let r = post(&gw, FRAUD, Some(&c.fraud), &[("x-caller-oid", "spoofed-oid"), ("x-caller-team", "churn")]);
+    let r = post(
+        &gw,
+        FRAUD,
+        Some(&c.fraud),
+        &[("x-caller-oid", "spoofed-oid"), ("x-caller-team", "churn")],
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let h = received(&r);
     assert!(!r.body.contains("spoofed-oid"), "{:?}", h);
     assert_eq!(values(&h, "x-caller-team"), ["fraud"]);
     // A spoofed identity header on a route without a token (auth none) is blanked.
-    let r = http("GET", &gw.url("/health"), &[("x-caller-oid", "spoofed-oid")], None).unwrap();
+    let r = http(
+        "GET",
+        &gw.url("/health"),
+        &[("x-caller-oid", "spoofed-oid")],
+        None,
+    )
+    .unwrap();
     assert_eq!(r.status, 200);
     assert!(!r.body.contains("spoofed-oid"), "{}", r.body);
     // Two copies: rejected outright (Kong would still forward the second one).
@@ -224,8 +250,23 @@ fn audit_lines_and_metrics() {
     };
     assert_eq!(lines.len(), 3, "{}", gw.envoy.log());
     let allow = &lines[0];
-    for field in ["time", "request_id", "route", "method", "path", "decision", "status", "provider", "iss", "tid", "kid"] {
-        assert!(allow.get(field).is_some(), "audit line lacks {field}: {allow}");
+    for field in [
+        "time",
+        "request_id",
+        "route",
+        "method",
+        "path",
+        "decision",
+        "status",
+        "provider",
+        "iss",
+        "tid",
+        "kid",
+    ] {
+        assert!(
+            allow.get(field).is_some(),
+            "audit line lacks {field}: {allow}"
+        );
     }
     assert_eq!(allow["decision"], "allow");
     assert_eq!(allow["route"], "team-score");
@@ -235,17 +276,21 @@ fn audit_lines_and_metrics() {
     let log = gw.envoy.log();
     assert!(!log.contains(&c.fraud), "a token appeared in the log");
 
-    let stats = gw.envoy.stats("azure_ml_kong").unwrap();
+    // Metric names follow Kong's label_patterns (see kong/azure_ml_kong.meta.json); Envoy
+    // shows them as `wasmcustom.<name>`.
+    let stats = gw.envoy.stats("wasmcustom").unwrap();
     let count = |name: &str| -> u64 {
         stats
             .lines()
-            .find(|l| l.contains(name) && l.split(':').next().is_some_and(|k| k.ends_with(name)))
-            .and_then(|l| l.rsplit(':').next())
+            .find_map(|l| l.strip_prefix(&format!("wasmcustom.{name}: ")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     };
-    assert!(count("requests_allowed") >= 1, "{stats}");
-    assert!(count("requests_denied") >= 2, "{stats}");
-    assert!(count("denied_insufficient_scope") >= 1, "{stats}");
-    assert!(count("jwks_fetch_ok") >= 1, "{stats}");
+    let allowed = "decisions_total_route=team-score_decision=allow_reason=authenticated";
+    let denied = "decisions_total_route=team-score_decision=deny_reason=insufficient_scope";
+    let missing = "decisions_total_route=team-score_decision=deny_reason=token_missing";
+    assert_eq!(count(allowed), 1, "{stats}");
+    assert_eq!(count(denied), 1, "{stats}");
+    assert_eq!(count(missing), 1, "{stats}");
+    assert!(count("jwks_fetches_total_provider=entra_result=ok") >= 1, "{stats}");
 }

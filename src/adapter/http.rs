@@ -8,8 +8,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use super::host;
 use super::root::{State, Waiter};
+use super::{host, metrics};
 use crate::audit::AuditRecord;
 use crate::config::LogLevel;
 use crate::engine::Decision;
@@ -46,8 +46,13 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let headers = host::request_headers();
         let now = host::now_ms();
-        // Kong 3.9 names its route; Envoy has no such property (lookup just fails).
-        let host_route = host::property(&["kong", "route_name"]);
+        let is_kong = self.is_kong();
+        // Kong 3.9 names its route (for audit lines when no filter route matched).
+        let host_route = if is_kong {
+            host::property(&["kong", "route_name"])
+        } else {
+            None
+        };
         let decision = match self.state.try_borrow_mut() {
             Ok(mut st) => {
                 let d = st.decide(self.context_id, &headers, now, host_route.as_deref());
@@ -65,13 +70,87 @@ impl HttpContext for Http {
             // Cannot happen in a single-threaded VM; never forward unverified if it does.
             Err(_) => return deny_internal(),
         };
-        finish(&self.state, decision, false)
+        finish(&self.state, self.context_id, decision, false)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.waiting {
+            let props = self.state.try_borrow_mut().ok().and_then(|mut st| {
+                let pos = st
+                    .deferred_props
+                    .iter()
+                    .position(|(id, _)| *id == self.context_id)?;
+                Some(st.deferred_props.swap_remove(pos).1)
+            });
+            if let Some(props) = props {
+                publish(&props);
+            }
+        }
+        Action::Continue
+    }
+}
+
+impl Http {
+    fn is_kong(&self) -> bool {
+        let Ok(mut st) = self.state.try_borrow_mut() else {
+            return false;
+        };
+        *st.is_kong
+            .get_or_insert_with(|| host::property(&["kong", "route_id"]).is_some())
+    }
+}
+
+/// Identity for Kong's Lua plugins (`kong.ctx.shared.azure_ml_kong_*`, strings), e.g.
+/// `file-log`'s `custom_fields_by_lua`. Only verified values: never the token.
+fn kong_props(audit: &AuditRecord) -> Vec<(&'static str, String)> {
+    let s = |v: &Option<String>| v.clone().unwrap_or_default();
+    vec![
+        (
+            "azure_ml_kong_decision",
+            audit.decision.as_str().to_string(),
+        ),
+        (
+            "azure_ml_kong_reason",
+            audit.reason.unwrap_or("").to_string(),
+        ),
+        ("azure_ml_kong_route", s(&audit.route)),
+        ("azure_ml_kong_request_id", audit.request_id.clone()),
+        ("azure_ml_kong_subject", s(&audit.subject)),
+        ("azure_ml_kong_tid", s(&audit.tid)),
+        ("azure_ml_kong_app", s(&audit.app)),
+    ]
+}
+
+fn publish(props: &[(&'static str, String)]) {
+    for (key, value) in props {
+        let _ = hostcalls::set_property(vec!["kong", "ctx", "shared", key], Some(value.as_bytes()));
     }
 }
 
 /// Carry out a final decision for the effective HTTP context. `resumed`: the request was
 /// paused and is being finished from the root context.
-pub fn finish(state: &Rc<RefCell<State>>, decision: Decision, resumed: bool) -> Action {
+pub fn finish(
+    state: &Rc<RefCell<State>>,
+    context_id: u32,
+    decision: Decision,
+    resumed: bool,
+) -> Action {
+    let audit = match &decision {
+        Decision::Allow { audit, .. } | Decision::Deny { audit, .. } => Some(audit),
+        Decision::WaitForKeys { .. } => None,
+    };
+    if let Some(audit) = audit {
+        let is_kong = state.try_borrow().ok().and_then(|st| st.is_kong) == Some(true);
+        if is_kong {
+            let props = kong_props(audit);
+            publish(&props);
+            if resumed {
+                if let Ok(mut st) = state.try_borrow_mut() {
+                    st.deferred_props.push((context_id, props));
+                }
+            }
+        }
+    }
     match decision {
         Decision::Allow { ops, audit } => {
             host::apply_header_ops(&ops);
@@ -109,9 +188,7 @@ fn record(state: &Rc<RefCell<State>>, audit: &AuditRecord) {
         LogLevel::Warn => log::warn!("{line}"),
         LogLevel::Error => log::error!("{line}"),
     }
-    for name in audit.metric_names() {
-        st.metrics.increment(&format!("azure_ml_kong_{name}"));
-    }
+    st.metrics.increment(&metrics::decision(audit));
 }
 
 fn deny_internal() -> Action {

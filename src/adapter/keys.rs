@@ -12,11 +12,11 @@ use super::host;
 use super::metrics::Metrics;
 use crate::engine::{Env, KeyState};
 use crate::jwks::KeySet;
+use crate::keycache::shared::Versioned;
 use crate::keycache::{
     Action, Event, HttpResponse, Io, JwksSource, KeyCache, Level, NoSharedStore, Refetch,
     SharedStore, StoreError, Ticket, WaitDecision, WaiterId,
 };
-use crate::keycache::shared::Versioned;
 use crate::ratelimit::{self, Verdict, Window};
 
 type Cache = KeyCache<Rc<KeySet>>;
@@ -31,7 +31,8 @@ pub enum Wake {
 }
 
 pub struct KeyManager {
-    caches: Vec<Cache>,
+    /// One cache per provider (`None`: the provider needs no JWKS).
+    caches: Vec<Option<Cache>>,
     calls: HashMap<u32, (usize, Ticket)>,
     store: HostStore,
     /// Per-worker rate-limit windows, used only when shared data is unavailable.
@@ -48,14 +49,21 @@ impl KeyManager {
         }
     }
 
-    pub fn new(sources: &[JwksSource], owner_id: u64) -> KeyManager {
+    pub fn new(sources: &[Option<JwksSource>], owner_id: u64) -> KeyManager {
         let mut m = KeyManager::empty();
         m.caches = sources
             .iter()
             .enumerate()
-            .map(|(i, s)| Cache::new(s.clone(), owner_id.wrapping_add(i as u64)))
+            .map(|(i, s)| {
+                s.as_ref()
+                    .map(|s| Cache::new(s.clone(), owner_id.wrapping_add(i as u64)))
+            })
             .collect();
         m
+    }
+
+    fn cache(&mut self, i: usize) -> Option<&mut Cache> {
+        self.caches.get_mut(i).and_then(Option::as_mut)
     }
 
     /// The engine's view for one request (`waiter` = its HTTP context id).
@@ -68,7 +76,7 @@ impl KeyManager {
     }
 
     pub fn cancel_waiter(&mut self, waiter: WaiterId) {
-        for c in &mut self.caches {
+        for c in self.caches.iter_mut().flatten() {
             c.cancel_waiter(waiter);
         }
     }
@@ -77,7 +85,7 @@ impl KeyManager {
         let mut wakes = Vec::new();
         for i in 0..self.caches.len() {
             let mut out = Vec::new();
-            if let Some(cache) = self.caches.get_mut(i) {
+            if let Some(cache) = self.caches.get_mut(i).and_then(Option::as_mut) {
                 let mut io = self.store.io(now_ms, random);
                 cache.on_tick(&mut io.as_io(), parse_keys, &mut out);
             }
@@ -99,7 +107,7 @@ impl KeyManager {
             return wakes;
         };
         let mut out = Vec::new();
-        if let Some(cache) = self.caches.get_mut(i) {
+        if let Some(cache) = self.caches.get_mut(i).and_then(Option::as_mut) {
             let cap = cache.source().max_body_bytes;
             let resp = HttpResponse {
                 headers: host::call_response_headers(),
@@ -141,7 +149,8 @@ impl KeyManager {
                                     "azure_ml_kong: dispatch_http_call to upstream {:?} failed: {e:?} (Envoy: is it a defined cluster? Kong: host:port)",
                                     req.upstream
                                 );
-                                if let Some(cache) = self.caches.get_mut(i) {
+                                if let Some(cache) = self.caches.get_mut(i).and_then(Option::as_mut)
+                                {
                                     let mut io = self.store.io(now_ms, random);
                                     cache.on_dispatch_error(&mut io.as_io(), req.ticket, &mut next);
                                 }
@@ -156,7 +165,14 @@ impl KeyManager {
                         waiter,
                         retry_after_secs,
                     }),
-                    Action::Event(ev) => report(&ev, metrics),
+                    Action::Event(ev) => {
+                        let provider = self
+                            .caches
+                            .get(i)
+                            .and_then(Option::as_ref)
+                            .map(|c| c.source().provider.as_str());
+                        report(provider.unwrap_or(""), &ev, metrics)
+                    }
                 }
             }
             out = next;
@@ -172,14 +188,19 @@ fn parse_keys(body: &[u8]) -> Result<Rc<KeySet>, crate::jwks::JwksError> {
     Ok(Rc::new(ks))
 }
 
-fn report(ev: &Event, metrics: &mut Metrics) {
-    let msg = format!("azure_ml_kong: {}: {ev:?}", ev.name());
+fn report(provider: &str, ev: &Event, metrics: &mut Metrics) {
+    let msg = format!(
+        "azure_ml_kong: provider {provider:?}: {}: {ev:?}",
+        ev.name()
+    );
     match ev.level() {
         Level::Warn => log::warn!("{msg}"),
         Level::Info => log::info!("{msg}"),
         Level::Debug => log::debug!("{msg}"),
     }
-    metrics.increment(&super::metrics::jwks_event(ev));
+    if let Some(name) = super::metrics::jwks_event(provider, ev) {
+        metrics.increment(&name);
+    }
 }
 
 /// The engine's view of keys and limits for one request.
@@ -191,7 +212,7 @@ pub struct RequestEnv<'a> {
 
 impl Env for RequestEnv<'_> {
     fn keys(&mut self, provider: usize) -> KeyState {
-        let Some(cache) = self.keys.caches.get_mut(provider) else {
+        let Some(cache) = self.keys.cache(provider) else {
             return KeyState::Unavailable {
                 retry_after_secs: 30,
             };
@@ -214,8 +235,7 @@ impl Env for RequestEnv<'_> {
 
     fn refetch_for_unknown_kid(&mut self, provider: usize) -> bool {
         self.keys
-            .caches
-            .get_mut(provider)
+            .cache(provider)
             .map(|c| c.request_refetch_for_unknown_kid(self.now_ms, self.waiter) == Refetch::Wait)
             .unwrap_or(false)
     }

@@ -36,6 +36,11 @@ pub struct State {
     pub waiters: Vec<Waiter>,
     pub metrics: Metrics,
     pub rng: Rng,
+    /// Learned from the first request: Kong exposes `kong.route_id`, Envoy does not.
+    pub is_kong: Option<bool>,
+    /// Identity to publish again to `kong.ctx.shared` from the response phase, for
+    /// requests that were finished from the root context.
+    pub deferred_props: Vec<(u32, Vec<(&'static str, String)>)>,
 }
 
 impl State {
@@ -47,6 +52,8 @@ impl State {
             waiters: Vec::new(),
             metrics: Metrics::default(),
             rng: Rng::new(seed),
+            is_kong: None,
+            deferred_props: Vec::new(),
         }
     }
 
@@ -125,7 +132,9 @@ impl Root {
                 };
                 let w = st.waiters.swap_remove(pos);
                 let d = match wake {
-                    Wake::Resume(_) => st.decide(w.context_id, &w.headers, now, w.host_route.as_deref()),
+                    Wake::Resume(_) => {
+                        st.decide(w.context_id, &w.headers, now, w.host_route.as_deref())
+                    }
                     Wake::Unavailable {
                         retry_after_secs, ..
                     } => deny_unavailable(&mut st, &w, now, u64::from(retry_after_secs)),
@@ -141,7 +150,7 @@ impl Root {
             if hostcalls::set_effective_context(context_id).is_err() {
                 continue; // the client went away
             }
-            http::finish(&self.state, decision, true);
+            http::finish(&self.state, context_id, decision, true);
         }
     }
 }

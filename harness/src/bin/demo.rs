@@ -7,6 +7,9 @@ use serde_json::{json, Value};
 
 const BODY: &str = r#"{"input_data": {"data": [[1.0, 2.0, 3.5], [0.5, 0.5, 0.5]]}}"#;
 
+/// One call of the tour: who, which path, with which token, with which extra headers.
+type Stop<'a> = (&'a str, &'a str, Option<&'a str>, Vec<(&'a str, &'a str)>);
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("demo failed: {e}");
@@ -80,7 +83,7 @@ fn run() -> Result<(), String> {
 
     let fraud_path = "/teams/fraud/endpoints/fraud-v2/score";
     let churn_path = "/teams/churn/endpoints/churn-v1/score";
-    let tour: Vec<(&str, &str, Option<&str>, Vec<(&str, &str)>)> = vec![
+    let tour: Vec<Stop> = vec![
         ("anonymous caller", fraud_path, None, vec![]),
         (
             "fraud service (role Endpoint.Score, team fraud)",
@@ -139,10 +142,7 @@ fn run() -> Result<(), String> {
     // Envoy flushes its log file every 50 ms (see the harness).
     std::thread::sleep(std::time::Duration::from_millis(300));
     let log = gw.envoy.log();
-    let audit: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("\"decision\""))
-        .collect();
+    let audit: Vec<&str> = log.lines().filter(|l| l.contains("\"decision\"")).collect();
     println!(
         "Envoy logged {} audit lines, one JSON line per decision. The last one:",
         audit.len()
