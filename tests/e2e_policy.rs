@@ -292,5 +292,8 @@ fn audit_lines_and_metrics() {
     assert_eq!(count(allowed), 1, "{stats}");
     assert_eq!(count(denied), 1, "{stats}");
     assert_eq!(count(missing), 1, "{stats}");
-    assert!(count("jwks_fetches_total_provider=entra_result=ok") >= 1, "{stats}");
+    assert!(
+        count("jwks_fetches_total_provider=entra_result=ok") >= 1,
+        "{stats}"
+    );
 }
