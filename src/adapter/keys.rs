@@ -21,6 +21,9 @@ use crate::ratelimit::{self, Verdict, Window};
 
 type Cache = KeyCache<Rc<KeySet>>;
 
+/// How often the JWKS gauges are recorded (each is one host call per provider).
+const GAUGE_PERIOD_MS: u64 = 5_000;
+
 /// What the root context must do for a paused request.
 pub enum Wake {
     Resume(WaiterId),
@@ -37,6 +40,7 @@ pub struct KeyManager {
     store: HostStore,
     /// Per-worker rate-limit windows, used only when shared data is unavailable.
     local_windows: HashMap<String, Window>,
+    next_gauges_ms: u64,
 }
 
 impl KeyManager {
@@ -46,6 +50,7 @@ impl KeyManager {
             calls: HashMap::new(),
             store: HostStore { disabled: false },
             local_windows: HashMap::new(),
+            next_gauges_ms: 0,
         }
     }
 
@@ -91,7 +96,23 @@ impl KeyManager {
             }
             self.perform(i, out, now_ms, random, metrics, &mut wakes);
         }
+        if now_ms >= self.next_gauges_ms {
+            self.next_gauges_ms = now_ms.saturating_add(GAUGE_PERIOD_MS);
+            self.record_gauges(now_ms, metrics);
+        }
         wakes
+    }
+
+    /// Keys held and their age, per provider (the JWKS health a dashboard wants).
+    fn record_gauges(&self, now_ms: u64, metrics: &mut Metrics) {
+        for cache in self.caches.iter().flatten() {
+            let (keys, age) = super::metrics::jwks_gauges(&cache.source().provider);
+            let count = cache.keys().map(|k| k.len() as u64).unwrap_or(0);
+            metrics.gauge(&keys, count);
+            if let Some(ms) = cache.keys_age_ms(now_ms) {
+                metrics.gauge(&age, ms / 1000);
+            }
+        }
     }
 
     pub fn on_http_call_response(

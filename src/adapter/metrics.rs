@@ -21,20 +21,38 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn increment(&mut self, name: &str) {
-        let id = match self.ids.get(name) {
+    fn id(&mut self, kind: MetricType, name: &str) -> Option<u32> {
+        match self.ids.get(name) {
             Some(id) => *id,
             None if self.ids.len() >= MAX_METRICS => None,
             None => {
-                let id = hostcalls::define_metric(MetricType::Counter, name).ok();
+                let id = hostcalls::define_metric(kind, name).ok();
                 self.ids.insert(name.to_string(), id);
                 id
             }
-        };
-        if let Some(id) = id {
+        }
+    }
+
+    pub fn increment(&mut self, name: &str) {
+        if let Some(id) = self.id(MetricType::Counter, name) {
             let _ = hostcalls::increment_metric(id, 1);
         }
     }
+
+    pub fn gauge(&mut self, name: &str, value: u64) {
+        if let Some(id) = self.id(MetricType::Gauge, name) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+/// JWKS health gauges for one provider: usable keys, and age of the key set in seconds.
+pub fn jwks_gauges(provider: &str) -> (String, String) {
+    let p = label(provider);
+    (
+        format!("jwks_keys_provider={p}"),
+        format!("jwks_age_seconds_provider={p}"),
+    )
 }
 
 /// A label value: lower-case `[a-z0-9-]`, at most 64 bytes (what the label pattern accepts).
