@@ -218,7 +218,10 @@ impl Filter {
             .get(pi)
             .ok_or(Step::Deny(Reason::IssuerUnknown, None))?;
         audit.provider = Some(provider.name.clone());
-        let (keys, generation) = if is_hmac(jwt.header.alg) {
+        // HS* needs no key set; neither does an algorithm this provider does not allow
+        // (`verify` refuses it): such a token must not wait for keys, nor be answered
+        // 503 by a provider that has no JWKS at all.
+        let (keys, generation) = if is_hmac(jwt.header.alg) || !provider.allows(jwt.header.alg) {
             (None, 0)
         } else {
             match env.keys(pi) {
@@ -310,4 +313,672 @@ impl Step {
 
 fn is_hmac(alg: Alg) -> bool {
     matches!(alg, Alg::HS256 | Alg::HS384 | Alg::HS512)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The orchestration itself, natively: a fake [`Env`] stands in for the adapter's
+    //! JWKS cache and rate-limit store; tokens are signed with the fixed test keys.
+
+    use super::*;
+    use crate::jose::testutil::hs_token;
+    use crate::jwks::testkeys::{jwks, rsa_jwk, RSA_A_PEM, RSA_B_PEM};
+    use serde_json::{json, Value};
+
+    const NOW: u64 = 1_700_000_000;
+    const T1: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    const T2: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-engine-test";
+    const HS_ISS: &str = "https://hs.example/";
+    const OID: &str = "11111111-2222-3333-4444-555555555555";
+
+    mod sign {
+        use jwt_simple::prelude::*;
+
+        /// An RS256 token with exactly these claims, signed by `pem` under `kid`.
+        pub fn rs256(pem: &str, kid: &str, payload: &serde_json::Value) -> String {
+            let custom = payload.as_object().cloned().unwrap_or_default();
+            let mut c = Claims::with_custom_claims(custom, Duration::from_secs(1));
+            c.issued_at = None;
+            c.expires_at = None;
+            c.invalid_before = None;
+            RS256KeyPair::from_pem(pem)
+                .unwrap()
+                .with_key_id(kid)
+                .sign(c)
+                .unwrap()
+        }
+    }
+
+    fn iss(t: &str) -> String {
+        format!("https://login.microsoftonline.com/{t}/v2.0")
+    }
+
+    fn claims() -> Value {
+        json!({
+            "iss": iss(T1), "tid": T1, "aud": "api://gw", "oid": OID, "sub": "s-1",
+            "azp": "app-1", "team": "fraud", "roles": ["Endpoint.Score"],
+            "iat": NOW - 60, "nbf": NOW - 60, "exp": NOW + 3600, "ver": "2.0"
+        })
+    }
+
+    fn with(mut v: Value, k: &str, x: Value) -> Value {
+        v[k] = x;
+        v
+    }
+
+    fn token(c: &Value) -> String {
+        sign::rs256(RSA_A_PEM, "k1", c)
+    }
+
+    fn good() -> String {
+        token(&claims())
+    }
+
+    fn hs(c: &Value) -> String {
+        hs_token(
+            Alg::HS256,
+            SECRET.as_bytes(),
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            &c.to_string(),
+        )
+    }
+
+    fn config(extra: &str) -> String {
+        format!(
+            r#"{{
+            "providers": [
+              {{"name": "entra", "issuers": ["https://login.microsoftonline.com/{{tenantid}}/v2.0"],
+                "tenants": ["{T1}"],
+                "jwks_uri": "https://login.microsoftonline.com/common/discovery/v2.0/keys",
+                "audiences": ["api://gw"]}},
+              {{"name": "hs", "issuers": ["{HS_ISS}"], "audiences": ["api://gw"],
+                "algorithms": ["HS256"], "hmac_secret": "{SECRET}"}}
+            ],
+            "routes": [
+              {{"name": "health", "match": {{"path": "/health"}}, "auth": "none"}},
+              {{"name": "opt", "match": {{"path_prefix": "/optional/"}}, "auth": "optional"}},
+              {{"name": "team", "match": {{"path": "/teams/{{team}}/score", "methods": ["POST"]}},
+                "require": {{"claim": "team", "equals": "{{path.team}}"}},
+                "set_request_headers": {{"authorization": "Bearer ml-key",
+                                         "azureml-model-deployment": "blue"}},
+                "rate_limit": {{"requests": 5, "window_seconds": 60, "key": "oid"}}}},
+              {{"name": "cors", "match": {{"path_prefix": "/cors/"}}, "cors_preflight": "allow"}},
+              {{"name": "hs-only", "match": {{"path_prefix": "/hs/"}}, "providers": ["hs"]}},
+              {{"name": "any", "match": {{"path_prefix": "/any/"}}}}
+            ]{extra}
+        }}"#
+        )
+    }
+
+    fn filter(extra: &str) -> Filter {
+        Filter::from_json(config(extra).as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    enum Keys {
+        Ready(Rc<KeySet>, u64),
+        Loading,
+        Unavailable(u64),
+    }
+
+    /// The adapter's state as the engine sees it, with counters.
+    struct FakeEnv {
+        keys: Keys,
+        refetch_allowed: bool,
+        limited: bool,
+        key_lookups: usize,
+        refetches: usize,
+        rate_calls: Vec<(String, u64, u64)>,
+    }
+
+    impl FakeEnv {
+        fn ready() -> FakeEnv {
+            let ks = KeySet::parse(jwks(&[rsa_jwk(RSA_A_PEM, "k1", "")]).as_bytes()).unwrap();
+            FakeEnv::with(Keys::Ready(Rc::new(ks), 1))
+        }
+        fn with(keys: Keys) -> FakeEnv {
+            FakeEnv {
+                keys,
+                refetch_allowed: false,
+                limited: false,
+                key_lookups: 0,
+                refetches: 0,
+                rate_calls: Vec::new(),
+            }
+        }
+    }
+
+    impl Env for FakeEnv {
+        fn keys(&mut self, provider: usize) -> KeyState {
+            assert_eq!(provider, 0, "only the JWKS provider has keys");
+            self.key_lookups += 1;
+            match &self.keys {
+                Keys::Ready(k, g) => KeyState::Ready {
+                    keys: Rc::clone(k),
+                    generation: *g,
+                },
+                Keys::Loading => KeyState::Loading,
+                Keys::Unavailable(s) => KeyState::Unavailable {
+                    retry_after_secs: *s,
+                },
+            }
+        }
+        fn refetch_for_unknown_kid(&mut self, _provider: usize) -> bool {
+            self.refetches += 1;
+            self.refetch_allowed
+        }
+        fn rate_limit(&mut self, bucket: &str, limit: u64, window: u64) -> ratelimit::Verdict {
+            self.rate_calls.push((bucket.to_string(), limit, window));
+            ratelimit::Verdict {
+                allowed: !self.limited,
+                retry_after_secs: if self.limited { 17 } else { 0 },
+            }
+        }
+    }
+
+    fn ctx() -> Ctx<'static> {
+        Ctx {
+            now_ms: NOW * 1000,
+            random: 0x1234,
+            host_route: None,
+        }
+    }
+
+    fn headers(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    struct Run<'f> {
+        filter: &'f Filter,
+        env: FakeEnv,
+        cache: VerifiedCache,
+    }
+
+    impl<'f> Run<'f> {
+        fn new(filter: &'f Filter, env: FakeEnv) -> Run<'f> {
+            Run {
+                filter,
+                env,
+                cache: VerifiedCache::new(16),
+            }
+        }
+        fn call(&mut self, method: &str, path: &str, h: &[(&str, &str)]) -> Decision {
+            let h = headers(h);
+            let req = RequestView {
+                method,
+                path,
+                authority: "ml.example.com",
+                headers: &h,
+            };
+            self.filter
+                .decide(&req, ctx(), &mut self.env, &mut self.cache)
+        }
+        fn bearer(&mut self, method: &str, path: &str, token: &str) -> Decision {
+            let auth = format!("Bearer {token}");
+            self.call(method, path, &[("authorization", &auth)])
+        }
+    }
+
+    #[track_caller]
+    fn denied(d: &Decision) -> (u32, &'static str, &LocalResponse) {
+        match d {
+            Decision::Deny { response, audit } => {
+                let reason = audit.reason.expect("a denial has a reason");
+                assert_eq!(audit.status, response.status);
+                let body: Value = serde_json::from_str(&response.body).unwrap();
+                assert_eq!(body["error"], reason);
+                (response.status, reason, response)
+            }
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn assert_deny(d: &Decision, status: u32, reason: &str) {
+        let (s, r, _) = denied(d);
+        assert_eq!((s, r), (status, reason), "{d:?}");
+    }
+
+    #[track_caller]
+    fn allowed(d: &Decision) -> &[HeaderOp] {
+        match d {
+            Decision::Allow { ops, audit } => {
+                assert_eq!(audit.reason, None);
+                ops
+            }
+            other => panic!("expected allow, got {other:?}"),
+        }
+    }
+
+    fn set<'a>(ops: &'a [HeaderOp], name: &str) -> Option<&'a str> {
+        ops.iter().find_map(|o| match o {
+            HeaderOp::Set { name: n, value } if n == name => Some(value.as_str()),
+            _ => None,
+        })
+    }
+
+    fn cleared(ops: &[HeaderOp], name: &str) -> bool {
+        ops.iter()
+            .any(|o| matches!(o, HeaderOp::Clear { name: n } if n == name))
+    }
+
+    fn header<'a>(r: &'a LocalResponse, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn auth_none_optional_required() {
+        let f = filter("");
+        let mut run = Run::new(&f, FakeEnv::ready());
+        // none: no token needed, no key lookup.
+        allowed(&run.call("GET", "/health", &[]));
+        // optional: without a token allowed (identity headers blanked), with one verified.
+        let ops = allowed(&run.call("GET", "/optional/x", &[])).to_vec();
+        assert_eq!(set(&ops, "x-caller-oid"), Some(""));
+        assert_eq!(run.env.key_lookups, 0);
+        let ops = allowed(&run.bearer("GET", "/optional/x", &good())).to_vec();
+        assert_eq!(set(&ops, "x-caller-oid"), Some(OID));
+        // optional with a bad token is still a bad token.
+        let expired = token(&with(claims(), "exp", json!(NOW - 3600)));
+        assert_deny(
+            &run.bearer("GET", "/optional/x", &expired),
+            401,
+            "token_expired",
+        );
+        // required: missing token → 401 without an error code.
+        let d = run.call("POST", "/teams/fraud/score", &[]);
+        let (_, _, resp) = denied(&d);
+        assert_deny(&d, 401, "token_missing");
+        let www = header(resp, "www-authenticate").unwrap();
+        assert!(
+            www.starts_with("Bearer realm=") && !www.contains("error="),
+            "{www}"
+        );
+        allowed(&run.bearer("POST", "/teams/fraud/score", &good()));
+    }
+
+    #[test]
+    fn key_states_loading_unavailable_and_unknown_kid() {
+        let f = filter("");
+        let t = good();
+
+        let mut run = Run::new(&f, FakeEnv::with(Keys::Loading));
+        assert!(matches!(
+            run.bearer("GET", "/any/x", &t),
+            Decision::WaitForKeys { provider: 0 }
+        ));
+
+        let mut run = Run::new(&f, FakeEnv::with(Keys::Unavailable(42)));
+        let d = run.bearer("GET", "/any/x", &t);
+        let (_, _, resp) = denied(&d);
+        assert_deny(&d, 503, "jwks_unavailable");
+        assert_eq!(header(resp, "retry-after"), Some("42"));
+        assert!(!resp.body.contains(&t));
+
+        // A kid the key set does not have: wait for a refetch when one may run...
+        let other = sign::rs256(RSA_B_PEM, "k2", &claims());
+        let mut env = FakeEnv::ready();
+        env.refetch_allowed = true;
+        let mut run = Run::new(&f, env);
+        assert!(matches!(
+            run.bearer("GET", "/any/x", &other),
+            Decision::WaitForKeys { provider: 0 }
+        ));
+        assert_eq!(run.env.refetches, 1);
+        // ...and refuse it when one ran too recently.
+        run.env.refetch_allowed = false;
+        assert_deny(&run.bearer("GET", "/any/x", &other), 401, "kid_unknown");
+        // Another key under a known kid is a bad signature, never a refetch.
+        let forged = sign::rs256(RSA_B_PEM, "k1", &claims());
+        let before = run.env.refetches;
+        assert_deny(
+            &run.bearer("GET", "/any/x", &forged),
+            401,
+            "signature_invalid",
+        );
+        assert_eq!(run.env.refetches, before);
+    }
+
+    #[test]
+    fn tokens_that_cannot_verify_never_wait_for_keys() {
+        let f = filter("");
+        // Unknown issuer: no key lookup at all (no JWKS traffic for foreign tokens).
+        let mut run = Run::new(&f, FakeEnv::with(Keys::Loading));
+        let t = token(&with(claims(), "iss", json!("https://evil.example/")));
+        assert_deny(&run.bearer("GET", "/any/x", &t), 401, "issuer_unknown");
+        let t = token(&with(
+            with(claims(), "tid", json!(T2)),
+            "iss",
+            json!(iss(T2)),
+        ));
+        assert_deny(&run.bearer("GET", "/any/x", &t), 401, "tenant_not_allowed");
+        // A malformed token fails before anything else.
+        assert_deny(&run.bearer("GET", "/any/x", "a.b"), 401, "token_malformed");
+        // HS token with the JWKS provider's issuer: alg not allowed, without waiting.
+        let t = hs(&claims());
+        assert_deny(&run.bearer("GET", "/any/x", &t), 401, "alg_not_allowed");
+        assert_eq!(run.env.key_lookups, 0);
+        assert_eq!(run.env.refetches, 0);
+    }
+
+    #[test]
+    fn asymmetric_token_for_an_hmac_only_provider_is_alg_not_allowed() {
+        // Regression: an RS256 token naming the HS-only provider's issuer asked the
+        // adapter for keys that provider never has, and was answered 503.
+        let f = filter("");
+        let mut run = Run::new(&f, FakeEnv::with(Keys::Unavailable(5)));
+        let t = token(&with(claims(), "iss", json!(HS_ISS)));
+        assert_deny(&run.bearer("GET", "/any/x", &t), 401, "alg_not_allowed");
+        assert_eq!(run.env.key_lookups, 0);
+        // The HS provider's own tokens verify without any key set.
+        let t = hs(&with(claims(), "iss", json!(HS_ISS)));
+        allowed(&run.bearer("GET", "/hs/x", &t));
+        assert_eq!(run.env.key_lookups, 0);
+        // The route restricted to the HS provider refuses the Entra token before keys.
+        assert_deny(&run.bearer("GET", "/hs/x", &good()), 401, "issuer_unknown");
+        assert_eq!(run.env.key_lookups, 0);
+    }
+
+    #[test]
+    fn route_policy_rate_limit_and_no_route() {
+        let f = filter("");
+        let mut run = Run::new(&f, FakeEnv::ready());
+        // The team guard: a fraud token on the churn path.
+        let d = run.bearer("POST", "/teams/churn/score", &good());
+        assert_deny(&d, 403, "insufficient_scope");
+        let (_, _, resp) = denied(&d);
+        assert!(header(resp, "www-authenticate")
+            .unwrap()
+            .contains("error=\"insufficient_scope\""));
+        // Allowed: counted against the caller's bucket.
+        allowed(&run.bearer("POST", "/teams/fraud/score", &good()));
+        assert_eq!(run.env.rate_calls.len(), 1);
+        let (bucket, limit, window) = run.env.rate_calls[0].clone();
+        let mine = claims().as_object().cloned().unwrap();
+        assert_eq!(
+            bucket,
+            ratelimit::bucket_key("team", &["oid".into()], &mine)
+        );
+        assert_eq!((limit, window), (5, 60));
+        let theirs = with(claims(), "oid", json!("another-caller"));
+        allowed(&run.bearer("POST", "/teams/fraud/score", &token(&theirs)));
+        assert_ne!(run.env.rate_calls[1].0, bucket, "one bucket per caller");
+        // Limited: 429 with the store's Retry-After.
+        run.env.limited = true;
+        let d = run.bearer("POST", "/teams/fraud/score", &good());
+        assert_deny(&d, 429, "rate_limited");
+        assert_eq!(header(denied(&d).2, "retry-after"), Some("17"));
+        // A policy failure is not counted against the limit.
+        let calls = run.env.rate_calls.len();
+        assert_deny(
+            &run.bearer("POST", "/teams/churn/score", &good()),
+            403,
+            "insufficient_scope",
+        );
+        assert_eq!(run.env.rate_calls.len(), calls);
+
+        // No route (GET is not the team route's method): deny by default, before any
+        // token work.
+        let mut run = Run::new(&f, FakeEnv::with(Keys::Loading));
+        assert_deny(
+            &run.bearer("GET", "/teams/fraud/score", &good()),
+            403,
+            "no_route",
+        );
+        assert_deny(&run.call("GET", "/elsewhere", &[]), 403, "no_route");
+        assert_eq!(run.env.key_lookups, 0);
+    }
+
+    #[test]
+    fn on_no_route_allow_authenticated() {
+        let f = filter(r#", "on_no_route": "allow_authenticated""#);
+        let mut run = Run::new(&f, FakeEnv::ready());
+        let ops = allowed(&run.bearer("GET", "/elsewhere", &good())).to_vec();
+        assert_eq!(set(&ops, "x-caller-oid"), Some(OID));
+        assert!(cleared(&ops, "authorization"));
+        assert_deny(&run.call("GET", "/elsewhere", &[]), 401, "token_missing");
+        let bad = sign::rs256(RSA_B_PEM, "k1", &claims());
+        assert_deny(
+            &run.bearer("GET", "/elsewhere", &bad),
+            401,
+            "signature_invalid",
+        );
+        // A path no route could ever match stays unrouted.
+        assert_deny(&run.bearer("GET", "/a%2Fb", &good()), 403, "no_route");
+    }
+
+    #[test]
+    fn duplicate_identity_header_is_400() {
+        let f = filter("");
+        let mut run = Run::new(&f, FakeEnv::ready());
+        let auth = format!("Bearer {}", good());
+        let d = run.call(
+            "POST",
+            "/teams/fraud/score",
+            &[
+                ("authorization", &auth),
+                ("x-caller-oid", "spoof-1"),
+                ("x-caller-oid", "spoof-2"),
+            ],
+        );
+        assert_deny(&d, 400, "duplicate_identity_header");
+        assert_eq!(run.env.key_lookups, 0);
+        // Two tokens (duplicate authorization) are refused too.
+        let d = run.call(
+            "POST",
+            "/teams/fraud/score",
+            &[("authorization", &auth), ("authorization", &auth)],
+        );
+        assert_eq!(denied(&d).0, 400, "{d:?}");
+        // A single spoofed copy is overwritten, not refused.
+        let d = run.call(
+            "POST",
+            "/teams/fraud/score",
+            &[("authorization", &auth), ("x-caller-oid", "spoof")],
+        );
+        assert_eq!(set(allowed(&d), "x-caller-oid"), Some(OID));
+    }
+
+    #[test]
+    fn cors_preflight_only_where_the_route_allows_it() {
+        let f = filter("");
+        let mut run = Run::new(&f, FakeEnv::with(Keys::Loading));
+        let pre = [
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "POST"),
+        ];
+        let ops = allowed(&run.call("OPTIONS", "/cors/x", &pre)).to_vec();
+        assert_eq!(set(&ops, "x-caller-oid"), Some(""));
+        assert_deny(&run.call("OPTIONS", "/any/x", &pre), 401, "token_missing");
+        // Not a preflight (no Access-Control-Request-Method): a token is required.
+        assert_deny(
+            &run.call("OPTIONS", "/cors/x", &pre[..1]),
+            401,
+            "token_missing",
+        );
+        assert_eq!(run.env.key_lookups, 0);
+    }
+
+    #[test]
+    fn verified_token_cache_is_used_on_the_second_call() {
+        let f = filter("");
+        let mut run = Run::new(&f, FakeEnv::ready());
+        let t = good();
+        allowed(&run.bearer("GET", "/any/x", &t));
+        assert_eq!((run.cache.len(), run.cache.stats().0), (1, 0));
+        allowed(&run.bearer("GET", "/any/x", &t));
+        assert_eq!(run.cache.stats().0, 1, "second call is a cache hit");
+        // A hit still goes through route policy.
+        assert_deny(
+            &run.bearer("POST", "/teams/churn/score", &t),
+            403,
+            "insufficient_scope",
+        );
+        assert_eq!(run.cache.stats().0, 2);
+        // New key generation: the entry is not reused, the token is verified again.
+        if let Keys::Ready(_, g) = &mut run.env.keys {
+            *g = 2;
+        }
+        allowed(&run.bearer("GET", "/any/x", &t));
+        assert_eq!(run.cache.stats().0, 2);
+        // An expired token is not served from the cache.
+        let short = token(&with(claims(), "exp", json!(NOW + 1)));
+        allowed(&run.bearer("GET", "/any/x", &short));
+        let later = Ctx {
+            now_ms: (NOW + 120) * 1000,
+            ..ctx()
+        };
+        let h = headers(&[("authorization", &format!("Bearer {short}"))]);
+        let req = RequestView {
+            method: "GET",
+            path: "/any/x",
+            authority: "ml.example.com",
+            headers: &h,
+        };
+        let d = f.decide(&req, later, &mut run.env, &mut run.cache);
+        assert_deny(&d, 401, "token_expired");
+    }
+
+    #[test]
+    fn allow_plan_sets_identity_and_replaces_or_clears_the_token() {
+        let f = filter("");
+        let mut run = Run::new(&f, FakeEnv::ready());
+        let t = good();
+        // The team route sets its own authorization (endpoint key) in place of the token.
+        let d = run.bearer("POST", "/teams/fraud/score", &t);
+        let ops = allowed(&d);
+        assert_eq!(set(ops, "authorization"), Some("Bearer ml-key"));
+        assert!(!cleared(ops, "authorization"));
+        assert_eq!(set(ops, "azureml-model-deployment"), Some("blue"));
+        assert_eq!(set(ops, "x-caller-oid"), Some(OID));
+        assert_eq!(set(ops, "x-caller-tid"), Some(T1));
+        assert_eq!(set(ops, "x-caller-app"), Some("app-1"));
+        assert_eq!(set(ops, "x-caller-sub"), Some("s-1"));
+        assert!(
+            !format!("{ops:?}").contains(&t),
+            "the token is never forwarded"
+        );
+        if let Decision::Allow { audit, .. } = &d {
+            assert_eq!(audit.route.as_deref(), Some("team"));
+            assert_eq!(audit.provider.as_deref(), Some("entra"));
+            assert_eq!(audit.kid.as_deref(), Some("k1"));
+        }
+        // Elsewhere the token is cleared.
+        let ops = allowed(&run.bearer("GET", "/any/x", &t)).to_vec();
+        assert!(cleared(&ops, "authorization"), "{ops:?}");
+
+        // forward_token keeps it.
+        let f = filter(r#", "forward_token": true"#);
+        let mut run = Run::new(&f, FakeEnv::ready());
+        let ops = allowed(&run.bearer("GET", "/any/x", &t)).to_vec();
+        assert!(!cleared(&ops, "authorization"), "{ops:?}");
+        assert_eq!(set(&ops, "authorization"), None);
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let cases = [
+            (config(r#", "on_no_route": "maybe""#), "on_no_route"),
+            (
+                config("").replace(r#""auth": "optional""#, r#""auth": "sometimes""#),
+                "routes[1].auth",
+            ),
+            (
+                config("").replace(r#""providers": ["hs"]"#, r#""providers": ["nobody"]"#),
+                "routes[4].providers",
+            ),
+            (
+                config("").replace(r#""algorithms": ["HS256"], "#, ""),
+                "providers[1]",
+            ),
+            (
+                config("").replace(
+                    &format!(r#""hmac_secret": "{SECRET}""#),
+                    r#""hmac_secret": "short""#,
+                ),
+                "providers[1].hmac_secret",
+            ),
+            (
+                config(r#", "cache": {"max_token_bytes": 10}"#),
+                "cache.max_token_bytes",
+            ),
+            (config(r#", "colour": "blue""#), "colour"),
+        ];
+        for (doc, field) in cases {
+            let e = match Filter::from_json(doc.as_bytes()) {
+                Ok(_) => panic!("{field}: accepted"),
+                Err(e) => e,
+            };
+            assert!(
+                e.to_string().contains(field),
+                "{field}: error does not name it: {e}"
+            );
+        }
+        assert!(Filter::from_json(b"").is_err());
+        assert!(Filter::from_json(b"[]").is_err());
+        assert!(Filter::from_json(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn hostile_requests_never_panic() {
+        let f = filter("");
+        let t = good();
+        let (h, rest) = t.split_once('.').unwrap();
+        let (p, _sig) = rest.split_once('.').unwrap();
+        let hostile = [
+            String::new(),
+            " ".into(),
+            "....".into(),
+            "a.b.c.d.e".into(),
+            format!("{h}.{p}"),
+            format!("{t}."),
+            format!("{h}.{p}.%%%"),
+            "x".repeat(20_000),
+            "é.ü.ß".into(),
+            "\u{0}.\u{0}.\u{0}".into(),
+        ];
+        for keys in [Keys::Loading, Keys::Unavailable(1)] {
+            let mut run = Run::new(&f, FakeEnv::with(keys));
+            for tok in &hostile {
+                for path in [
+                    "/any/x",
+                    "/teams/fraud/score",
+                    "/",
+                    "",
+                    "%",
+                    "/?access_token=x",
+                ] {
+                    let _ = run.bearer("POST", path, tok);
+                }
+            }
+        }
+        let mut run = Run::new(&f, FakeEnv::ready());
+        for tok in &hostile {
+            let d = run.bearer("POST", "/any/x", tok);
+            let (status, _, resp) = denied(&d);
+            assert_eq!(status, 401, "{d:?}");
+            assert!(tok.len() < 4 || !resp.body.contains(tok.as_str()));
+        }
+        // deny_unavailable and deny_config_invalid answer 503 with Retry-After.
+        let hs = headers(&[]);
+        let req = RequestView {
+            method: "GET",
+            path: "/any/x",
+            authority: "",
+            headers: &hs,
+        };
+        for d in [
+            f.deny_unavailable(&req, ctx(), 7),
+            deny_config_invalid("azure-ml", &req, ctx()),
+        ] {
+            let (status, _, resp) = denied(&d);
+            assert_eq!(status, 503);
+            assert!(header(resp, "retry-after").is_some());
+        }
+    }
 }
