@@ -93,8 +93,15 @@ pub fn call_response_body(size: usize, cap: usize) -> Option<Vec<u8>> {
 pub struct Rng(u64);
 
 impl Rng {
+    /// `seed` mixed with per-VM entropy: std's `RandomState` draws its keys from WASI
+    /// `random_get` (already imported for `HashMap`). The seed alone (time in ms, root
+    /// context id) is the same in Envoy workers whose VMs start in the same millisecond,
+    /// which gave them the same JWKS lease owner id: each took the other's lease for its
+    /// own, so both fetched (and logged each failure streak twice).
     pub fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
+        use std::hash::BuildHasher;
+        let mixed = std::collections::hash_map::RandomState::new().hash_one(seed);
+        Rng(mixed | 1)
     }
     pub fn next(&mut self) -> u64 {
         // xorshift64*

@@ -818,12 +818,21 @@ impl<K: KeyCount> KeyCache<K> {
         if shared_ok {
             let was_cold = self.held.is_none();
             if self.poll_record(io, parse, out) {
+                // The adopted keys answer my waiters if they were fetched after the waiters
+                // asked, or — unknown-kid refetches — less than `min_refetch_ms` ago: the
+                // refetch limit is per node, so a worker that had not yet seen another
+                // worker's fresh refetch must not make a second one (a resumed request whose
+                // kid is still unknown gets 401 `kid_unknown`).
+                let min_refetch = self.src.min_refetch_ms;
                 let satisfied = was_cold
                     || self
                         .held
                         .as_ref()
                         .zip(self.want_since)
-                        .is_some_and(|(h, since)| h.fetched_at_ms >= since);
+                        .is_some_and(|(h, since)| {
+                            h.fetched_at_ms >= since
+                                || now < h.fetched_at_ms.saturating_add(min_refetch)
+                        });
                 if satisfied {
                     self.resolve_waiters(now, out);
                 }

@@ -1056,6 +1056,40 @@ fn fresh_workers_poll_shared_record() {
 }
 
 #[test]
+fn unknown_kid_refetch_limit_is_per_node_even_before_the_record_was_seen() {
+    // jwks_min_refetch_seconds = 300 (default).
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
+    n.tick(&mut b, 200);
+    // A refetches for a new kid; B gets the same kid before it polled A's record.
+    let t = 400_000;
+    assert_eq!(a.request_refetch_for_unknown_kid(t, 9), Refetch::Wait);
+    let d = one_dispatch(&n.tick(&mut a, t));
+    n.respond(&mut a, t + 100, d.ticket, &ok("keys:a,new"));
+    assert_eq!(b.request_refetch_for_unknown_kid(t + 150, 5), Refetch::Wait);
+    // B adopts A's refetch (younger than the limit) instead of fetching again.
+    let acts = n.tick(&mut b, t + 200);
+    assert!(dispatches(&acts).is_empty(), "{acts:?}");
+    assert_eq!(resumed(&acts), vec![5]);
+    assert_eq!(b.keys().unwrap().0, vec!["a", "new"]);
+    // Still unknown after resuming: refused, no fetch.
+    assert_eq!(
+        b.request_refetch_for_unknown_kid(t + 200, 5),
+        Refetch::Refused
+    );
+    assert!(dispatches(&n.tick(&mut b, t + 400)).is_empty());
+    // Past the limit, B's own unknown kid fetches again.
+    let later = t + 100 + 300_000;
+    assert_eq!(b.request_refetch_for_unknown_kid(later, 6), Refetch::Wait);
+    one_dispatch(&n.tick(&mut b, later));
+}
+
+#[test]
 fn shared_failure_answers_other_workers_promptly() {
     let mut n = Node {
         store: KongStore::default(),

@@ -1,0 +1,723 @@
+//! End-to-end through a real Envoy 1.40 (V8, two workers) loading the built filter: the JWKS
+//! lifecycle of issue 4 — one coalesced fetch per node at cold start, planned and emergency
+//! key rotation, IdP outages and bad answers during refresh (last good keys kept, one log
+//! line per failure streak, no wasm panic), and the unknown-kid refetch rate limit.
+//!
+//! Counts come from the mock IdP (`/_control/stats`), log lines from Envoy's log file. The
+//! tests wait with deadlines and never assert timings; observed numbers are printed (run
+//! with `--nocapture` to see them).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use aml_harness::{
+    default_filter_config, http, Artifacts, Envoy, EnvoyOptions, MockAml, MockIdp, Resp,
+    ENDPOINT_KEY,
+};
+use serde_json::{json, Value};
+
+/// Envoy workers (each has its own Wasm VM and key cache; shared data spans them).
+const WORKERS: u32 = 2;
+
+/// A gateway started for one test; keeps its logs when the test fails.
+struct Gw {
+    idp: MockIdp,
+    _backend: Upstream,
+    envoy: Envoy,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// What Envoy routes allowed requests to.
+enum Upstream {
+    Aml(MockAml),
+    Plain(PlainBackend),
+}
+
+impl Upstream {
+    fn port(&self) -> u16 {
+        match self {
+            Upstream::Aml(a) => a.port,
+            Upstream::Plain(b) => b.port,
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 backend (a thread per connection, keep-alive) answering every request
+/// 200, for bursts of concurrent requests. mock-aml (tiny_http 0.12) can leave a burst's new
+/// connection unserved: its connection pool may queue a connection task without waking a
+/// thread, and Envoy's keep-alive upstream connections keep every pool thread busy, so the
+/// request sees Envoy's 15 s route timeout (504) although the filter allowed it.
+struct PlainBackend {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl PlainBackend {
+    fn start() -> PlainBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        let port = listener.local_addr().expect("backend addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(c) = conn {
+                    std::thread::spawn(move || {
+                        let _ = serve_plain(c);
+                    });
+                }
+            }
+        });
+        PlainBackend { port, stop }
+    }
+}
+
+impl Drop for PlainBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port)); // wake the accept loop
+    }
+}
+
+fn serve_plain(conn: TcpStream) -> std::io::Result<()> {
+    let mut out = conn.try_clone()?;
+    let mut r = BufReader::new(conn);
+    loop {
+        let mut len = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line)? == 0 {
+                return Ok(()); // connection closed
+            }
+            if line == "\r\n" {
+                break;
+            }
+            let l = line.to_ascii_lowercase();
+            if let Some(v) = l.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body)?;
+        let reply = r#"{"predictions":[0.0]}"#;
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+            reply.len()
+        )?;
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                eprintln!("logs kept in {}", d.keep().display());
+            }
+        }
+    }
+}
+
+/// Start the IdP, let `setup_idp` configure it (before Envoy, hence before the first
+/// fetch), then the backend and Envoy with `default_filter_config` adjusted by `adjust`
+/// (which gets the single provider's object).
+fn start(adjust: impl FnOnce(&mut Value), setup_idp: impl FnOnce(&MockIdp)) -> Gw {
+    start_with(adjust, setup_idp, false)
+}
+
+/// `start`, with the plain backend instead of mock-aml when `plain_backend`.
+fn start_with(
+    adjust: impl FnOnce(&mut Value),
+    setup_idp: impl FnOnce(&MockIdp),
+    plain_backend: bool,
+) -> Gw {
+    let a = Artifacts::locate().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::Builder::new()
+        .prefix("aml-jwks-")
+        .tempdir()
+        .expect("tempdir");
+    let idp = MockIdp::start(&a, dir.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
+    setup_idp(&idp);
+    let backend = if plain_backend {
+        Upstream::Plain(PlainBackend::start())
+    } else {
+        Upstream::Aml(
+            MockAml::start(&a, dir.path(), Some(ENDPOINT_KEY)).unwrap_or_else(|e| panic!("{e}")),
+        )
+    };
+    let mut cfg = default_filter_config(idp.port);
+    adjust(&mut cfg["providers"][0]);
+    let mut opts = EnvoyOptions::new(cfg, backend.port(), idp.port);
+    opts.concurrency = WORKERS;
+    // For debugging a failure: E2E_ENVOY_LOG_LEVEL=debug.
+    if let Ok(level) = std::env::var("E2E_ENVOY_LOG_LEVEL") {
+        opts.log_level = level;
+    }
+    let envoy = Envoy::start(&a, dir.path(), &opts).unwrap_or_else(|e| panic!("{e}"));
+    Gw {
+        idp,
+        _backend: backend,
+        envoy,
+        dir: Some(dir),
+    }
+}
+
+fn set(provider: &mut Value, field: &str, v: Value) {
+    provider[field] = v;
+}
+
+impl Gw {
+    fn post(&self, token: &str) -> Resp {
+        post_to(&self.envoy.url("/score"), token)
+    }
+
+    /// Mint a token; returns it with the `kid` in its header.
+    fn mint(&self, spec: Value) -> (String, String) {
+        let r = http(
+            "POST",
+            &format!("{}/_control/token", self.idp.base()),
+            &[("content-type", "application/json")],
+            Some(&spec.to_string()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status, 200, "mint: {}", r.body);
+        let v = r.json();
+        (
+            v["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_string(),
+            v["kid"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+
+    fn valid(&self) -> String {
+        self.mint(json!({})).0
+    }
+
+    fn control(&self, method: &str, what: &str) -> Value {
+        self.idp
+            .control(method, what)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn jwks_requests(&self) -> u64 {
+        self.idp.jwks_requests().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Envoy log lines containing every one of `pats`.
+    fn log_lines(&self, pats: &[&str]) -> Vec<String> {
+        self.envoy
+            .log()
+            .lines()
+            .filter(|l| pats.iter().all(|p| l.contains(p)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The last lines of Envoy's log, for failure messages.
+    fn log_tail(&self) -> String {
+        let log = self.envoy.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Envoy is still running and no Wasm VM panicked or trapped.
+    fn assert_healthy(&mut self) {
+        assert!(
+            self.envoy.proc.is_running(),
+            "envoy exited\n{}",
+            self.log_tail()
+        );
+        let log = self.envoy.log();
+        for bad in [
+            "panicked",
+            "wasm trap",
+            "Uncaught RuntimeError",
+            "unreachable",
+        ] {
+            let hits: Vec<&str> = log.lines().filter(|l| l.contains(bad)).collect();
+            assert!(
+                hits.is_empty(),
+                "`{bad}` in the envoy log:\n{}",
+                hits.join("\n")
+            );
+        }
+    }
+
+    /// Send a fresh valid token until 200 (the gateway has keys).
+    fn wait_for_keys(&self) {
+        poll(Duration::from_secs(20), "a first 200", || {
+            let r = self.post(&self.valid());
+            (r.status == 200)
+                .then_some(())
+                .ok_or_else(|| format!("{} {}\n{}", r.status, r.body, self.log_tail()))
+        });
+    }
+}
+
+fn post_to(url: &str, token: &str) -> Resp {
+    let auth = format!("Bearer {token}");
+    http(
+        "POST",
+        url,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        Some(r#"{"input_data":{"data":[[1,2]]}}"#),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Call `f` every 100 ms until it returns `Ok`, or panic with its last error at the deadline.
+fn poll<T>(within: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("timed out after {within:?} waiting for {what}; last: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn error_code(r: &Resp) -> String {
+    r.json()["error"].as_str().unwrap_or_default().to_string()
+}
+
+// ----- (1) cold start: one fetch per node, every early request answered ---------------------
+
+#[test]
+fn cold_start_50_concurrent_requests_share_one_jwks_fetch() {
+    // The JWKS takes 2.5 s: every request below arrives while the one fetch is under way.
+    // Tokens are minted before Envoy starts. The plain backend takes the burst of 50
+    // allowed requests (see `PlainBackend`).
+    let mut tokens = Vec::new();
+    let gw = start_with(
+        |p| set(p, "jwks_timeout_ms", json!(6000)),
+        |idp| {
+            idp.control("POST", "jwks?mode=ok&delay_ms=2500").unwrap();
+            tokens = (0..50).map(|_| idp.token(json!({})).unwrap()).collect();
+        },
+        true,
+    );
+    // The first tick dispatched the fetch (the mock counts a request when it arrives).
+    poll(
+        Duration::from_secs(10),
+        "the first JWKS request",
+        || match gw.jwks_requests() {
+            0 => Err("no JWKS request yet".to_string()),
+            _ => Ok(()),
+        },
+    );
+    // ... and has not answered it yet (the mock logs a request once answered).
+    let keys_path = "/discovery/v2.0/keys";
+    assert!(
+        !gw.idp.proc.stderr().contains(keys_path),
+        "the JWKS was served before the burst: the test proves nothing"
+    );
+    let barrier = Arc::new(Barrier::new(tokens.len()));
+    let started = Instant::now();
+    let handles: Vec<_> = tokens
+        .into_iter()
+        .map(|t| {
+            let url = gw.envoy.url("/score");
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                let t0 = Instant::now();
+                let r = post_to(&url, &t);
+                (r.status, r.body, t0.elapsed())
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let all_done = started.elapsed();
+    let in_flight_after = gw.jwks_requests();
+    for (status, body, _) in &results {
+        assert_eq!(*status, 200, "{body}\n{}", gw.log_tail());
+    }
+    // Give a straggling worker a few ticks to (wrongly) fetch on its own.
+    std::thread::sleep(Duration::from_millis(600));
+    let count = gw.jwks_requests();
+    let lat: Vec<u128> = results.iter().map(|r| r.2.as_millis()).collect();
+    println!(
+        "cold start: 50 requests sent while the JWKS fetch was pending -> 50 x 200 in \
+         {all_done:?} (latency min {} ms, max {} ms); IdP JWKS requests: {in_flight_after} when \
+         all were answered, {count} after 600 ms more",
+        lat.iter().min().unwrap(),
+        lat.iter().max().unwrap()
+    );
+    assert_eq!(count, 1, "one JWKS fetch per node at cold start");
+}
+
+// ----- (2) planned rotation ------------------------------------------------------------------
+
+#[test]
+fn planned_rotation_new_kid_passes_after_one_refetch_and_old_kid_still_passes() {
+    let gw = start(|p| set(p, "jwks_min_refetch_seconds", json!(1)), |_| {});
+    let (old, old_kid) = gw.mint(json!({}));
+    gw.wait_for_keys();
+    assert_eq!(gw.post(&old).status, 200);
+    let before = gw.jwks_requests();
+
+    let rot = gw.control("POST", "rotate?family=rsa");
+    let (new, new_kid) = gw.mint(json!({}));
+    assert_eq!(rot["kid"].as_str(), Some(new_kid.as_str()), "{rot}");
+    assert_ne!(new_kid, old_kid);
+    assert!(
+        rot["published"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(old_kid)),
+        "{rot}"
+    );
+
+    // The new kid is unknown to the cached key set: the request waits for one refetch. (A
+    // request within a second of the last fetch gets 401 kid_unknown without one.)
+    let mut early_401 = 0;
+    let t0 = Instant::now();
+    poll(Duration::from_secs(15), "the new kid to pass", || {
+        let r = gw.post(&new);
+        match r.status {
+            200 => Ok(()),
+            401 if error_code(&r) == "kid_unknown" => {
+                early_401 += 1;
+                Err(format!("401 kid_unknown\n{}", gw.log_tail()))
+            }
+            s => panic!("unexpected {s} {}\n{}", r.body, gw.log_tail()),
+        }
+    });
+    let first_pass = gw.jwks_requests() - before;
+    println!(
+        "planned rotation: new kid passed after {:?} ({early_401} early 401 kid_unknown); \
+         JWKS requests for it: {first_pass}",
+        t0.elapsed()
+    );
+    assert_eq!(first_pass, 1, "exactly one refetch made the new kid usable");
+
+    // Every worker accepts both kids now (new connections spread over the workers).
+    let fresh_new = gw.valid();
+    for i in 0..20 {
+        for (what, t) in [
+            ("new kid", &new),
+            ("fresh new kid", &fresh_new),
+            ("old kid", &old),
+        ] {
+            let r = gw.post(t);
+            assert_eq!(r.status, 200, "{what} #{i}: {}\n{}", r.body, gw.log_tail());
+        }
+    }
+    let total = gw.jwks_requests() - before;
+    println!("planned rotation: JWKS requests after 60 more requests on both workers: {total}");
+    assert!(
+        total <= 1,
+        "the other worker adopts the node's fresh keys instead of refetching: {total} fetches"
+    );
+}
+
+// ----- (3) emergency rotation ----------------------------------------------------------------
+
+/// Rotate and retire: only the new key is published. Returns (old-kid tokens, new token).
+fn emergency_rotate(gw: &Gw) -> (Vec<String>, String) {
+    let olds: Vec<String> = (0..3).map(|_| gw.valid()).collect();
+    for t in &olds {
+        assert_eq!(gw.post(t).status, 200, "{}", gw.log_tail());
+    }
+    gw.control("POST", "rotate?family=rsa");
+    let retired = gw.control("POST", "retire");
+    assert_eq!(
+        retired["published"].as_array().map(Vec::len),
+        Some(4),
+        "one key per family left: {retired}"
+    );
+    (olds, gw.valid())
+}
+
+/// Old-kid tokens are refused on every worker: `n` 401 kid_unknown in a row (fresh
+/// connections spread over the workers).
+fn wait_old_refused(gw: &Gw, olds: &[String], n: usize) -> Duration {
+    let t0 = Instant::now();
+    let mut in_a_row = 0;
+    let mut seen_200 = 0;
+    poll(Duration::from_secs(25), "old kids to be refused", || {
+        for t in olds {
+            let r = gw.post(t);
+            match r.status {
+                401 => {
+                    assert_eq!(error_code(&r), "kid_unknown", "{}", r.body);
+                    in_a_row += 1;
+                }
+                200 => {
+                    seen_200 += 1;
+                    in_a_row = 0;
+                }
+                s => panic!("unexpected {s} {}\n{}", r.body, gw.log_tail()),
+            }
+        }
+        if in_a_row >= n {
+            Ok(())
+        } else {
+            Err(format!(
+                "{in_a_row} refusals in a row, {seen_200} passes so far"
+            ))
+        }
+    });
+    println!(
+        "  old kids: {seen_200} still passed (worker without the new keys yet), then {in_a_row} x 401 kid_unknown; {:?}",
+        t0.elapsed()
+    );
+    t0.elapsed()
+}
+
+#[test]
+fn emergency_rotation_old_kid_refused_after_refetch_triggered_by_new_kid() {
+    let gw = start(|p| set(p, "jwks_min_refetch_seconds", json!(1)), |_| {});
+    gw.wait_for_keys();
+    let (olds, new) = emergency_rotate(&gw);
+    let before = gw.jwks_requests();
+    poll(Duration::from_secs(15), "the new kid to pass", || {
+        let r = gw.post(&new);
+        (r.status == 200)
+            .then_some(())
+            .ok_or_else(|| format!("{} {}", r.status, r.body))
+    });
+    println!("emergency rotation (new-kid trigger):");
+    wait_old_refused(&gw, &olds, 12);
+    let fetched = gw.jwks_requests() - before;
+    // Old-kid requests are unknown-kid requests too: one refetch per 1 s window.
+    println!("  JWKS requests since the rotation: {fetched} (at most one per 1 s window)");
+    assert!(fetched >= 1);
+}
+
+#[test]
+fn emergency_rotation_old_kid_refused_after_background_refresh() {
+    // jwks_refresh_seconds = 2: the TTL is clamped to [min(60 s, refresh), refresh] = 2 s.
+    let gw = start(|p| set(p, "jwks_refresh_seconds", json!(2)), |_| {});
+    gw.wait_for_keys();
+    let (olds, new) = emergency_rotate(&gw);
+    let before = gw.jwks_requests();
+    println!("emergency rotation (background refresh, no new-kid request):");
+    wait_old_refused(&gw, &olds, 12);
+    let fetched = gw.jwks_requests() - before;
+    println!("  JWKS requests since the rotation: {fetched}");
+    assert!(fetched >= 1);
+    assert_eq!(gw.post(&new).status, 200);
+}
+
+// ----- (4) IdP down after keys were loaded ---------------------------------------------------
+
+/// With keys loaded and a 1 s refresh period, switch the JWKS to `mode`; fresh valid tokens
+/// keep passing while at least `failures` fetch attempts fail. Returns the attempts seen.
+fn keys_survive(gw: &Gw, mode: &str, failures: u64) -> u64 {
+    gw.wait_for_keys();
+    gw.control("POST", &format!("jwks?mode={mode}"));
+    let before = gw.jwks_requests();
+    let mut ok = 0;
+    poll(
+        Duration::from_secs(30),
+        &format!("{failures} failed fetches ({mode})"),
+        || {
+            let r = gw.post(&gw.valid());
+            assert_eq!(r.status, 200, "{mode}: {}\n{}", r.body, gw.log_tail());
+            ok += 1;
+            let n = gw.jwks_requests() - before;
+            (n >= failures).then_some(n).ok_or(format!("{n} attempts"))
+        },
+    );
+    // One more attempt must have failed by now too: a few more requests for good measure.
+    for _ in 0..5 {
+        let r = gw.post(&gw.valid());
+        assert_eq!(r.status, 200, "{mode}: {}\n{}", r.body, gw.log_tail());
+        ok += 1;
+    }
+    let n = gw.jwks_requests() - before;
+    println!("JWKS {mode}: {ok} fresh valid tokens -> 200 while {n} fetch attempts failed");
+    n
+}
+
+fn fast_refresh(p: &mut Value) {
+    set(p, "jwks_refresh_seconds", json!(1));
+}
+
+#[test]
+fn idp_down_status500_after_keys_loaded_valid_tokens_keep_flowing() {
+    let mut gw = start(fast_refresh, |_| {});
+    keys_survive(&gw, "status500", 2);
+    gw.assert_healthy();
+}
+
+#[test]
+fn idp_down_hang_after_keys_loaded_valid_tokens_keep_flowing() {
+    let mut gw = start(fast_refresh, |_| {});
+    keys_survive(&gw, "hang", 2);
+    gw.assert_healthy();
+}
+
+// ----- (6) bad answers during refresh: keep keys, log once per streak, no panic --------------
+
+/// Two failure streaks of `mode` separated by a recovery: tokens pass throughout, the
+/// failure is logged (warn, `first_of_streak: true`) exactly once per streak.
+fn bad_refresh(mode: &str, codes: &[&str]) {
+    let mut gw = start(fast_refresh, |_| {});
+    let failed = &["jwks_fetch_failed"];
+
+    // Streak 1.
+    keys_survive(&gw, mode, 2);
+    let lines = poll(Duration::from_secs(5), "the failure log line", || {
+        let l = gw.log_lines(failed);
+        (!l.is_empty()).then_some(l).ok_or("none yet".to_string())
+    });
+    assert_eq!(lines.len(), 1, "one line per streak:\n{}", lines.join("\n"));
+    assert!(lines[0].contains("first_of_streak: true"), "{}", lines[0]);
+    assert!(lines[0].contains("have_keys: true"), "{}", lines[0]);
+    assert!(
+        codes
+            .iter()
+            .any(|c| lines[0].contains(&format!("code: \"{c}\""))),
+        "expected one of {codes:?}: {}",
+        lines[0]
+    );
+    println!("JWKS {mode}: logged once: {}", lines[0]);
+
+    // Recovery ends the streak.
+    gw.control("POST", "jwks?mode=ok");
+    let rec = poll(Duration::from_secs(30), "recovery", || {
+        let r = gw.post(&gw.valid());
+        assert_eq!(r.status, 200, "{}\n{}", r.body, gw.log_tail());
+        let l = gw.log_lines(&["jwks_recovered"]);
+        (!l.is_empty()).then_some(l).ok_or("not yet".to_string())
+    });
+    println!("JWKS {mode}: {}", rec[0]);
+    assert_eq!(gw.log_lines(failed).len(), 1, "still one failure line");
+
+    // Streak 2: logged again, once.
+    keys_survive(&gw, mode, 2);
+    let lines = poll(
+        Duration::from_secs(5),
+        "the second streak's log line",
+        || {
+            let l = gw.log_lines(failed);
+            (l.len() >= 2).then_some(l).ok_or("not yet".to_string())
+        },
+    );
+    assert_eq!(lines.len(), 2, "one line per streak:\n{}", lines.join("\n"));
+    assert!(lines[1].contains("first_of_streak: true"), "{}", lines[1]);
+    gw.assert_healthy();
+}
+
+#[test]
+fn jwks_garbage_during_refresh_keeps_keys_and_logs_once_per_streak() {
+    bad_refresh("garbage", &["jwks_garbage"]);
+}
+
+#[test]
+fn jwks_huge_during_refresh_keeps_keys_and_logs_once_per_streak() {
+    // ~1 MiB: above the 512 KiB cap. On a loaded machine the transfer can also outlast
+    // the call's timeout; either way the fetch fails and the keys stay.
+    bad_refresh(
+        "huge",
+        &[
+            "jwks_too_large",
+            "jwks_timeout",
+            "jwks_http_504",
+            "jwks_dispatch_failed",
+        ],
+    );
+}
+
+#[test]
+fn jwks_hang_during_refresh_keeps_keys_and_logs_once_per_streak() {
+    // Envoy answers a dispatched call that outlives its timeout with its own 504.
+    bad_refresh(
+        "hang",
+        &["jwks_http_504", "jwks_timeout", "jwks_dispatch_failed"],
+    );
+}
+
+// ----- (7) unknown-kid flood -----------------------------------------------------------------
+
+#[test]
+fn unknown_kid_flood_is_401_and_refetches_at_most_once_per_min_refetch() {
+    const MIN_REFETCH_S: u64 = 2;
+    const FLOOD: Duration = Duration::from_secs(5);
+    const THREADS: usize = 8;
+    let mut gw = start(
+        |p| set(p, "jwks_min_refetch_seconds", json!(MIN_REFETCH_S)),
+        |_| {},
+    );
+    gw.wait_for_keys();
+    // Valid signatures by the current key, under kids the JWKS does not have.
+    let salt = std::process::id() as u128 ^ Instant::now().elapsed().as_nanos();
+    let tokens: Arc<Vec<String>> = Arc::new(
+        (0..200)
+            .map(|i| {
+                let kid = format!("flood-{salt:x}-{i}-{:x}", i * 7919 + 13);
+                gw.mint(json!({"header": {"kid": kid}})).0
+            })
+            .collect(),
+    );
+    let before = gw.jwks_requests();
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let url = gw.envoy.url("/score");
+            let (tokens, next) = (tokens.clone(), next.clone());
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while t0.elapsed() < FLOOD {
+                    let i = next.fetch_add(1, Ordering::Relaxed) % tokens.len();
+                    let r = post_to(&url, &tokens[i]);
+                    seen.push((r.status, error_code(&r)));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                seen
+            })
+        })
+        .collect();
+    let seen: Vec<(u16, String)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let elapsed = t0.elapsed();
+    let fetched = gw.jwks_requests() - before;
+    for (status, code) in &seen {
+        assert_eq!(
+            (*status, code.as_str()),
+            (401, "kid_unknown"),
+            "{}",
+            gw.log_tail()
+        );
+    }
+    // A refetch is allowed when the window since the node's last fetch has passed: at most
+    // one per window over the flood, plus one at its start.
+    let allowed = elapsed.as_secs() / MIN_REFETCH_S + 1;
+    println!(
+        "unknown-kid flood: {} requests over {elapsed:?}, all 401 kid_unknown; \
+         JWKS requests {before} -> {} ({fetched} refetches; at most {allowed} allowed at one \
+         per {MIN_REFETCH_S} s)",
+        seen.len(),
+        before + fetched
+    );
+    assert!(
+        fetched >= 1,
+        "the flood outlasted the window: expected a refetch"
+    );
+    assert!(
+        fetched <= allowed,
+        "{fetched} refetches in {elapsed:?} exceed one per {MIN_REFETCH_S} s"
+    );
+    // Valid tokens were never affected.
+    assert_eq!(gw.post(&gw.valid()).status, 200);
+    gw.assert_healthy();
+}
