@@ -200,3 +200,42 @@ fn jwks_down_from_start_is_503_then_recovers() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+#[test]
+fn a_request_body_never_releases_a_paused_request() {
+    // A large body arriving while the filter waits for keys must not carry the request past
+    // the filter: it is verified and annotated first, or refused.
+    let (idp, aml, envoy, _dir) = start_custom(|idp| {
+        idp.control("POST", "jwks?mode=ok&delay_ms=1000").unwrap();
+    });
+    let good = idp.token(json!({})).unwrap();
+    let forged = idp.token(json!({"sign_with": "forged"})).unwrap();
+    let body = format!("{{\"input_data\": {{\"data\": [[{}]]}}}}", "1,".repeat(60_000) + "1");
+    let send = |token: &str| {
+        let auth = format!("Bearer {token}");
+        http(
+            "POST",
+            &envoy.url("/score"),
+            &[("authorization", &auth), ("content-type", "application/json")],
+            Some(&body),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| send(&good));
+        let b = s.spawn(|| send(&forged));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    // Verified and annotated: the backend saw the endpoint key, so it answered 200.
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["predictions"].as_array().map(Vec::len), Some(1));
+    // Refused by the filter, not by the backend.
+    assert_eq!(b.status, 401, "{}", b.body);
+    assert_eq!(b.json()["error"], "signature_invalid");
+    let backend_log = aml.proc.stderr();
+    assert_eq!(
+        backend_log.lines().filter(|l| l.contains("/score")).count(),
+        1,
+        "only the verified request may reach the backend:\n{backend_log}"
+    );
+}

@@ -38,6 +38,9 @@ impl Context for Http {
                 st.keys.cancel_waiter(self.context_id);
             }
         }
+        if let Ok(mut st) = self.state.try_borrow_mut() {
+            st.denied.retain(|id| *id != self.context_id);
+        }
         true
     }
 }
@@ -73,6 +76,19 @@ impl HttpContext for Http {
         finish(&self.state, self.context_id, decision, false)
     }
 
+    // While a request waits for keys (or after it was denied) its body and trailers must
+    // not move. Envoy turns a paused header callback into StopAllIteration and Kong reads
+    // the body only after the access phase, so neither delivers body callbacks then; but a
+    // host with single-iteration semantics would let `Continue` from a body callback release
+    // the paused headers unverified. Defence in depth: hold them.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.hold_or_continue()
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.hold_or_continue()
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if self.waiting {
             let props = self.state.try_borrow_mut().ok().and_then(|mut st| {
@@ -91,6 +107,20 @@ impl HttpContext for Http {
 }
 
 impl Http {
+    /// Pause while this request waits for keys or was answered locally.
+    fn hold_or_continue(&self) -> Action {
+        let Ok(st) = self.state.try_borrow() else {
+            return Action::Pause;
+        };
+        let held = st.waiters.iter().any(|w| w.context_id == self.context_id)
+            || st.denied.contains(&self.context_id);
+        if held {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
     fn is_kong(&self) -> bool {
         let Ok(mut st) = self.state.try_borrow_mut() else {
             return false;
@@ -162,6 +192,9 @@ pub fn finish(
         }
         Decision::Deny { response, audit } => {
             record(state, &audit);
+            if let Ok(mut st) = state.try_borrow_mut() {
+                st.denied.push(context_id);
+            }
             if let Err(e) = host::send_response(&response) {
                 log::error!("azure_ml_kong: cannot send local response: {e:?}");
             }

@@ -41,6 +41,8 @@ pub struct State {
     /// Identity to publish again to `kong.ctx.shared` from the response phase, for
     /// requests that were finished from the root context.
     pub deferred_props: Vec<(u32, Vec<(&'static str, String)>)>,
+    /// Requests answered locally whose stream is still open (their body must not move).
+    pub denied: Vec<u32>,
 }
 
 impl State {
@@ -54,6 +56,7 @@ impl State {
             rng: Rng::new(seed),
             is_kong: None,
             deferred_props: Vec::new(),
+            denied: Vec::new(),
         }
     }
 
