@@ -210,13 +210,19 @@ fn a_request_body_never_releases_a_paused_request() {
     });
     let good = idp.token(json!({})).unwrap();
     let forged = idp.token(json!({"sign_with": "forged"})).unwrap();
-    let body = format!("{{\"input_data\": {{\"data\": [[{}]]}}}}", "1,".repeat(60_000) + "1");
+    let body = format!(
+        "{{\"input_data\": {{\"data\": [[{}]]}}}}",
+        "1,".repeat(60_000) + "1"
+    );
     let send = |token: &str| {
         let auth = format!("Bearer {token}");
         http(
             "POST",
             &envoy.url("/score"),
-            &[("authorization", &auth), ("content-type", "application/json")],
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
             Some(&body),
         )
         .unwrap_or_else(|e| panic!("{e}"))
