@@ -131,18 +131,6 @@ impl AuditRecord {
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
     }
-
-    /// Counter names to increment for this decision: `requests_allowed`, or
-    /// `requests_denied` and `denied_<reason code>`.
-    pub fn metric_names(&self) -> Vec<String> {
-        match (self.decision, self.reason) {
-            (Decision::Allow, _) => vec!["requests_allowed".into()],
-            (Decision::Deny, Some(code)) => {
-                vec!["requests_denied".into(), format!("denied_{code}")]
-            }
-            (Decision::Deny, None) => vec!["requests_denied".into()],
-        }
-    }
 }
 
 #[cfg(test)]
@@ -193,7 +181,6 @@ mod tests {
                 "tid": "t-1", "subject": "o-1", "app": "app-1", "kid": "kid-1"
             })
         );
-        assert_eq!(r.metric_names(), vec!["requests_allowed"]);
     }
 
     #[test]
@@ -214,10 +201,6 @@ mod tests {
         ] {
             assert!(!line.contains(secret), "{secret} leaked: {line}");
         }
-        assert_eq!(
-            r.metric_names(),
-            vec!["requests_denied", "denied_insufficient_scope"]
-        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod engine;
 pub mod jose;
 pub mod jwks;
 pub mod keycache;
+pub mod metrics;
 pub mod policy;
 pub mod providers;
 pub mod ratelimit;

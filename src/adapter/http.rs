@@ -8,8 +8,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
+use super::host;
 use super::root::{State, Waiter};
-use super::{host, metrics};
 use crate::audit::AuditRecord;
 use crate::config::LogLevel;
 use crate::engine::Decision;
@@ -221,7 +221,8 @@ fn record(state: &Rc<RefCell<State>>, audit: &AuditRecord) {
         LogLevel::Warn => log::warn!("{line}"),
         LogLevel::Error => log::error!("{line}"),
     }
-    st.metrics.increment(&metrics::decision(audit));
+    st.metrics
+        .increment(&crate::metrics::decision_counter(audit));
 }
 
 fn deny_internal() -> Action {

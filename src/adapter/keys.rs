@@ -106,7 +106,7 @@ impl KeyManager {
     /// Keys held and their age, per provider (the JWKS health a dashboard wants).
     fn record_gauges(&self, now_ms: u64, metrics: &mut Metrics) {
         for cache in self.caches.iter().flatten() {
-            let (keys, age) = super::metrics::jwks_gauges(&cache.source().provider);
+            let (keys, age) = crate::metrics::jwks_gauges(&cache.source().provider);
             let count = cache.keys().map(|k| k.len() as u64).unwrap_or(0);
             metrics.gauge(&keys, count);
             if let Some(ms) = cache.keys_age_ms(now_ms) {
@@ -219,7 +219,7 @@ fn report(provider: &str, ev: &Event, metrics: &mut Metrics) {
         Level::Info => log::info!("{msg}"),
         Level::Debug => log::debug!("{msg}"),
     }
-    if let Some(name) = super::metrics::jwks_event(provider, ev) {
+    if let Some(name) = crate::metrics::jwks_counter(provider, ev) {
         metrics.increment(&name);
     }
 }

@@ -1,0 +1,122 @@
+//! Metric names, built so Kong 3.9's `label_patterns` (kong/azure_ml_kong.meta.json) turn
+//! them into labelled Prometheus series: `decisions_total_route=R_decision=D_reason=X`
+//! becomes `pw_azure_ml_kong_decisions_total{route,decision,reason}`. Kong adds the filter
+//! prefix itself; Envoy shows them as `wasmcustom.<name>`. Labels must appear in the order
+//! of the patterns, and values must fit them (`[a-z0-9-]` for names, last label anchored).
+
+use crate::audit::{AuditRecord, Decision};
+use crate::keycache::Event;
+
+/// A label value: lower-case `[a-z0-9-]`, at most 64 bytes (what the label pattern accepts).
+pub fn label(value: &str) -> String {
+    let v: String = value
+        .chars()
+        .take(64)
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if v.is_empty() {
+        "unnamed".into()
+    } else {
+        v
+    }
+}
+
+/// The decision counter for an audit record.
+pub fn decision_counter(audit: &AuditRecord) -> String {
+    let route = audit.route.as_deref().map(label);
+    let route = route.as_deref().unwrap_or("unmatched");
+    let (decision, reason) = match audit.decision {
+        Decision::Allow if audit.provider.is_some() => ("allow", "authenticated"),
+        Decision::Allow => ("allow", "anonymous"),
+        Decision::Deny => ("deny", audit.reason.unwrap_or("unknown")),
+    };
+    format!("decisions_total_route={route}_decision={decision}_reason={reason}")
+}
+
+/// The JWKS counter for a key-cache event, if it counts as a fetch outcome.
+pub fn jwks_counter(provider: &str, ev: &Event) -> Option<String> {
+    let result = match ev {
+        Event::FetchOk { .. } => "ok",
+        Event::AdoptedFromShared { .. } => "adopted_shared",
+        Event::FetchFailed { code, .. } if code.contains("timeout") => "timeout",
+        Event::FetchFailed { code, .. } if code.contains("dispatch") => "dispatch_error",
+        Event::FetchFailed { code, .. } if code.contains("http_") => "http_error",
+        Event::FetchFailed { .. } => "parse_error",
+        _ => return None,
+    };
+    Some(format!(
+        "jwks_fetches_total_provider={}_result={result}",
+        label(provider)
+    ))
+}
+
+/// JWKS health gauges for one provider: usable keys, and age of the key set in seconds.
+pub fn jwks_gauges(provider: &str) -> (String, String) {
+    let p = label(provider);
+    (
+        format!("jwks_keys_provider={p}"),
+        format!("jwks_age_seconds_provider={p}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reason::Reason;
+    use crate::request::RequestView;
+
+    #[test]
+    fn labels_fit_kong_patterns() {
+        assert_eq!(label("Team_Score v2"), "team-score-v2");
+        assert_eq!(label(""), "unnamed");
+        assert_eq!(label(&"x".repeat(100)).len(), 64);
+    }
+
+    #[test]
+    fn decision_names() {
+        let h = vec![];
+        let req = RequestView {
+            method: "POST",
+            path: "/a",
+            authority: "h",
+            headers: &h,
+        };
+        let mut a = AuditRecord::new(0, "rid", &req);
+        a.route = Some("Team-Score".into());
+        a.deny(Reason::InsufficientScope, 403);
+        assert_eq!(
+            decision_counter(&a),
+            "decisions_total_route=team-score_decision=deny_reason=insufficient_scope"
+        );
+        let mut b = AuditRecord::new(0, "rid", &req);
+        b.allow();
+        assert_eq!(
+            decision_counter(&b),
+            "decisions_total_route=unmatched_decision=allow_reason=anonymous"
+        );
+        b.provider = Some("entra".into());
+        assert!(decision_counter(&b).ends_with("_reason=authenticated"));
+        // Kong traps on names over 239 bytes: the longest possible name stays far below.
+        b.route = Some("r".repeat(500));
+        assert!(decision_counter(&b).len() < 160);
+    }
+
+    #[test]
+    fn jwks_names() {
+        let ok = Event::Recovered {
+            failures: 1,
+            outage_ms: 1,
+        };
+        assert_eq!(jwks_counter("entra", &ok), None);
+        let (keys, age) = jwks_gauges("Entra");
+        assert_eq!(keys, "jwks_keys_provider=entra");
+        assert_eq!(age, "jwks_age_seconds_provider=entra");
+    }
+}
