@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use aml_harness::{
-    default_filter_config, http, Artifacts, Envoy, EnvoyOptions, Gateway, MockAml, MockIdp, Resp,
-    AUDIENCE, ENDPOINT_KEY,
+    default_filter_config, http, post_score, Artifacts, Envoy, EnvoyOptions, Gateway, MockAml,
+    MockIdp, Resp, AUDIENCE, ENDPOINT_KEY,
 };
 use serde_json::{json, Value};
 
@@ -15,38 +15,7 @@ fn start() -> Gateway {
 }
 
 fn score(gw: &Gateway, token: Option<&str>, extra: &[(&str, &str)]) -> Resp {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut h: Vec<(&str, &str)> = vec![("content-type", "application/json")];
-    if let Some(a) = &auth {
-        h.push(("authorization", a));
-    }
-    h.extend_from_slice(extra);
-    http(
-        "POST",
-        &gw.url("/score"),
-        &h,
-        Some(r#"{"input_data":{"data":[[1,2]]}}"#),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Headers the backend received, as (name, value) pairs.
-fn received(r: &Resp) -> Vec<(String, String)> {
-    r.json()["received"]["headers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn got<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    h.iter()
-        .filter(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .collect()
+    post_score(&gw.url("/score"), token, extra).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn token(gw: &Gateway, spec: Value) -> String {
@@ -62,14 +31,13 @@ fn valid_token_reaches_backend_with_identity_and_without_caller_token() {
     );
     let r = score(&gw, Some(&t), &[]);
     assert_eq!(r.status, 200, "{}\n{}", r.body, gw.envoy.log());
-    let h = received(&r);
     assert_eq!(
-        got(&h, "x-caller-oid"),
+        r.backend_values("x-caller-oid"),
         ["11111111-2222-3333-4444-555555555555"]
     );
-    assert_eq!(got(&h, "x-caller-tid"), [aml_harness::TENANT]);
+    assert_eq!(r.backend_values("x-caller-tid"), [aml_harness::TENANT]);
     assert_eq!(
-        got(&h, "authorization"),
+        r.backend_values("authorization"),
         [format!("Bearer {ENDPOINT_KEY}").as_str()]
     );
     assert!(

@@ -46,24 +46,6 @@ fn post(gw: &Gateway, path: &str, token: Option<&str>, extra: &[(&str, &str)]) -
     http("POST", &gw.url(path), &h, Some(BODY)).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn received(r: &Resp) -> Vec<(String, String)> {
-    r.json()["received"]["headers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn values<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    h.iter()
-        .filter(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .collect()
-}
-
 struct Callers {
     fraud: String,
     churn: String,
@@ -132,25 +114,24 @@ fn backend_gets_endpoint_key_identity_and_deployment_never_the_caller_token() {
     let c = callers(&gw);
     let r = post(&gw, FRAUD, Some(&c.fraud), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
-    let h = received(&r);
     assert_eq!(
-        values(&h, "authorization"),
+        r.backend_values("authorization"),
         [format!("Bearer {ENDPOINT_KEY}").as_str()]
     );
-    assert_eq!(values(&h, "azureml-model-deployment"), ["blue"]);
-    assert_eq!(values(&h, "x-caller-team"), ["fraud"]);
-    assert_eq!(values(&h, "x-caller-roles"), ["Endpoint.Score"]);
-    assert_eq!(values(&h, "x-caller-app"), ["fraud-svc"]);
-    assert_eq!(values(&h, "x-caller-oid").len(), 1);
+    assert_eq!(r.backend_values("azureml-model-deployment"), ["blue"]);
+    assert_eq!(r.backend_values("x-caller-team"), ["fraud"]);
+    assert_eq!(r.backend_values("x-caller-roles"), ["Endpoint.Score"]);
+    assert_eq!(r.backend_values("x-caller-app"), ["fraud-svc"]);
+    assert_eq!(r.backend_values("x-caller-oid").len(), 1);
     assert!(
         !r.body.contains(&c.fraud),
         "caller token reached the backend"
     );
-    assert!(values(&h, "x-request-id").len() == 1);
+    assert!(r.backend_values("x-request-id").len() == 1);
 
     let r = post(&gw, "/batch/run", Some(&c.fraud), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(values(&received(&r), "azureml-model-deployment"), ["green"]);
+    assert_eq!(r.backend_values("azureml-model-deployment"), ["green"]);
 
     // A query-string token is accepted and removed before forwarding.
     let r = http(
@@ -182,9 +163,8 @@ fn spoofed_identity_headers_never_reach_the_backend() {
         &[("x-caller-oid", "spoofed-oid"), ("x-caller-team", "churn")],
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let h = received(&r);
-    assert!(!r.body.contains("spoofed-oid"), "{:?}", h);
-    assert_eq!(values(&h, "x-caller-team"), ["fraud"]);
+    assert!(!r.body.contains("spoofed-oid"), "{:?}", r.backend_headers());
+    assert_eq!(r.backend_values("x-caller-team"), ["fraud"]);
     // A spoofed identity header on a route without a token (auth none) is blanked.
     let r = http(
         "GET",

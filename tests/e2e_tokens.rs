@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use aml_harness::{
-    default_filter_config, http, Artifacts, Cluster, Gateway, MockIdp, Resp, AUDIENCE,
-    ENDPOINT_KEY, OTHER_TENANT, TENANT,
+    default_filter_config, Artifacts, Cluster, Gateway, MockIdp, Resp, AUDIENCE, ENDPOINT_KEY,
+    OTHER_TENANT, TENANT,
 };
 use serde_json::{json, Value};
 
@@ -24,17 +24,9 @@ fn v2_issuer(tenant: &str) -> String {
 }
 
 fn entra_provider(idp_port: u16, algorithms: &[&str]) -> Value {
-    json!({
-        "name": "entra",
-        "issuers": ["https://login.microsoftonline.com/{tenantid}/v2.0",
-                    "https://sts.windows.net/{tenantid}/"],
-        "tenants": [TENANT],
-        "jwks_uri": format!("http://127.0.0.1:{idp_port}/{TENANT}/discovery/v2.0/keys"),
-        "upstream": "mock_idp",
-        "audiences": [AUDIENCE],
-        "algorithms": algorithms,
-        "jwks_timeout_ms": 1500
-    })
+    let mut p = aml_harness::entra_provider(idp_port);
+    p["algorithms"] = json!(algorithms);
+    p
 }
 
 fn score_routes() -> Value {
@@ -45,42 +37,21 @@ fn score_routes() -> Value {
     ])
 }
 
+/// Values of one header in a list of (name, value) pairs.
+fn backend_values<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    h.iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 fn post(gw: &Gateway, token: &str) -> Resp {
-    let auth = format!("Bearer {token}");
-    http(
-        "POST",
-        &gw.url("/score"),
-        &[
-            ("content-type", "application/json"),
-            ("authorization", &auth),
-        ],
-        Some(r#"{"input_data":{"data":[[1,2]]}}"#),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    aml_harness::post_score(&gw.url("/score"), Some(token), &[]).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn mint(idp: &MockIdp, spec: Value) -> String {
     idp.token(spec.clone())
         .unwrap_or_else(|e| panic!("mint {spec}: {e}"))
-}
-
-/// Headers the backend received.
-fn received(r: &Resp) -> Vec<(String, String)> {
-    r.json()["received"]["headers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn values<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    h.iter()
-        .filter(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .collect()
 }
 
 /// Neither the whole token nor its signature appears in the response (body or headers).
@@ -101,9 +72,9 @@ fn assert_not_echoed(what: &str, r: &Resp, token: &str) {
 
 fn assert_allowed(what: &str, gw: &Gateway, r: &Resp, token: &str) {
     assert_eq!(r.status, 200, "{what}: {}\n{}", r.body, gw.envoy.log());
-    let h = received(r);
+    let h = r.backend_headers();
     assert_eq!(
-        values(&h, "authorization"),
+        backend_values(&h, "authorization"),
         [format!("Bearer {ENDPOINT_KEY}").as_str()],
         "{what}: the endpoint key replaces the caller's token"
     );
@@ -148,8 +119,8 @@ fn audit_line(gw: &Gateway, request_id: &str) -> Value {
 
 /// The provider an allowed request was verified by, from its audit line.
 fn provider_of(gw: &Gateway, r: &Resp) -> String {
-    let h = received(r);
-    let id = values(&h, "x-request-id")
+    let h = r.backend_headers();
+    let id = backend_values(&h, "x-request-id")
         .first()
         .map(|s| s.to_string())
         .unwrap_or_else(|| panic!("backend saw no x-request-id: {h:?}"));
@@ -192,9 +163,13 @@ fn one_token_per_algorithm_family_and_hs256_provider() {
         let t = mint(idp, json!({"alg": alg, "client_id": format!("app-{alg}")}));
         let r = post(&gw, &t);
         assert_allowed(alg, &gw, &r, &t);
-        let h = received(&r);
-        assert_eq!(values(&h, "x-caller-tid"), [TENANT], "{alg}");
-        assert_eq!(values(&h, "x-caller-app"), [format!("app-{alg}")], "{alg}");
+        let h = r.backend_headers();
+        assert_eq!(backend_values(&h, "x-caller-tid"), [TENANT], "{alg}");
+        assert_eq!(
+            backend_values(&h, "x-caller-app"),
+            [format!("app-{alg}")],
+            "{alg}"
+        );
     }
 
     // The shared-secret provider: its own issuer, no JWKS.
@@ -258,16 +233,16 @@ fn entra_v1_and_v2_tokens_and_tenant_allow_list() {
     let v2 = mint(idp, json!({"client_id": "v2-app"}));
     let r = post(&gw, &v2);
     assert_allowed("v2", &gw, &r, &v2);
-    assert_eq!(values(&received(&r), "x-caller-app"), ["v2-app"]);
+    assert_eq!(r.backend_values("x-caller-app"), ["v2-app"]);
 
     let v1 = mint(idp, json!({"ver": 1, "client_id": "v1-app"}));
     let r = post(&gw, &v1);
     assert_allowed("v1", &gw, &r, &v1);
-    let h = received(&r);
+    let h = r.backend_headers();
     // v1 names the caller app `appid` (no `azp`); the header falls back to it.
-    assert_eq!(values(&h, "x-caller-app"), ["v1-app"]);
-    assert_eq!(values(&h, "x-caller-tid"), [TENANT]);
-    let line = audit_line(&gw, values(&h, "x-request-id")[0]);
+    assert_eq!(backend_values(&h, "x-caller-app"), ["v1-app"]);
+    assert_eq!(backend_values(&h, "x-caller-tid"), [TENANT]);
+    let line = audit_line(&gw, backend_values(&h, "x-request-id")[0]);
     assert_eq!(line["iss"], format!("https://sts.windows.net/{TENANT}/"));
 
     // Another (valid GUID) tenant, both versions: not in `tenants`.
@@ -346,7 +321,7 @@ fn two_providers_side_by_side_each_with_its_own_keys() {
         let to = mint(&okta, json!({"alg": alg, "client_id": "okta-app"}));
         let r = post(&gw, &to);
         assert_allowed(&format!("okta {alg}"), &gw, &r, &to);
-        assert_eq!(values(&received(&r), "x-caller-app"), ["okta-app"]);
+        assert_eq!(r.backend_values("x-caller-app"), ["okta-app"]);
         assert_eq!(provider_of(&gw, &r), "okta");
     }
     assert!(
@@ -524,7 +499,7 @@ fn jose_hygiene_through_the_real_host() {
     for (what, t, reason) in cases {
         let r = post(&gw, &t);
         assert_denied(what, &r, &t, 401, reason);
-        assert_eq!(received(&r).len(), 0, "{what}: reached the backend");
+        assert_eq!(r.backend_headers().len(), 0, "{what}: reached the backend");
     }
     // The Envoy log (audit lines included) never holds a token either.
     let log = gw.envoy.log();

@@ -236,6 +236,44 @@ impl Resp {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
+
+    /// The request headers the mock Azure ML backend reports it received, in order,
+    /// duplicates kept (empty when the response did not come from the backend).
+    pub fn backend_headers(&self) -> Vec<(String, String)> {
+        self.json()["received"]["headers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every value the backend received for one header.
+    pub fn backend_values(&self, name: &str) -> Vec<String> {
+        self.backend_headers()
+            .into_iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .collect()
+    }
+}
+
+/// POST a small scoring body with an optional bearer token and extra headers.
+pub fn post_score(url: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Result<Resp, Error> {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut h: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        h.push(("authorization", a));
+    }
+    h.extend_from_slice(extra);
+    http(
+        "POST",
+        url,
+        &h,
+        Some(r#"{"input_data": {"data": [[1, 2, 3]]}}"#),
+    )
 }
 
 fn agent() -> ureq::Agent {
@@ -627,19 +665,25 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
 }
 
+/// An Entra-style provider (v1 and v2 issuers, one allowed tenant) whose JWKS is the mock
+/// IdP behind the Envoy cluster `mock_idp`.
+pub fn entra_provider(idp_port: u16) -> Value {
+    json!({
+        "name": "entra",
+        "issuers": ["https://login.microsoftonline.com/{tenantid}/v2.0",
+                    "https://sts.windows.net/{tenantid}/"],
+        "tenants": [TENANT],
+        "jwks_uri": format!("http://127.0.0.1:{idp_port}/{TENANT}/discovery/v2.0/keys"),
+        "upstream": "mock_idp",
+        "audiences": [AUDIENCE],
+        "jwks_timeout_ms": 1500
+    })
+}
+
 /// The default filter config used by tests and the demo, pointed at the given IdP.
 pub fn default_filter_config(idp_port: u16) -> Value {
     json!({
-        "providers": [{
-            "name": "entra",
-            "issuers": ["https://login.microsoftonline.com/{tenantid}/v2.0",
-                        "https://sts.windows.net/{tenantid}/"],
-            "tenants": [TENANT],
-            "jwks_uri": format!("http://127.0.0.1:{idp_port}/{TENANT}/discovery/v2.0/keys"),
-            "upstream": "mock_idp",
-            "audiences": [AUDIENCE],
-            "jwks_timeout_ms": 1500
-        }],
+        "providers": [entra_provider(idp_port)],
         "routes": [
             {"name": "health", "match": {"path": "/health"}, "auth": "none"},
             {"name": "score", "match": {"path_prefix": "/"},
@@ -691,16 +735,7 @@ impl Gateway {
 /// The demo's (and team tests') filter config: two teams, an admin role, a health route.
 pub fn teams_filter_config(idp_port: u16) -> Value {
     json!({
-        "providers": [{
-            "name": "entra",
-            "issuers": ["https://login.microsoftonline.com/{tenantid}/v2.0",
-                        "https://sts.windows.net/{tenantid}/"],
-            "tenants": [TENANT],
-            "jwks_uri": format!("http://127.0.0.1:{idp_port}/{TENANT}/discovery/v2.0/keys"),
-            "upstream": "mock_idp",
-            "audiences": [AUDIENCE],
-            "jwks_timeout_ms": 1500
-        }],
+        "providers": [entra_provider(idp_port)],
         "routes": [
             {"name": "health", "match": {"path": "/health"}, "auth": "none"},
             {"name": "team-score",
