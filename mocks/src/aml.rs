@@ -3,17 +3,14 @@
 //! endpoint key (`Authorization: Bearer <key>`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::thread;
 
 use serde_json::{json, Value};
-use tiny_http::{Method, Request, Server};
 
-use crate::common::{self, BodyError, Reply};
+use crate::common::{self, BodyError, Method, Reply, Request, Server};
 
 /// Request bodies above this get 413.
 pub const MAX_BODY: usize = 5 * 1024 * 1024;
-pub const WORKERS: usize = 8;
 
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -30,33 +27,20 @@ pub fn spawn(config: Config, listen: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
-/// Serves forever with `WORKERS` threads taking requests off the shared server.
+/// Serves forever, each connection on its own thread.
 pub fn serve(server: Server, config: Config) {
-    let server = Arc::new(server);
-    let config = Arc::new(config);
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            let (server, config) = (server.clone(), config.clone());
-            thread::spawn(move || {
-                while let Ok(req) = server.recv() {
-                    handle(&config, req);
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.join();
-    }
+    server.serve(move |req| Some(handle(&config, req)));
 }
 
-pub fn handle(config: &Config, mut req: Request) {
+/// Answers one request and logs one line to stderr (unless quiet).
+pub fn handle(config: &Config, req: &mut Request) -> Reply {
     let method = req.method().clone();
     let path = req.url().split('?').next().unwrap_or("").to_string();
-    let reply = route(config, &mut req, &method, &path);
+    let reply = route(config, req, &method, &path);
     if !config.quiet {
         eprintln!("mock-aml: {method} {path} -> {}", reply.status);
     }
-    let _ = req.respond(reply.into_response());
+    reply
 }
 
 fn route(config: &Config, req: &mut Request, method: &Method, path: &str) -> Reply {
@@ -70,7 +54,7 @@ fn route(config: &Config, req: &mut Request, method: &Method, path: &str) -> Rep
         "headers": req
             .headers()
             .iter()
-            .map(|h| json!([h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str()]))
+            .map(|h| json!([h.name.to_ascii_lowercase(), h.value]))
             .collect::<Vec<_>>(),
     });
     if let Some(key) = &config.key {

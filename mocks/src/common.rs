@@ -1,13 +1,15 @@
 //! Small helpers shared by both servers: flags, binding, replies, bodies, randomness.
+//! The HTTP/1.1 server itself is in `crate::http`.
 
 use std::collections::HashMap;
-use std::io::{Cursor, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::Value;
-use tiny_http::{Header, Request, Response, Server};
+
+pub use crate::http::{Header, Method, Request, Server};
 
 /// Parsed command-line flags: `--name value`, `--name=value` or a bare `--switch`.
 #[derive(Debug, Default)]
@@ -62,13 +64,12 @@ impl Flags {
     }
 }
 
-/// Binds a tiny_http server on `listen` (e.g. `127.0.0.1:0`) and returns it with its address.
+/// Binds `listen` (e.g. `127.0.0.1:0`) and returns the server with its address.
 pub fn bind(listen: &str) -> Result<(Server, SocketAddr), String> {
-    let server = Server::http(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let server = Server::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| "not an IP listener".to_string())?;
+        .local_addr()
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     Ok((server, addr))
 }
 
@@ -125,17 +126,6 @@ impl Reply {
         self.headers.push((name.to_string(), value.into()));
         self
     }
-
-    pub fn into_response(self) -> Response<Cursor<Vec<u8>>> {
-        let mut resp = Response::from_data(self.body).with_status_code(self.status);
-        let ct = std::iter::once(("Content-Type".to_string(), self.content_type.to_string()));
-        for (name, value) in ct.chain(self.headers) {
-            if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                resp.add_header(h);
-            }
-        }
-        resp
-    }
 }
 
 /// Splits a request target into its path and its decoded query pairs.
@@ -160,10 +150,10 @@ pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// The first value of header `name` (case-insensitive).
-pub fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+pub fn header<'a>(req: &'a Request<'_>, name: &str) -> Option<&'a str> {
     req.headers()
         .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .find(|h| h.name.eq_ignore_ascii_case(name))
         .map(|h| h.value.as_str())
 }
 
@@ -174,7 +164,7 @@ pub enum BodyError {
 }
 
 /// Reads the request body, refusing more than `limit` bytes.
-pub fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, BodyError> {
+pub fn read_body(req: &mut Request<'_>, limit: usize) -> Result<Vec<u8>, BodyError> {
     if req.body_length().is_some_and(|n| n > limit) {
         return Err(BodyError::TooLarge);
     }

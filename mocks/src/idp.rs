@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use tiny_http::{Method, Request, Server};
 
-use crate::common::{self, param, split_url, Reply};
+use crate::common::{self, param, split_url, Method, Reply, Request, Server};
 use crate::keys::{self, AlgKey, Family, KeyPair, Signer};
 
 pub const DEFAULT_ISSUER_TEMPLATE: &str = "https://login.microsoftonline.com/{tenant}/v2.0";
@@ -188,27 +187,24 @@ impl Idp {
         self.addr
     }
 
-    /// Serves forever, each request on its own thread (a hanging JWKS must not block others).
+    /// Serves forever, each connection on its own thread (a hanging JWKS must not block
+    /// others).
     pub fn serve(self: Arc<Self>, server: Server) {
-        for req in server.incoming_requests() {
-            let idp = self.clone();
-            thread::spawn(move || idp.handle(req));
-        }
+        server.serve(move |req| self.handle(req));
     }
 
-    /// Handles one request and logs one line to stderr.
-    pub fn handle(&self, mut req: Request) {
+    /// Handles one request and logs one line to stderr. `None`: drop the connection
+    /// without an answer.
+    pub fn handle(&self, req: &mut Request) -> Option<Reply> {
         let method = req.method().clone();
         let url = req.url().to_string();
         let (path, query) = split_url(&url);
-        let reply = self.route(&mut req, &method, path, &query);
-        match reply {
-            Some(reply) => {
-                eprintln!("mock-idp: {method} {path} -> {}", reply.status);
-                let _ = req.respond(reply.into_response());
-            }
+        let reply = self.route(req, &method, path, &query);
+        match &reply {
+            Some(reply) => eprintln!("mock-idp: {method} {path} -> {}", reply.status),
             None => eprintln!("mock-idp: {method} {path} -> (dropped)"),
         }
+        reply
     }
 
     fn route(

@@ -191,3 +191,184 @@ fn binary_announces_port_and_exits_on_stdin_eof() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Reads one response off a keep-alive connection (`Content-Length` framing only).
+fn read_response(s: &mut std::io::BufReader<std::net::TcpStream>) -> (u16, Vec<u8>) {
+    use std::io::{BufRead, Read};
+    let mut status_line = String::new();
+    s.read_line(&mut status_line).expect("status line");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("status line {status_line:?}"));
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        s.read_line(&mut line).expect("header line");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().expect("content-length");
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).expect("body");
+    (status, body)
+}
+
+/// A burst of keep-alive clients released at once, each sending several requests whose
+/// answers are over 1 KiB (the echoed headers): every request must be answered, quickly.
+/// Like Envoy's upstream pool, every client keeps its connection open (idle) until all are
+/// done, so a server whose thread pool can leave a new connection queued behind busy
+/// keep-alive connections (tiny_http 0.12's lost wake-up) never answers some of them.
+#[test]
+fn burst_of_keep_alive_clients_is_fully_answered() {
+    use std::io::{BufReader, Write};
+    use std::net::TcpStream;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+    use std::time::{Duration, Instant};
+    const CLIENTS: usize = 64;
+    const REQUESTS: usize = 8;
+    let addr = start(Some("k"));
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let done = Arc::new(AtomicUsize::new(0));
+    let filler = "x".repeat(1500);
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (barrier, done) = (barrier.clone(), done.clone());
+            let filler = filler.clone();
+            std::thread::spawn(move || -> Duration {
+                let stream = TcpStream::connect(addr).expect("connect");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                stream.set_nodelay(true).unwrap();
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                barrier.wait();
+                let mut slowest = Duration::ZERO;
+                for i in 0..REQUESTS {
+                    let body = format!(r#"{{"data": [[{c}, {i}]]}}"#);
+                    let req = format!(
+                        "POST /score HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer k\r\n\
+                         X-Filler: {filler}\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let t = Instant::now();
+                    writer.write_all(req.as_bytes()).expect("write");
+                    let (status, body) = read_response(&mut reader);
+                    slowest = slowest.max(t.elapsed());
+                    assert_eq!(status, 200, "client {c} request {i}");
+                    assert!(body.len() > 1024);
+                    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(j["predictions"], json!([(c + i) as f64]));
+                }
+                // Hold the idle keep-alive connection until every client is done (or a
+                // client failed and the deadline passes).
+                done.fetch_add(1, Ordering::SeqCst);
+                let hold = Instant::now();
+                while done.load(Ordering::SeqCst) < CLIENTS && hold.elapsed().as_secs() < 15 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                drop(writer);
+                slowest
+            })
+        })
+        .collect();
+    let slowest = clients
+        .into_iter()
+        .map(|h| h.join().expect("client failed"))
+        .max()
+        .unwrap();
+    let total = started.elapsed();
+    println!("burst: {CLIENTS}x{REQUESTS} in {total:?}, slowest request {slowest:?}");
+    assert!(slowest < Duration::from_secs(5), "slowest {slowest:?}");
+    assert!(total < Duration::from_secs(20), "total {total:?}");
+}
+
+/// Pipelined requests, a chunked body, `Expect: 100-continue` and HEAD on one connection.
+#[test]
+fn keep_alive_pipelining_chunked_and_continue() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+    let addr = start(None);
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    // Two pipelined requests in one write.
+    let a = r#"{"data": [[1, 2]]}"#;
+    let pipelined = format!(
+        "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{a}GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        a.len()
+    );
+    w.write_all(pipelined.as_bytes()).unwrap();
+    let (status, body) = read_response(&mut r);
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["predictions"],
+        json!([3.0])
+    );
+    let (status, body) = read_response(&mut r);
+    assert_eq!((status, body.as_slice()), (200, &br#"{"status":"ok"}"#[..]));
+    // Chunked request body.
+    w.write_all(
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\n{\"dat\r\nf;ext=1\r\na\": [[4, 5.5]]}\r\n0\r\nX-Trailer: t\r\n\r\n",
+    )
+    .unwrap();
+    let (status, body) = read_response(&mut r);
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["predictions"],
+        json!([9.5])
+    );
+    // Expect: 100-continue: the interim answer comes before the body is sent.
+    let c = r#"{"data": [[7]]}"#;
+    w.write_all(
+        format!(
+            "POST /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            c.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "\r\n");
+    w.write_all(c.as_bytes()).unwrap();
+    let (status, body) = read_response(&mut r);
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["predictions"],
+        json!([7.0])
+    );
+    // HEAD: headers with the length, no body; then close on request.
+    w.write_all(b"HEAD /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        head.push_str(&line);
+    }
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("Content-Length: 15\r\n"), "{head}");
+    assert!(head.contains("Connection: close\r\n"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "{head}");
+}

@@ -38,7 +38,7 @@ fn main() {
         }
     };
     let mode = if config.key.is_some() { "key" } else { "open" };
-    eprintln!("mock-aml: auth mode {mode}, {} workers", aml::WORKERS);
+    eprintln!("mock-aml: auth mode {mode}, a thread per connection");
     common::announce(addr);
     aml::serve(server, config);
 }
