@@ -7,9 +7,7 @@
 //! tests wait with deadlines and never assert timings; observed numbers are printed (run
 //! with `--nocapture` to see them).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -25,93 +23,9 @@ const WORKERS: u32 = 2;
 /// A gateway started for one test; keeps its logs when the test fails.
 struct Gw {
     idp: MockIdp,
-    _backend: Upstream,
+    _backend: MockAml,
     envoy: Envoy,
     dir: Option<tempfile::TempDir>,
-}
-
-/// What Envoy routes allowed requests to.
-enum Upstream {
-    Aml(MockAml),
-    Plain(PlainBackend),
-}
-
-impl Upstream {
-    fn port(&self) -> u16 {
-        match self {
-            Upstream::Aml(a) => a.port,
-            Upstream::Plain(b) => b.port,
-        }
-    }
-}
-
-/// A minimal HTTP/1.1 backend (a thread per connection, keep-alive) answering every request
-/// 200, for bursts of concurrent requests. mock-aml (tiny_http 0.12) can leave a burst's new
-/// connection unserved: its connection pool may queue a connection task without waking a
-/// thread, and Envoy's keep-alive upstream connections keep every pool thread busy, so the
-/// request sees Envoy's 15 s route timeout (504) although the filter allowed it.
-struct PlainBackend {
-    port: u16,
-    stop: Arc<AtomicBool>,
-}
-
-impl PlainBackend {
-    fn start() -> PlainBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-        let port = listener.local_addr().expect("backend addr").port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stopping.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Ok(c) = conn {
-                    std::thread::spawn(move || {
-                        let _ = serve_plain(c);
-                    });
-                }
-            }
-        });
-        PlainBackend { port, stop }
-    }
-}
-
-impl Drop for PlainBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(("127.0.0.1", self.port)); // wake the accept loop
-    }
-}
-
-fn serve_plain(conn: TcpStream) -> std::io::Result<()> {
-    let mut out = conn.try_clone()?;
-    let mut r = BufReader::new(conn);
-    loop {
-        let mut len = 0usize;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if r.read_line(&mut line)? == 0 {
-                return Ok(()); // connection closed
-            }
-            if line == "\r\n" {
-                break;
-            }
-            let l = line.to_ascii_lowercase();
-            if let Some(v) = l.strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body)?;
-        let reply = r#"{"predictions":[0.0]}"#;
-        write!(
-            out,
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
-            reply.len()
-        )?;
-    }
 }
 
 impl Drop for Gw {
@@ -128,15 +42,6 @@ impl Drop for Gw {
 /// fetch), then the backend and Envoy with `default_filter_config` adjusted by `adjust`
 /// (which gets the single provider's object).
 fn start(adjust: impl FnOnce(&mut Value), setup_idp: impl FnOnce(&MockIdp)) -> Gw {
-    start_with(adjust, setup_idp, false)
-}
-
-/// `start`, with the plain backend instead of mock-aml when `plain_backend`.
-fn start_with(
-    adjust: impl FnOnce(&mut Value),
-    setup_idp: impl FnOnce(&MockIdp),
-    plain_backend: bool,
-) -> Gw {
     let a = Artifacts::locate().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::Builder::new()
         .prefix("aml-jwks-")
@@ -144,16 +49,11 @@ fn start_with(
         .expect("tempdir");
     let idp = MockIdp::start(&a, dir.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
     setup_idp(&idp);
-    let backend = if plain_backend {
-        Upstream::Plain(PlainBackend::start())
-    } else {
-        Upstream::Aml(
-            MockAml::start(&a, dir.path(), Some(ENDPOINT_KEY)).unwrap_or_else(|e| panic!("{e}")),
-        )
-    };
+    let backend =
+        MockAml::start(&a, dir.path(), Some(ENDPOINT_KEY)).unwrap_or_else(|e| panic!("{e}"));
     let mut cfg = default_filter_config(idp.port);
     adjust(&mut cfg["providers"][0]);
-    let mut opts = EnvoyOptions::new(cfg, backend.port(), idp.port);
+    let mut opts = EnvoyOptions::new(cfg, backend.port, idp.port);
     opts.concurrency = WORKERS;
     // For debugging a failure: E2E_ENVOY_LOG_LEVEL=debug.
     if let Ok(level) = std::env::var("E2E_ENVOY_LOG_LEVEL") {
@@ -299,16 +199,14 @@ fn error_code(r: &Resp) -> String {
 #[test]
 fn cold_start_50_concurrent_requests_share_one_jwks_fetch() {
     // The JWKS takes 2.5 s: every request below arrives while the one fetch is under way.
-    // Tokens are minted before Envoy starts. The plain backend takes the burst of 50
-    // allowed requests (see `PlainBackend`).
+    // Tokens are minted before Envoy starts.
     let mut tokens = Vec::new();
-    let gw = start_with(
+    let gw = start(
         |p| set(p, "jwks_timeout_ms", json!(6000)),
         |idp| {
             idp.control("POST", "jwks?mode=ok&delay_ms=2500").unwrap();
             tokens = (0..50).map(|_| idp.token(json!({})).unwrap()).collect();
         },
-        true,
     );
     // The first tick dispatched the fetch (the mock counts a request when it arrives).
     poll(
