@@ -277,3 +277,39 @@ fn audit_lines_and_metrics() {
         "{stats}"
     );
 }
+
+#[test]
+fn invalid_config_denies_everything_and_names_the_field() {
+    // Envoy accepts the plugin (the filter never fails `on_configure`, as Kong requires);
+    // the filter then fails closed.
+    let gw = Gateway::start(|port| {
+        let mut c = config(port);
+        c["routes"][1]["require"]["any"][0]["claim"] = json!(5);
+        c
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let c = callers(&gw);
+    for token in [Some(c.admin.as_str()), None] {
+        let r = post(&gw, FRAUD, token, &[]);
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.json()["error"], "config_invalid");
+        assert!(r.header("retry-after").is_some());
+    }
+    let r = http("GET", &gw.url("/health"), &[], None).unwrap();
+    assert_eq!(
+        r.status, 503,
+        "nothing is forwarded, not even unauthenticated routes"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = gw.envoy.log();
+        if log.contains("invalid configuration: routes[1].require.any[0].claim") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no config error in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
