@@ -192,6 +192,12 @@ impl Filter {
     }
 
     /// Token → verified claims, or why not.
+    ///
+    /// A token still valid in the verified-token cache is not decoded again: the entry
+    /// holds exactly what decoding it gave (claims, `kid`, `alg`; decoding is
+    /// deterministic, a token is cached only after it decoded and verified, and the cache
+    /// is rebuilt with every configuration), so provider choice, key state and audit see
+    /// the same values either way. Only the size cap is checked first, as `decode` does.
     fn authenticate(
         &self,
         token: &str,
@@ -200,19 +206,30 @@ impl Filter {
         env: &mut dyn Env,
         cache: &mut VerifiedCache,
         audit: &mut AuditRecord,
-    ) -> Result<Verified, Step> {
+    ) -> Result<Rc<Verified>, Step> {
         let now = ctx.now_ms / 1000;
-        let jwt = jose::decode(token, self.config.cache.max_token_bytes).map_err(Step::deny)?;
-        audit.kid = jwt.header.kid.clone();
+        let max_bytes = self.config.cache.max_token_bytes;
+        if token.len() > max_bytes {
+            return Err(Step::deny(Reason::TokenTooLarge));
+        }
+        let key = cache.key(token);
+        let cached = key.as_ref().and_then(|k| cache.peek(k, now));
+        let decoded = match cached {
+            Some(_) => None,
+            None => Some(jose::decode(token, max_bytes).map_err(Step::deny)?),
+        };
+        let (kid, alg, claims) = match (&cached, &decoded) {
+            (Some((v, _)), _) => (&v.kid, v.alg, &v.claims),
+            (None, Some(jwt)) => (&jwt.header.kid, jwt.header.alg, &jwt.claims),
+            (None, None) => return Err(Step::deny(Reason::TokenMalformed)), // unreachable
+        };
+        audit.kid = kid.clone();
         // Unverified until `verify` succeeds; recorded so a denial says who claimed to call.
-        audit.note_claims(&jwt.claims);
+        audit.note_claims(claims);
         let allowed = route.and_then(|r| r.providers.as_deref());
         // Provider choice from `iss` comes before any key lookup or fetch: a foreign token
         // costs nothing and cannot trigger JWKS traffic.
-        let pi = self
-            .providers
-            .select(&jwt.claims, allowed)
-            .map_err(Step::deny)?;
+        let pi = self.providers.select(claims, allowed).map_err(Step::deny)?;
         let provider = self
             .providers
             .get(pi)
@@ -221,7 +238,7 @@ impl Filter {
         // HS* needs no key set; neither does an algorithm this provider does not allow
         // (`verify` refuses it): such a token must not wait for keys, nor be answered
         // 503 by a provider that has no JWKS at all.
-        let (keys, generation) = if is_hmac(jwt.header.alg) || !provider.allows(jwt.header.alg) {
+        let (keys, generation) = if is_hmac(alg) || !provider.allows(alg) {
             (None, 0)
         } else {
             match env.keys(pi) {
@@ -232,14 +249,25 @@ impl Filter {
                 }
             }
         };
-        if let Some(v) = cache.get(token, now, generation) {
-            audit.note_claims(&v.claims);
-            return Ok(v.clone());
+        if key.is_some() {
+            let hit = matches!(&cached, Some((_, g)) if *g == generation);
+            cache.count(hit);
+            if let (true, Some((v, _))) = (hit, cached) {
+                return Ok(v);
+            }
         }
+        // A miss. The token is decoded already unless its entry was for other keys.
+        let jwt = match decoded {
+            Some(jwt) => jwt,
+            None => jose::decode(token, max_bytes).map_err(Step::deny)?,
+        };
         match verify::verify(&jwt, pi, provider, keys.as_deref(), now) {
             Ok(v) => {
                 audit.note_claims(&v.claims);
-                cache.insert(token, v.clone(), generation);
+                let v = Rc::new(v);
+                if let Some(k) = key {
+                    cache.insert_key(k, v.clone(), generation);
+                }
                 Ok(v)
             }
             Err(Reason::KidUnknown) if env.refetch_for_unknown_kid(pi) => Err(Step::Wait(pi)),

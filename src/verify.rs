@@ -22,6 +22,7 @@
 use std::collections::hash_map::HashMap;
 use std::collections::VecDeque;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::rc::Rc;
 
 use jwt_simple::prelude::*;
 use jwt_simple::JWTError;
@@ -250,8 +251,16 @@ fn token_hash(token: &str) -> TokenHash {
     TokenHash(sha2::Sha256::digest(token.as_bytes()).into())
 }
 
+/// The cache key of one token: its SHA-256 (the token itself is never stored). Computed
+/// once per request and used for both the lookup and, on a miss, the insert: hashing a
+/// ~1 KB token is the largest single cost of a cache hit.
+#[derive(Clone, Copy)]
+pub struct TokenKey(TokenHash);
+
 struct CacheEntry {
-    verified: Verified,
+    /// Shared, not copied: a hit hands out another `Rc` instead of cloning the claim map
+    /// (a `serde_json::Map` with a dozen strings) on every request.
+    verified: Rc<Verified>,
     generation: u64,
 }
 
@@ -282,28 +291,50 @@ impl VerifiedCache {
         }
     }
 
-    pub fn get(&mut self, token: &str, now: u64, generation: u64) -> Option<&Verified> {
-        if self.max_entries == 0 {
-            return None;
-        }
-        let key = token_hash(token);
-        match self.map.get(&key) {
-            Some(e) if e.generation == generation && now < e.verified.valid_until => {
-                self.hits += 1;
-                Some(&e.verified)
-            }
-            _ => {
-                self.misses += 1;
-                None
-            }
+    /// The key for `token`, or `None` when the cache is disabled (no hashing then).
+    pub fn key(&self, token: &str) -> Option<TokenKey> {
+        (self.max_entries != 0).then(|| TokenKey(token_hash(token)))
+    }
+
+    /// The entry for `key` while it is still valid at `now`, with the key-set generation
+    /// it was verified under, without counting a hit or miss: the caller learns which
+    /// provider (hence which generation) applies only from the entry's claims, then
+    /// calls [`VerifiedCache::count`] with the outcome.
+    pub fn peek(&self, key: &TokenKey, now: u64) -> Option<(Rc<Verified>, u64)> {
+        match self.map.get(&key.0) {
+            Some(e) if now < e.verified.valid_until => Some((e.verified.clone(), e.generation)),
+            _ => None,
         }
     }
 
+    /// Record the outcome of a [`VerifiedCache::peek`]-based lookup in [`VerifiedCache::stats`].
+    pub fn count(&mut self, hit: bool) {
+        if hit {
+            self.hits += 1;
+        } else {
+            self.misses += 1;
+        }
+    }
+
+    pub fn get(&mut self, token: &str, now: u64, generation: u64) -> Option<Rc<Verified>> {
+        let key = self.key(token)?;
+        let hit = self.peek(&key, now).filter(|(_, g)| *g == generation);
+        self.count(hit.is_some());
+        hit.map(|(v, _)| v)
+    }
+
     pub fn insert(&mut self, token: &str, verified: Verified, generation: u64) {
+        if let Some(key) = self.key(token) {
+            self.insert_key(key, Rc::new(verified), generation);
+        }
+    }
+
+    /// [`VerifiedCache::insert`] with a key from [`VerifiedCache::key`].
+    pub fn insert_key(&mut self, key: TokenKey, verified: Rc<Verified>, generation: u64) {
         if self.max_entries == 0 {
             return;
         }
-        let key = token_hash(token);
+        let key = key.0;
         let entry = CacheEntry {
             verified,
             generation,

@@ -813,7 +813,7 @@ fn cache_with_real_tokens() {
     let t = sign(Alg::ES256, &good_claims());
     let v = check(&t).unwrap();
     cache.insert(&t, v.clone(), 7);
-    assert_eq!(cache.get(&t, NOW + 1, 7), Some(&v));
+    assert_eq!(cache.get(&t, NOW + 1, 7).as_deref(), Some(&v));
     // A tampered copy is a different key.
     assert!(cache.get(&tamper_sig(&t), NOW + 1, 7).is_none());
 }
