@@ -237,6 +237,11 @@ pub struct CacheConfig {
     pub max_entries: usize,
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// Share JWKS, fetch leases and rate-limit windows across workers through Proxy-Wasm
+    /// shared data. Set false on a Kong without an `nginx_wasm_shm_kv` zone (touching shared
+    /// data there traps): each worker then fetches and counts on its own.
+    #[serde(default = "default_true")]
+    pub shared_data: bool,
 }
 
 impl Default for CacheConfig {
@@ -244,6 +249,7 @@ impl Default for CacheConfig {
         CacheConfig {
             max_entries: default_cache_entries(),
             max_token_bytes: default_max_token_bytes(),
+            shared_data: true,
         }
     }
 }
@@ -298,6 +304,9 @@ fn default_cache_entries() -> usize {
 }
 fn default_max_token_bytes() -> usize {
     16384
+}
+fn default_true() -> bool {
+    true
 }
 
 /// Kong re-encodes the config from its schema and may turn an empty array into `{}`:

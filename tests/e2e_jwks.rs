@@ -619,3 +619,30 @@ fn unknown_kid_flood_is_401_and_refetches_at_most_once_per_min_refetch() {
     assert_eq!(gw.post(&gw.valid()).status, 200);
     gw.assert_healthy();
 }
+
+// ----- shared data switched off (Kong without an shm_kv zone) --------------------------------
+
+#[test]
+fn without_shared_data_each_worker_fetches_its_own_keys() {
+    let gw = aml_harness::Gateway::start(|port| {
+        let mut c = default_filter_config(port);
+        c["cache"] = json!({"shared_data": false});
+        c
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let t = gw.idp.token(json!({})).unwrap();
+    for _ in 0..6 {
+        let r = aml_harness::post_score(&gw.url("/score"), Some(&t), &[]).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // Every root context (two workers and Envoy's main thread) fetches for itself.
+    let fetched = poll(Duration::from_secs(10), "per-worker fetches", || {
+        match gw.idp.jwks_requests() {
+            Ok(n) if n >= 2 => Ok(n),
+            Ok(n) => Err(format!("{n} JWKS requests")),
+            Err(e) => Err(e),
+        }
+    });
+    println!("JWKS requests without shared data: {fetched}");
+    assert!(gw.envoy.log().contains("cache.shared_data is false"));
+}

@@ -54,8 +54,15 @@ impl KeyManager {
         }
     }
 
-    pub fn new(sources: &[Option<JwksSource>], owner_id: u64) -> KeyManager {
+    pub fn new(sources: &[Option<JwksSource>], owner_id: u64, shared_data: bool) -> KeyManager {
         let mut m = KeyManager::empty();
+        if !shared_data {
+            // Kong traps on shared data without an shm_kv zone: never touch it then.
+            log::warn!(
+                "azure_ml_kong: cache.shared_data is false: JWKS and rate limits are per worker"
+            );
+            m.store.disabled = true;
+        }
         m.caches = sources
             .iter()
             .enumerate()

@@ -212,7 +212,7 @@ impl RootContext for Root {
                 );
                 st.cache = VerifiedCache::new(f.config.cache.max_entries);
                 let owner = st.rng.next();
-                st.keys = KeyManager::new(&f.jwks_sources, owner);
+                st.keys = KeyManager::new(&f.jwks_sources, owner, f.config.cache.shared_data);
                 st.filter = Ok(Rc::new(f));
             }
             Err(e) => {
