@@ -170,7 +170,7 @@ fn run() -> Result<(), String> {
         gw.url(fraud_path)
     );
     println!(
-        "curl -s 'http://127.0.0.1:{}/stats?filter=azure_ml_kong'   # filter metrics",
+        "curl -s 'http://127.0.0.1:{}/stats?filter=wasmcustom'   # the filter's metrics",
         gw.envoy.admin_port
     );
     let _: Value = Value::Null;
