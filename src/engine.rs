@@ -250,7 +250,9 @@ impl Filter {
             }
         };
         if key.is_some() {
-            let hit = matches!(&cached, Some((_, g)) if *g == generation);
+            // Same key set and same provider (two providers may share an issuer but not
+            // their audiences or other checks).
+            let hit = matches!(&cached, Some((v, g)) if *g == generation && v.provider == pi);
             cache.count(hit);
             if let (true, Some((v, _))) = (hit, cached) {
                 return Ok(v);
