@@ -1074,6 +1074,21 @@ fn kong_parse(key: &str, patterns: &[(String, regex::Regex)]) -> (String, Vec<(S
     (key[..first].replace(':', "_"), labels)
 }
 
+/// An audit record of a 403 on route `team-score`, as the filter would make it.
+fn denied_audit() -> azure_ml_kong::audit::AuditRecord {
+    let h = vec![];
+    let req = azure_ml_kong::request::RequestView {
+        method: "POST",
+        path: "/teams/a/score",
+        authority: "ml.example.com",
+        headers: &h,
+    };
+    let mut a = azure_ml_kong::audit::AuditRecord::new(0, "rid", &req);
+    a.route = Some("team-score".into());
+    a.deny(azure_ml_kong::reason::Reason::InsufficientScope, 403);
+    a
+}
+
 #[test]
 fn metric_names_yield_the_documented_labels() {
     let m = meta();
@@ -1133,16 +1148,24 @@ fn metric_names_yield_the_documented_labels() {
             l(&[("provider", "entra")]),
         ),
         (
-            "token_cache_hits_total",
-            "pw_azure_ml_kong_token_cache_hits_total",
-            vec![],
-        ),
-        (
-            "token_verify_us",
-            "pw_azure_ml_kong_token_verify_us",
-            vec![],
+            "jwks_age_seconds_provider=entra",
+            "pw_azure_ml_kong_jwks_age_seconds",
+            l(&[("provider", "entra")]),
         ),
     ];
+    // The names above are the ones the filter builds (src/metrics.rs).
+    let (keys, age) = azure_ml_kong::metrics::jwks_gauges("Entra");
+    let filter_names = [
+        keys,
+        age,
+        azure_ml_kong::metrics::decision_counter(&denied_audit()),
+    ];
+    for name in &filter_names {
+        assert!(
+            cases.iter().any(|(n, _, _)| n == name),
+            "{name}: the filter builds a metric name this test does not check"
+        );
+    }
     for (name, want_name, want_labels) in cases {
         let key = format!("pw:{FILTER}:{name}");
         assert!(
