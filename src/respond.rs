@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn every_reason_is_well_formed() {
-        for reason in Reason::ALL {
+        for &reason in Reason::ALL {
             let r = deny(reason, "realm", "rid", None);
             assert_eq!(r.status, reason.status());
             let b = body(&r);
