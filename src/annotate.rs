@@ -51,8 +51,10 @@ pub enum HeaderOp {
     /// `set(name, Some(""))` then `set(name, None)`: Kong forwards an empty header,
     /// Envoy removes it. Never remove first.
     Clear { name: String },
-    /// Replace `:path` (a query-string token removed).
-    SetPath(String),
+    /// A query-string token was removed: `path` is the new `:path` (what Envoy forwards).
+    /// Kong forwards its own `upstream_uri`, not `:path`: the adapter removes the
+    /// `strip` parameters from it too (`token::strip_query_param`).
+    SetPath { path: String, strip: Vec<String> },
 }
 
 #[derive(Debug, Clone)]
@@ -180,6 +182,7 @@ impl Annotator {
             };
             if req.query().is_some() {
                 let mut path = std::borrow::Cow::Borrowed(req.path);
+                let mut strip = Vec::new();
                 for q in self
                     .token_queries
                     .iter()
@@ -189,10 +192,14 @@ impl Annotator {
                     let stripped = crate::token::strip_query_param(&path, q);
                     if stripped != *path {
                         path = std::borrow::Cow::Owned(stripped);
+                        strip.push(q.to_string());
                     }
                 }
-                if *path != *req.path {
-                    ops.push(HeaderOp::SetPath(path.into_owned()));
+                if !strip.is_empty() {
+                    ops.push(HeaderOp::SetPath {
+                        path: path.into_owned(),
+                        strip,
+                    });
                 }
             }
             // Cookie tokens: rewrite the cookie header without them.
@@ -580,7 +587,10 @@ mod tests {
         );
         assert_eq!(
             ops.first(),
-            Some(&HeaderOp::SetPath("/score?a=1&b=2".into()))
+            Some(&HeaderOp::SetPath {
+                path: "/score?a=1&b=2".into(),
+                strip: vec!["access_token".into()]
+            })
         );
         let rq = req("/score?access_token=eyJ.x.y", &h);
         let ops = a.plan(
@@ -590,11 +600,17 @@ mod tests {
             &rq,
             "r",
         );
-        assert_eq!(ops.first(), Some(&HeaderOp::SetPath("/score".into())));
+        assert_eq!(
+            ops.first(),
+            Some(&HeaderOp::SetPath {
+                path: "/score".into(),
+                strip: vec!["access_token".into()]
+            })
+        );
         // No token parameter: the path is left alone.
         let rq = req("/score?a=1", &h);
         let ops = a.plan(Some(m.route), None, None, &rq, "r");
-        assert!(!ops.iter().any(|o| matches!(o, HeaderOp::SetPath(_))));
+        assert!(!ops.iter().any(|o| matches!(o, HeaderOp::SetPath { .. })));
     }
 
     #[test]

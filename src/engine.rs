@@ -128,6 +128,12 @@ impl Filter {
     ) -> Decision {
         let request_id = annotate::request_id(req, ctx.random);
         let mut audit = AuditRecord::new(ctx.now_ms, &request_id, req);
+        // Before any route, `auth: none` ones included: the path authorized must be the
+        // path routed and forwarded, whoever decodes it.
+        if policy::normalize_path(req.path).is_err() {
+            audit.route = ctx.host_route.map(str::to_string);
+            return self.deny(Reason::PathNotNormalized, &request_id, None, audit);
+        }
         let found = self.routes.find_request(req);
         let route = found.as_ref().map(|m| m.route);
         audit.route = route
@@ -139,10 +145,7 @@ impl Filter {
         }
         let (auth, params): (AuthMode, &[(String, String)]) = match &found {
             Some(m) => (m.route.auth, &m.params),
-            // A path no route could ever match (e.g. an encoded slash) is not "unrouted".
-            None if self.config.on_no_route == OnNoRoute::AllowAuthenticated
-                && Routes::path_is_routable(req.path) =>
-            {
+            None if self.config.on_no_route == OnNoRoute::AllowAuthenticated => {
                 (AuthMode::Required, &[])
             }
             None => return self.deny(Reason::NoRoute, &request_id, None, audit),
@@ -778,8 +781,29 @@ mod tests {
             401,
             "signature_invalid",
         );
-        // A path no route could ever match stays unrouted.
-        assert_deny(&run.bearer("GET", "/a%2Fb", &good()), 403, "no_route");
+        // A target not in normal form is refused before any route.
+        assert_deny(
+            &run.bearer("GET", "/a%2Fb", &good()),
+            400,
+            "path_not_normalized",
+        );
+    }
+
+    #[test]
+    fn targets_not_in_normal_form_are_400_even_on_auth_none_routes() {
+        let f = filter("");
+        let mut run = Run::new(&f, FakeEnv::ready());
+        for p in [
+            "/health/../score",
+            "/score/../../health",
+            "/score/%2e%2e/health",
+            "//health",
+            "/%68ealth",
+            "/a/%252e%252e/health",
+        ] {
+            assert_deny(&run.call("GET", p, &[]), 400, "path_not_normalized");
+            assert_deny(&run.bearer("GET", p, &good()), 400, "path_not_normalized");
+        }
     }
 
     #[test]

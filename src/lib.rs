@@ -38,3 +38,8 @@ pub mod verify;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;
+
+// The adapter's host-call layer has pure (de)serialisation worth testing natively.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+#[path = "adapter/abi.rs"]
+mod abi;

@@ -38,6 +38,19 @@ impl IssuerTemplate {
         }
     }
 
+    /// Whether an `issuer` named by a discovery document is this one: equal, or this
+    /// template with a GUID (a tenant's own document) or the template itself (Entra's
+    /// `common`/`organizations` documents) in place of `{tenantid}`.
+    pub fn matches_discovered(&self, issuer: &str) -> bool {
+        match self {
+            IssuerTemplate::Exact(s) => s == issuer,
+            IssuerTemplate::Tenant { prefix, suffix } => issuer
+                .strip_prefix(prefix.as_str())
+                .and_then(|r| r.strip_suffix(suffix.as_str()))
+                .is_some_and(|t| t == TENANT_PLACEHOLDER || is_guid(t)),
+        }
+    }
+
     /// The issuer for this `tid` (a template filled in, or the exact string).
     pub fn render(&self, tid: &str) -> String {
         match self {

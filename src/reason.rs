@@ -72,6 +72,10 @@ reasons! {
     GroupsOverage => "groups_overage", 403,
         "the token has too many groups to carry them (group overage); use app roles";
     NoRoute => "no_route", 403, "no route matches this request";
+    /// The raw request target is not in normal form (`policy::path`): routers and
+    /// backends could read it as another path than the one the filter would authorize.
+    PathNotNormalized => "path_not_normalized", 400,
+        "the request path must be in normal form (no dot or empty segments, no needless or encoded-separator escapes)";
     DuplicateIdentityHeader => "duplicate_identity_header", 400,
         "the request carries duplicate identity headers";
     RateLimited => "rate_limited", 429, "too many requests";

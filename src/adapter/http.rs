@@ -1,23 +1,39 @@
 //! HTTP context: one per request. Collects the request, asks the engine, carries out the
-//! decision, or parks the request with the root context until keys are usable.
+//! decision — or, when keys are missing, waits for them the way the host allows:
+//! parked with the root context (Envoy), or riding its own fetch (Kong; see `keycache`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls;
+use super::abi;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use super::host;
-use super::root::{State, Waiter};
+use super::keys::WaitMode;
+use super::root::{Pending, State, Waiter};
 use crate::audit::AuditRecord;
 use crate::config::LogLevel;
 use crate::engine::Decision;
+use crate::keycache::{FetchRequest, Step};
+
+/// nginx's `$request_uri`: the raw request target, as Kong routes and forwards it.
+const NGX_REQUEST_URI: [&str; 2] = ["ngx", "request_uri"];
+
+/// A ride's call under way from this context.
+struct RideCall {
+    token: u32,
+    provider: usize,
+    step: Step,
+}
 
 pub struct Http {
     context_id: u32,
     state: Rc<RefCell<State>>,
+    /// Envoy: parked with the root context.
     waiting: bool,
+    /// Kong: riding its own fetch; the request it will decide again on its answer.
+    ride: Option<(RideCall, Pending)>,
 }
 
 impl Http {
@@ -26,19 +42,72 @@ impl Http {
             context_id,
             state,
             waiting: false,
+            ride: None,
         }
     }
 }
 
 impl Context for Http {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some((call, req)) = self.ride.take() else {
+            return;
+        };
+        if call.token != token_id {
+            self.ride = Some((call, req));
+            return;
+        }
+        let now = host::now_ms();
+        let next = match self.state.try_borrow_mut() {
+            Ok(mut st) => {
+                let st = &mut *st;
+                let seed = st.rng.next();
+                let next = st.keys.on_ride_response(
+                    call.provider,
+                    call.step,
+                    body_size,
+                    now,
+                    seed,
+                    &mut st.metrics,
+                );
+                if next.is_none() {
+                    st.keys.ride_ended(call.provider);
+                }
+                next
+            }
+            Err(_) => None,
+        };
+        if let Some(next) = next {
+            // The key set after the discovery document, from this same context.
+            match self.dispatch_ride(call.provider, &next) {
+                Some(c) => {
+                    self.ride = Some((c, req));
+                    return;
+                }
+                None => self.end_ride(call.provider),
+            }
+        }
+        // Decided again from this, its own, callback: answered or resumed here.
+        let action = self.run(req, WaitMode::Ride { allowed: false });
+        if action == Action::Continue {
+            let _ = abi::resume_http_request();
+        }
+    }
+
     fn on_done(&mut self) -> bool {
-        if self.waiting {
-            if let Ok(mut st) = self.state.try_borrow_mut() {
+        if let Ok(mut st) = self.state.try_borrow_mut() {
+            if self.waiting {
                 st.waiters.retain(|w| w.context_id != self.context_id);
                 st.keys.cancel_waiter(self.context_id);
             }
-        }
-        if let Ok(mut st) = self.state.try_borrow_mut() {
+            if let Some((call, _)) = self.ride.take() {
+                st.keys.ride_ended(call.provider);
+            }
             st.denied.retain(|id| *id != self.context_id);
         }
         true
@@ -48,32 +117,34 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let headers = host::request_headers();
-        let now = host::now_ms();
         let is_kong = self.is_kong();
-        // Kong 3.9 names its route (for audit lines when no filter route matched).
-        let host_route = if is_kong {
-            host::property(&["kong", "route_name"])
-        } else {
-            None
-        };
-        let decision = match self.state.try_borrow_mut() {
-            Ok(mut st) => {
-                let d = st.decide(self.context_id, &headers, now, host_route.as_deref());
-                if let Decision::WaitForKeys { .. } = d {
-                    st.waiters.push(Waiter {
-                        context_id: self.context_id,
-                        headers,
-                        host_route,
-                    });
-                    self.waiting = true;
-                    return Action::Pause;
-                }
-                d
+        let req = if is_kong {
+            // nginx's `:path` and `:authority` are its decoded URI and server name: the raw
+            // target is what Kong routes and forwards, `host` is what the client sent.
+            let host = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+                .map(|(_, v)| v.clone());
+            Pending {
+                path: Some(host::property(&NGX_REQUEST_URI).unwrap_or_default()),
+                host: Some(host.unwrap_or_default()),
+                host_route: host::property(&["kong", "route_name"]),
+                headers,
             }
-            // Cannot happen in a single-threaded VM; never forward unverified if it does.
-            Err(_) => return deny_internal(),
+        } else {
+            Pending {
+                headers,
+                path: None,
+                host: None,
+                host_route: None,
+            }
         };
-        finish(&self.state, self.context_id, decision, false)
+        let wait = if is_kong {
+            WaitMode::Ride { allowed: true }
+        } else {
+            WaitMode::Park
+        };
+        self.run(req, wait)
     }
 
     // While a request waits for keys (or after it was denied) its body and trailers must
@@ -88,27 +159,81 @@ impl HttpContext for Http {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         self.hold_or_continue()
     }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.waiting {
-            let props = self.state.try_borrow_mut().ok().and_then(|mut st| {
-                let pos = st
-                    .deferred_props
-                    .iter()
-                    .position(|(id, _)| *id == self.context_id)?;
-                Some(st.deferred_props.swap_remove(pos).1)
-            });
-            if let Some(props) = props {
-                publish(&props);
-            }
-        }
-        Action::Continue
-    }
 }
 
 impl Http {
+    /// Decide and carry out; returns what the current callback answers the host.
+    fn run(&mut self, req: Pending, mut wait: WaitMode) -> Action {
+        let now = host::now_ms();
+        // Kong: at most one ride, plus one more decision when keys arrived meanwhile.
+        for _ in 0..2 {
+            let (decision, ride) = match self.state.try_borrow_mut() {
+                Ok(mut st) => st.decide(self.context_id, &req, now, wait),
+                // Cannot happen in a single-threaded VM; never forward unverified if it does.
+                Err(_) => return deny_internal(),
+            };
+            let Decision::WaitForKeys { .. } = decision else {
+                return finish(&self.state, self.context_id, decision, false);
+            };
+            match (wait, ride) {
+                (WaitMode::Park, _) => {
+                    if let Ok(mut st) = self.state.try_borrow_mut() {
+                        st.waiters.push(Waiter {
+                            context_id: self.context_id,
+                            req,
+                        });
+                        self.waiting = true;
+                        return Action::Pause;
+                    }
+                    return deny_internal();
+                }
+                (WaitMode::Ride { .. }, Some((provider, fetch))) => {
+                    match self.dispatch_ride(provider, &fetch) {
+                        Some(call) => {
+                            self.ride = Some((call, req));
+                            return Action::Pause;
+                        }
+                        None => {
+                            self.end_ride(provider);
+                            wait = WaitMode::Ride { allowed: false };
+                        }
+                    }
+                }
+                // Newer keys arrived from shared data: decide again, without riding.
+                (WaitMode::Ride { .. }, None) => wait = WaitMode::Ride { allowed: false },
+            }
+        }
+        deny_internal()
+    }
+
+    fn dispatch_ride(&self, provider: usize, fetch: &FetchRequest) -> Option<RideCall> {
+        match host::dispatch(fetch) {
+            Ok(token) => Some(RideCall {
+                token,
+                provider,
+                step: fetch.step,
+            }),
+            Err(e) => {
+                log::warn!(
+                    "azure_ml_kong: dispatch_http_call to upstream {:?} failed: {e:?} (Kong: host:port; Envoy: a defined cluster)",
+                    fetch.upstream
+                );
+                None
+            }
+        }
+    }
+
+    fn end_ride(&self, provider: usize) {
+        if let Ok(mut st) = self.state.try_borrow_mut() {
+            st.keys.ride_ended(provider);
+        }
+    }
+
     /// Pause while this request waits for keys or was answered locally.
     fn hold_or_continue(&self) -> Action {
+        if self.ride.is_some() {
+            return Action::Pause;
+        }
         let Ok(st) = self.state.try_borrow() else {
             return Action::Pause;
         };
@@ -121,12 +246,14 @@ impl Http {
         }
     }
 
+    /// Kong (or its bare engine, nginx + ngx_wasm_module) rather than Envoy: only nginx
+    /// has `ngx.*` properties. Learned from the first request.
     fn is_kong(&self) -> bool {
         let Ok(mut st) = self.state.try_borrow_mut() else {
             return false;
         };
         *st.is_kong
-            .get_or_insert_with(|| host::property(&["kong", "route_id"]).is_some())
+            .get_or_insert_with(|| host::property(&NGX_REQUEST_URI).is_some())
     }
 }
 
@@ -153,44 +280,37 @@ fn kong_props(audit: &AuditRecord) -> Vec<(&'static str, String)> {
 
 fn publish(props: &[(&'static str, String)]) {
     for (key, value) in props {
-        let _ = hostcalls::set_property(vec!["kong", "ctx", "shared", key], Some(value.as_bytes()));
+        let _ = host::set_property(&["kong", "ctx", "shared", key], Some(value.as_bytes()));
     }
 }
 
 /// Carry out a final decision for the effective HTTP context. `resumed`: the request was
-/// paused and is being finished from the root context.
+/// paused and is being finished from the root context (Envoy).
 pub fn finish(
     state: &Rc<RefCell<State>>,
     context_id: u32,
     decision: Decision,
     resumed: bool,
 ) -> Action {
-    let audit = match &decision {
-        Decision::Allow { audit, .. } | Decision::Deny { audit, .. } => Some(audit),
-        Decision::WaitForKeys { .. } => None,
-    };
-    if let Some(audit) = audit {
-        let is_kong = state.try_borrow().ok().and_then(|st| st.is_kong) == Some(true);
-        if is_kong {
-            let props = kong_props(audit);
-            publish(&props);
-            if resumed {
-                if let Ok(mut st) = state.try_borrow_mut() {
-                    st.deferred_props.push((context_id, props));
-                }
-            }
-        }
-    }
+    let is_kong = state.try_borrow().ok().and_then(|st| st.is_kong) == Some(true);
     match decision {
         Decision::Allow { ops, audit } => {
-            host::apply_header_ops(&ops);
+            if is_kong {
+                publish(&kong_props(&audit));
+            }
+            if host::apply_header_ops(&ops, is_kong).is_err() {
+                return deny_internal();
+            }
             record(state, &audit);
             if resumed {
-                let _ = hostcalls::resume_http_request();
+                let _ = abi::resume_http_request();
             }
             Action::Continue
         }
         Decision::Deny { response, audit } => {
+            if is_kong {
+                publish(&kong_props(&audit));
+            }
             record(state, &audit);
             if let Ok(mut st) = state.try_borrow_mut() {
                 st.denied.push(context_id);
@@ -226,9 +346,9 @@ fn record(state: &Rc<RefCell<State>>, audit: &AuditRecord) {
 }
 
 fn deny_internal() -> Action {
-    let _ = hostcalls::send_http_response(
+    let _ = abi::send_http_response(
         503,
-        vec![("content-type", "application/json"), ("cache-control", "no-store")],
+        &[("content-type", "application/json"), ("cache-control", "no-store")],
         Some(br#"{"error":"internal_error","error_description":"the authentication filter could not process the request"}"#),
     );
     Action::Pause

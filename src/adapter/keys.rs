@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls;
+use super::abi;
 use proxy_wasm::types::Status;
 
 use super::host;
@@ -14,8 +14,8 @@ use crate::engine::{Env, KeyState};
 use crate::jwks::KeySet;
 use crate::keycache::shared::Versioned;
 use crate::keycache::{
-    Action, Event, HttpResponse, Io, JwksSource, KeyCache, Level, NoSharedStore, Refetch,
-    SharedStore, StoreError, Ticket, WaitDecision, WaiterId,
+    Action, Event, FetchRequest, HttpResponse, Io, JwksSource, KeyCache, Level, NoSharedStore,
+    Refetch, Ride, SharedStore, Step, StoreError, Ticket, WaitDecision, WaiterId,
 };
 use crate::ratelimit::{self, Verdict, Window};
 
@@ -79,11 +79,51 @@ impl KeyManager {
     }
 
     /// The engine's view for one request (`waiter` = its HTTP context id).
-    pub fn env(&mut self, now_ms: u64, waiter: WaiterId) -> RequestEnv<'_> {
+    pub fn env<'a>(
+        &'a mut self,
+        now_ms: u64,
+        random: u64,
+        waiter: WaiterId,
+        wait: WaitMode,
+        metrics: &'a mut Metrics,
+    ) -> RequestEnv<'a> {
         RequestEnv {
             keys: self,
             now_ms,
+            random,
             waiter,
+            wait,
+            metrics,
+            ride: None,
+        }
+    }
+
+    /// The answer to a ride's call (made from the request's own context). `Some`: send
+    /// that request next from the same context; `None`: the ride is over.
+    pub fn on_ride_response(
+        &mut self,
+        provider: usize,
+        step: Step,
+        body_size: usize,
+        now_ms: u64,
+        random: u64,
+        metrics: &mut Metrics,
+    ) -> Option<FetchRequest> {
+        let KeyManager { caches, store, .. } = self;
+        let cache = caches.get_mut(provider).and_then(Option::as_mut)?;
+        let resp = read_call_response(cache.source().max_body_bytes, body_size);
+        let mut out = Vec::new();
+        let mut io = store.io(now_ms, random);
+        let next = cache.on_ride_response(&mut io.as_io(), step, &resp, parse_keys, &mut out);
+        let name = cache.source().provider.clone();
+        report_all(&name, &out, metrics);
+        next
+    }
+
+    /// A ride is over (answered, failed to dispatch, or its request went away).
+    pub fn ride_ended(&mut self, provider: usize) {
+        if let Some(c) = self.cache(provider) {
+            c.ride_ended();
         }
     }
 
@@ -136,16 +176,7 @@ impl KeyManager {
         };
         let mut out = Vec::new();
         if let Some(cache) = self.caches.get_mut(i).and_then(Option::as_mut) {
-            let cap = cache.source().max_body_bytes;
-            let resp = HttpResponse {
-                headers: host::call_response_headers(),
-                body_size,
-                body: if body_size <= cap {
-                    host::call_response_body(body_size, cap)
-                } else {
-                    None
-                },
-            };
+            let resp = read_call_response(cache.source().max_body_bytes, body_size);
             let mut io = self.store.io(now_ms, random);
             cache.on_response(&mut io.as_io(), ticket, &resp, parse_keys, &mut out);
         }
@@ -167,24 +198,21 @@ impl KeyManager {
             let mut next = Vec::new();
             for action in out {
                 match action {
-                    Action::Dispatch(req) => {
-                        match host::dispatch(&req.upstream, &req.headers, req.timeout_ms) {
-                            Ok(token) => {
-                                self.calls.insert(token, (i, req.ticket));
-                            }
-                            Err(e) => {
-                                log::warn!(
+                    Action::Dispatch(req) => match host::dispatch(&req) {
+                        Ok(token) => {
+                            self.calls.insert(token, (i, req.ticket));
+                        }
+                        Err(e) => {
+                            log::warn!(
                                     "azure_ml_kong: dispatch_http_call to upstream {:?} failed: {e:?} (Envoy: is it a defined cluster? Kong: host:port)",
                                     req.upstream
                                 );
-                                if let Some(cache) = self.caches.get_mut(i).and_then(Option::as_mut)
-                                {
-                                    let mut io = self.store.io(now_ms, random);
-                                    cache.on_dispatch_error(&mut io.as_io(), req.ticket, &mut next);
-                                }
+                            if let Some(cache) = self.caches.get_mut(i).and_then(Option::as_mut) {
+                                let mut io = self.store.io(now_ms, random);
+                                cache.on_dispatch_error(&mut io.as_io(), req.ticket, &mut next);
                             }
                         }
-                    }
+                    },
                     Action::Resume(w) => wakes.push(Wake::Resume(w)),
                     Action::Unavailable {
                         waiter,
@@ -204,6 +232,28 @@ impl KeyManager {
                 }
             }
             out = next;
+        }
+    }
+}
+
+/// A dispatched call's answer; the body only when within `cap`.
+fn read_call_response(cap: usize, body_size: usize) -> HttpResponse {
+    HttpResponse {
+        headers: host::call_response_headers(),
+        body_size,
+        body: if body_size <= cap {
+            host::call_response_body(body_size, cap)
+        } else {
+            None
+        },
+    }
+}
+
+/// Log and count the events among `out` (rides and shared-data polls yield no others).
+fn report_all(provider: &str, out: &[Action], metrics: &mut Metrics) {
+    for a in out {
+        if let Action::Event(ev) = a {
+            report(provider, ev, metrics);
         }
     }
 }
@@ -231,41 +281,106 @@ fn report(provider: &str, ev: &Event, metrics: &mut Metrics) {
     }
 }
 
+/// How a request that needs keys waits on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Envoy: parked with the root context, which finishes it when keys arrive.
+    Park,
+    /// Kong: the request fetches for itself (a ride; see `keycache`'s docs), or — when
+    /// `allowed` is false, after its ride — takes what the cache holds.
+    Ride { allowed: bool },
+}
+
 /// The engine's view of keys and limits for one request.
 pub struct RequestEnv<'a> {
     keys: &'a mut KeyManager,
     now_ms: u64,
+    random: u64,
     waiter: WaiterId,
+    wait: WaitMode,
+    metrics: &'a mut Metrics,
+    /// A ride the request must dispatch from its own context: (provider, request).
+    pub ride: Option<(usize, FetchRequest)>,
+}
+
+impl RequestEnv<'_> {
+    fn ride(&mut self, provider: usize, unknown_kid: bool) -> Option<Ride> {
+        let KeyManager { caches, store, .. } = &mut *self.keys;
+        let cache = caches.get_mut(provider).and_then(Option::as_mut)?;
+        let mut out = Vec::new();
+        let mut io = store.io(self.now_ms, self.random);
+        let r = cache.ride(&mut io.as_io(), parse_keys, unknown_kid, &mut out);
+        let name = cache.source().provider.clone();
+        report_all(&name, &out, self.metrics);
+        if let Ride::Dispatch(req) = &r {
+            self.ride = Some((provider, req.clone()));
+        }
+        Some(r)
+    }
+
+    fn ready(&mut self, provider: usize) -> Option<KeyState> {
+        let cache = self.keys.cache(provider)?;
+        let generation = cache.generation();
+        cache.keys().map(|k| KeyState::Ready {
+            keys: k.clone(),
+            generation,
+        })
+    }
 }
 
 impl Env for RequestEnv<'_> {
     fn keys(&mut self, provider: usize) -> KeyState {
+        if let Some(ready) = self.ready(provider) {
+            return ready;
+        }
         let Some(cache) = self.keys.cache(provider) else {
             return KeyState::Unavailable {
                 retry_after_secs: 30,
             };
         };
-        if let Some(k) = cache.keys() {
-            return KeyState::Ready {
-                keys: k.clone(),
-                generation: cache.generation(),
-            };
-        }
-        match cache.wait_for_keys(self.now_ms, self.waiter) {
-            WaitDecision::Wait => KeyState::Loading,
-            WaitDecision::Unavailable { retry_after_secs } => KeyState::Unavailable {
-                retry_after_secs: u64::from(retry_after_secs),
+        match self.wait {
+            WaitMode::Park => match cache.wait_for_keys(self.now_ms, self.waiter) {
+                WaitDecision::Wait => KeyState::Loading,
+                WaitDecision::Unavailable { retry_after_secs } => KeyState::Unavailable {
+                    retry_after_secs: u64::from(retry_after_secs),
+                },
+                // Keys appeared between the two calls: cannot happen single-threaded; retry.
+                WaitDecision::Ready => KeyState::Loading,
             },
-            // Keys appeared between the two calls: cannot happen single-threaded; retry.
-            WaitDecision::Ready => KeyState::Loading,
+            WaitMode::Ride { allowed: false } => KeyState::Unavailable {
+                retry_after_secs: u64::from(cache.retry_after_secs(self.now_ms)),
+            },
+            WaitMode::Ride { allowed: true } => match self.ride(provider, false) {
+                Some(Ride::Ready) => self.ready(provider).unwrap_or(KeyState::Unavailable {
+                    retry_after_secs: 1,
+                }),
+                Some(Ride::Dispatch(_)) => KeyState::Loading,
+                Some(Ride::Unavailable { retry_after_secs }) => KeyState::Unavailable {
+                    retry_after_secs: u64::from(retry_after_secs),
+                },
+                Some(Ride::Refused) | None => KeyState::Unavailable {
+                    retry_after_secs: 1,
+                },
+            },
         }
     }
 
     fn refetch_for_unknown_kid(&mut self, provider: usize) -> bool {
-        self.keys
-            .cache(provider)
-            .map(|c| c.request_refetch_for_unknown_kid(self.now_ms, self.waiter) == Refetch::Wait)
-            .unwrap_or(false)
+        match self.wait {
+            WaitMode::Park => self
+                .keys
+                .cache(provider)
+                .map(|c| {
+                    c.request_refetch_for_unknown_kid(self.now_ms, self.waiter) == Refetch::Wait
+                })
+                .unwrap_or(false),
+            WaitMode::Ride { allowed: false } => false,
+            // `Ready`: newer keys came from shared data; the adapter decides again at once.
+            WaitMode::Ride { allowed: true } => matches!(
+                self.ride(provider, true),
+                Some(Ride::Dispatch(_) | Ride::Ready)
+            ),
+        }
     }
 
     fn rate_limit(&mut self, bucket: &str, limit: u64, window_secs: u64) -> Verdict {
@@ -354,7 +469,7 @@ impl HostStore {
 
 impl SharedStore for HostStore {
     fn get(&mut self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        match hostcalls::get_shared_data(key) {
+        match abi::get_shared_data(key) {
             Ok((Some(v), cas)) => Ok(Some((v, cas))),
             Ok((None, _)) => Ok(None),
             Err(Status::NotFound) => Ok(None),
@@ -363,7 +478,7 @@ impl SharedStore for HostStore {
     }
 
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+        match abi::set_shared_data(key, Some(value), cas) {
             Ok(()) => Ok(()),
             Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
             Err(e) => Err(self.fail("set", e)),

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use proxy_wasm::hostcalls;
+use super::abi;
 use proxy_wasm::types::MetricType;
 
 /// Bound on distinct metric names per VM (Kong traps when its metrics memory is full).
@@ -20,7 +20,7 @@ impl Metrics {
             Some(id) => *id,
             None if self.ids.len() >= MAX_METRICS => None,
             None => {
-                let id = hostcalls::define_metric(kind, name).ok();
+                let id = abi::define_metric(kind, name).ok();
                 self.ids.insert(name.to_string(), id);
                 id
             }
@@ -29,13 +29,13 @@ impl Metrics {
 
     pub fn increment(&mut self, name: &str) {
         if let Some(id) = self.id(MetricType::Counter, name) {
-            let _ = hostcalls::increment_metric(id, 1);
+            let _ = abi::increment_metric(id, 1);
         }
     }
 
     pub fn gauge(&mut self, name: &str, value: u64) {
         if let Some(id) = self.id(MetricType::Gauge, name) {
-            let _ = hostcalls::record_metric(id, value);
+            let _ = abi::record_metric(id, value);
         }
     }
 }

@@ -5,15 +5,16 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use proxy_wasm::hostcalls;
+use super::abi;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
 use super::host::{self, Rng};
 use super::http::{self, Http};
-use super::keys::{KeyManager, Wake};
+use super::keys::{KeyManager, WaitMode, Wake};
 use super::metrics::Metrics;
 use crate::engine::{self, Ctx, Decision, Filter};
+use crate::keycache::FetchRequest;
 use crate::request::RequestView;
 use crate::verify::VerifiedCache;
 
@@ -21,12 +22,46 @@ use crate::verify::VerifiedCache;
 /// waiter timeouts. Fetches start on ticks, so this bounds the extra cold-start wait.
 const TICK: Duration = Duration::from_millis(200);
 
-/// A request paused until its provider's keys are usable.
-pub struct Waiter {
-    pub context_id: u32,
+/// A request as the filter decides on it, kept while it waits for keys.
+pub struct Pending {
     pub headers: Vec<(String, String)>,
+    /// Kong: the raw request target (`ngx.request_uri`); `:path` is
+    /// nginx's decoded, dot-segment-resolved URI there, not what is routed and forwarded.
+    pub path: Option<String>,
+    /// Kong: the client's `host` header; `:authority` is the server block's name there.
+    pub host: Option<String>,
+    /// Kong 3.9 names its route (for audit lines when no filter route matched).
     pub host_route: Option<String>,
 }
+
+impl Pending {
+    /// The request view: pseudo-headers carry method, path and authority unless the host
+    /// gave better values.
+    pub fn view(&self) -> RequestView<'_> {
+        let get = |n: &str| {
+            self.headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("")
+        };
+        RequestView {
+            method: get(":method"),
+            path: self.path.as_deref().unwrap_or_else(|| get(":path")),
+            authority: self.host.as_deref().unwrap_or_else(|| get(":authority")),
+            headers: &self.headers,
+        }
+    }
+}
+
+/// A request parked with the root context until its provider's keys are usable (Envoy).
+pub struct Waiter {
+    pub context_id: u32,
+    pub req: Pending,
+}
+
+/// A ride the request must send from its own context: (provider, request).
+pub type RideRequest = (usize, FetchRequest);
 
 /// Per-worker (per root context) state, shared with the HTTP contexts it creates.
 pub struct State {
@@ -36,11 +71,8 @@ pub struct State {
     pub waiters: Vec<Waiter>,
     pub metrics: Metrics,
     pub rng: Rng,
-    /// Learned from the first request: Kong exposes `kong.route_id`, Envoy does not.
+    /// Learned from the first request: Kong's engine (nginx) or Envoy.
     pub is_kong: Option<bool>,
-    /// Identity to publish again to `kong.ctx.shared` from the response phase, for
-    /// requests that were finished from the root context.
-    pub deferred_props: Vec<(u32, Vec<(&'static str, String)>)>,
     /// Requests answered locally whose stream is still open (their body must not move).
     pub denied: Vec<u32>,
 }
@@ -55,48 +87,39 @@ impl State {
             metrics: Metrics::default(),
             rng: Rng::new(seed),
             is_kong: None,
-            deferred_props: Vec::new(),
             denied: Vec::new(),
         }
     }
 
-    /// Run the engine for one request (new or resumed).
+    /// Run the engine for one request (new or resumed). A `WaitForKeys` decision may come
+    /// with a ride to dispatch (`WaitMode::Ride`).
     pub fn decide(
         &mut self,
         context_id: u32,
-        headers: &[(String, String)],
+        req: &Pending,
         now_ms: u64,
-        host_route: Option<&str>,
-    ) -> Decision {
-        let req = view(headers);
+        wait: WaitMode,
+    ) -> (Decision, Option<RideRequest>) {
+        let view = req.view();
         let ctx = Ctx {
             now_ms,
             random: self.rng.next(),
-            host_route,
+            host_route: req.host_route.as_deref(),
         };
         let filter = match &self.filter {
             Ok(f) => f.clone(),
-            Err(_) => return engine::deny_config_invalid("azure-ml", &req, ctx),
+            Err(_) => return (engine::deny_config_invalid("azure-ml", &view, ctx), None),
         };
-        let mut env = self.keys.env(now_ms, context_id);
-        filter.decide(&req, ctx, &mut env, &mut self.cache)
-    }
-}
-
-/// Build a request view from host headers (pseudo-headers carry method/path/authority).
-pub fn view(headers: &[(String, String)]) -> RequestView<'_> {
-    let get = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-    };
-    RequestView {
-        method: get(":method"),
-        path: get(":path"),
-        authority: get(":authority"),
-        headers,
+        let random = self.rng.next();
+        let State {
+            keys,
+            cache,
+            metrics,
+            ..
+        } = self;
+        let mut env = keys.env(now_ms, random, context_id, wait, metrics);
+        let d = filter.decide(&view, ctx, &mut env, cache);
+        (d, env.ride.take())
     }
 }
 
@@ -135,9 +158,7 @@ impl Root {
                 };
                 let w = st.waiters.swap_remove(pos);
                 let d = match wake {
-                    Wake::Resume(_) => {
-                        st.decide(w.context_id, &w.headers, now, w.host_route.as_deref())
-                    }
+                    Wake::Resume(_) => st.decide(w.context_id, &w.req, now, WaitMode::Park).0,
                     Wake::Unavailable {
                         retry_after_secs, ..
                     } => deny_unavailable(&mut st, &w, now, u64::from(retry_after_secs)),
@@ -149,8 +170,10 @@ impl Root {
                 }
             }
         }
+        // Envoy only: Kong's engine cannot switch to a paused request (its requests ride
+        // and are never parked here).
         for (context_id, decision) in actions {
-            if hostcalls::set_effective_context(context_id).is_err() {
+            if abi::set_effective_context(context_id).is_err() {
                 continue; // the client went away
             }
             http::finish(&self.state, context_id, decision, true);
@@ -159,11 +182,11 @@ impl Root {
 }
 
 fn deny_unavailable(st: &mut State, w: &Waiter, now: u64, retry_after_secs: u64) -> Decision {
-    let req = view(&w.headers);
+    let req = w.req.view();
     let ctx = Ctx {
         now_ms: now,
         random: st.rng.next(),
-        host_route: w.host_route.as_deref(),
+        host_route: w.req.host_route.as_deref(),
     };
     match &st.filter {
         Ok(f) => f.deny_unavailable(&req, ctx, retry_after_secs),
@@ -195,7 +218,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        let bytes = abi::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
             .ok()
             .flatten()
             .unwrap_or_default();
@@ -227,7 +250,7 @@ impl RootContext for Root {
         // Kong traps on a second set_tick_period; dispatching from on_configure traps too,
         // so the first fetch starts on the first tick.
         if !self.tick_started {
-            self.tick_started = hostcalls::set_tick_period(TICK).is_ok();
+            self.tick_started = abi::set_tick_period(TICK).is_ok();
         }
         true
     }

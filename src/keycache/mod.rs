@@ -49,7 +49,21 @@
 //! * A paused request whose context goes away: [`KeyCache::cancel_waiter`].
 //!
 //! Request-side calls never dispatch: the next tick does (≤ one tick of latency),
-//! so dispatched calls always answer in the root context. A waiting request is
+//! so dispatched calls always answer in the root context. That is the Envoy way, where
+//! the root context can finish a paused request (`set_effective_context`).
+//!
+//! **Rides (Kong).** Kong's engine cannot finish a paused request from the root context
+//! (`set_effective_context` is a no-op there): a paused request ends only in its own
+//! callbacks, and a call it dispatched itself calls back into it. So on Kong a request
+//! that needs keys *rides*: [`KeyCache::ride`] answers `Dispatch(req)` and the request
+//! sends that call from its own context, pauses, and hands the answer to
+//! [`KeyCache::on_ride_response`], which installs and shares the keys like any fetch
+//! (or, for discovery, gives the key-set request to send next); then the request is
+//! decided again with whatever keys the cache holds, and never rides twice. Rides are
+//! bounded: at most [`MAX_RIDES`] at once per cache (beyond: 503 `Retry-After: 1`), none
+//! while the provider backs off (a failed ride backs off like a failed fetch), and an
+//! unknown-`kid` ride only when a refetch is allowed (`jwks_min_refetch_seconds`) or one
+//! is already riding. [`KeyCache::ride_ended`] frees the slot (answer or client gone). A waiting request is
 //! answered within the fetch budget (`jwks_timeout_ms`, doubled while a discovery
 //! document is still needed, + 1 s margin) — by `Resume` or `Unavailable`.
 //!
@@ -98,6 +112,8 @@ pub const MARGIN_MS: u64 = 1_000;
 pub const SHARED_POLL_MS: u64 = 5_000;
 /// Upper bound on paused requests per cache; beyond it requests get 503 at once.
 pub const MAX_WAITERS: usize = 10_000;
+/// Upper bound on rides (Kong: requests fetching keys for themselves) at once per cache.
+pub const MAX_RIDES: usize = 8;
 
 /// The parsed key set must say how many usable keys it holds (0 = failed fetch).
 pub trait KeyCount {
@@ -245,6 +261,19 @@ pub enum Refetch {
     Refused,
 }
 
+/// Answer to [`KeyCache::ride`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ride {
+    /// Keys are there now (adopted from shared data): decide again at once.
+    Ready,
+    /// Send this call from the request's own context and pause.
+    Dispatch(FetchRequest),
+    /// Answer 503 with this `Retry-After` now.
+    Unavailable { retry_after_secs: u32 },
+    /// Unknown `kid`, no refetch allowed now: 401 `kid_unknown`.
+    Refused,
+}
+
 /// Freshness of the held keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeysState {
@@ -300,6 +329,8 @@ pub struct KeyCache<K> {
     waiters: Vec<Waiter>,
     /// Waiters resumed by the last resolution: they must not wait again.
     just_resumed: Vec<WaiterId>,
+    /// Rides under way (Kong).
+    rides: usize,
 }
 
 impl<K: KeyCount> KeyCache<K> {
@@ -324,6 +355,7 @@ impl<K: KeyCount> KeyCache<K> {
             rejected_record: None,
             waiters: Vec::new(),
             just_resumed: Vec::new(),
+            rides: 0,
         }
     }
 
@@ -448,6 +480,180 @@ impl<K: KeyCount> KeyCache<K> {
             }
     }
 
+    // ----- rides (Kong: the request fetches for itself) -----
+
+    pub fn rides(&self) -> usize {
+        self.rides
+    }
+
+    /// A request needs keys (`unknown_kid`: it has keys, not its `kid`) and can only be
+    /// finished from its own context. See "Rides" in the module docs.
+    pub fn ride<E: core::fmt::Display>(
+        &mut self,
+        io: &mut Io<'_>,
+        parse: impl FnOnce(&[u8]) -> Result<K, E>,
+        unknown_kid: bool,
+        out: &mut Vec<Action>,
+    ) -> Ride {
+        let now = io.now_ms;
+        let generation = self.generation;
+        if !unknown_kid && self.held.is_some() {
+            return Ride::Ready;
+        }
+        if self.poll_record(io, parse, out) && (!unknown_kid || self.generation != generation) {
+            return Ride::Ready;
+        }
+        let backing_off = now < self.next_attempt_ms;
+        if unknown_kid {
+            let too_soon = self
+                .last_fetch_ms
+                .is_some_and(|t| now < t.saturating_add(self.src.min_refetch_ms));
+            let joinable = self.rides > 0 && self.rides < MAX_RIDES;
+            if !joinable && (too_soon || backing_off || self.rides >= MAX_RIDES) {
+                return Ride::Refused;
+            }
+        } else if backing_off || self.rides >= MAX_RIDES {
+            return Ride::Unavailable {
+                retry_after_secs: if backing_off {
+                    self.retry_after_secs(now)
+                } else {
+                    1
+                },
+            };
+        }
+        self.rides += 1;
+        let step = if self.needs_discovery(now) {
+            Step::Discovery
+        } else {
+            Step::Jwks
+        };
+        Ride::Dispatch(self.ride_request(now, step))
+    }
+
+    fn ride_request(&mut self, now: u64, step: Step) -> FetchRequest {
+        let ticket = Ticket(self.next_seq);
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let target = match step {
+            Step::Discovery => self.src.uri.clone(),
+            Step::Jwks => self.target().clone(),
+        };
+        if step == Step::Jwks {
+            self.last_fetch_ms = Some(self.last_fetch_ms.map_or(now, |t| t.max(now)));
+        }
+        self.src.request(&target, step, ticket)
+    }
+
+    /// The answer to a ride's call. `Some(req)`: send that next from the same context
+    /// (the key set after a discovery document); `None`: the ride is over, decide again.
+    pub fn on_ride_response<E: core::fmt::Display>(
+        &mut self,
+        io: &mut Io<'_>,
+        step: Step,
+        resp: &HttpResponse,
+        parse: impl FnOnce(&[u8]) -> Result<K, E>,
+        out: &mut Vec<Action>,
+    ) -> Option<FetchRequest> {
+        let now = io.now_ms;
+        let body = match response::classify(resp, self.src.max_body_bytes) {
+            Ok(b) => b,
+            Err((r, d)) => {
+                self.ride_failed(now, io.random, step, r, d, out);
+                return None;
+            }
+        };
+        match step {
+            Step::Discovery => match response::parse_discovery(body, &self.src.uri) {
+                Ok(d) => {
+                    if let Some(iss) = d.issuer.filter(|i| !self.src.issuer_fits(i)) {
+                        out.push(Action::Event(Event::DiscoveryIssuerMismatch {
+                            discovered_issuer: iss,
+                        }));
+                    }
+                    out.push(Action::Event(Event::DiscoveryOk {
+                        jwks_uri: d.jwks_uri.to_string(),
+                    }));
+                    self.discovered = Some((d.jwks_uri, now));
+                    Some(self.ride_request(now, Step::Jwks))
+                }
+                Err((r, detail)) => {
+                    self.ride_failed(now, io.random, step, r, detail, out);
+                    None
+                }
+            },
+            Step::Jwks => {
+                let keys = match parse(body) {
+                    Ok(k) if k.key_count() > 0 => k,
+                    Ok(_) => {
+                        let (r, d) = (FailReason::Empty, "no usable keys".to_string());
+                        self.ride_failed(now, io.random, step, r, d, out);
+                        return None;
+                    }
+                    Err(e) => {
+                        let d = e.to_string();
+                        self.ride_failed(now, io.random, step, FailReason::Garbage, d, out);
+                        return None;
+                    }
+                };
+                let ttl = response::ttl_ms(resp.header("cache-control"), self.src.refresh_ms);
+                let expires = now.saturating_add(ttl);
+                let body = body.to_vec();
+                let version = self.write_record(io, now, expires, &body);
+                let (count, bytes) = (keys.key_count(), body.len());
+                let changed = self.install(keys, body, now, expires, version);
+                out.push(Action::Event(Event::FetchOk {
+                    uri: self.target().to_string(),
+                    keys: count,
+                    bytes,
+                    changed,
+                    generation: self.generation,
+                    ttl_ms: ttl,
+                }));
+                self.recovered(now, out);
+                self.next_shared_poll_ms = now.saturating_add(SHARED_POLL_MS);
+                if self.want_since.is_some() && self.in_flight.is_none() {
+                    self.resolve_waiters(now, out);
+                }
+                None
+            }
+        }
+    }
+
+    /// A ride is over (answered, or its request went away): free its slot.
+    pub fn ride_ended(&mut self) {
+        self.rides = self.rides.saturating_sub(1);
+    }
+
+    /// A failed ride backs the provider off like a failed fetch (so an IdP outage is
+    /// not hit once per request), without touching the background fetch in flight.
+    fn ride_failed(
+        &mut self,
+        now: u64,
+        random: u64,
+        step: Step,
+        reason: FailReason,
+        detail: String,
+        out: &mut Vec<Action>,
+    ) {
+        if self.streak == 0 {
+            self.streak_started_ms = now;
+        }
+        self.streak = self.streak.saturating_add(1);
+        let delay = response::backoff_ms(self.streak, random);
+        self.next_attempt_ms = self.next_attempt_ms.max(now.saturating_add(delay));
+        if step == Step::Jwks && self.src.kind == SourceKind::Discovery {
+            self.discovered = None;
+        }
+        out.push(Action::Event(Event::FetchFailed {
+            step,
+            code: reason.code(step),
+            detail,
+            first_of_streak: self.streak == 1,
+            streak: self.streak,
+            retry_in_ms: delay,
+            have_keys: self.held.is_some(),
+        }));
+    }
+
     // ----- driver side -----
 
     /// Call on every root-context tick.
@@ -526,7 +732,7 @@ impl<K: KeyCount> KeyCache<K> {
                     Err((r, detail)) => return self.fail(io, f.step, r, detail, out),
                 };
                 if let Some(iss) = d.issuer {
-                    if !self.src.issuers.contains(&iss) {
+                    if !self.src.issuer_fits(&iss) {
                         out.push(Action::Event(Event::DiscoveryIssuerMismatch {
                             discovered_issuer: iss,
                         }));
@@ -536,7 +742,10 @@ impl<K: KeyCount> KeyCache<K> {
                     jwks_uri: d.jwks_uri.to_string(),
                 }));
                 self.discovered = Some((d.jwks_uri, io.now_ms));
-                self.dispatch(io.now_ms, Step::Jwks, out);
+                // The key set is fetched on the next tick, not from this callback: Kong's
+                // engine kills the worker when a root context dispatches from a call's
+                // response. The fetch is still needed (cold, stale or wanted), the lease is
+                // still ours, and the cycle budget's margin covers the tick.
             }
             Step::Jwks => {
                 let keys = match parse(body) {

@@ -63,7 +63,12 @@ impl FailReason {
 
 /// Check status and size; on success return the body. `detail` is for logs.
 pub fn classify(resp: &HttpResponse, max_body: usize) -> Result<&[u8], (FailReason, String)> {
-    if let Some(ds) = resp.header(":dispatch_status") {
+    // Kong's engine tags every call's result: `ok` beside `:status` on success, the
+    // failure's reason (and no `:status`) otherwise. Envoy adds no such header.
+    if let Some(ds) = resp
+        .header(":dispatch_status")
+        .filter(|ds| !ds.eq_ignore_ascii_case("ok"))
+    {
         let l = ds.to_ascii_lowercase();
         let r = if l.contains("timeout") || l.contains("timed out") {
             FailReason::Timeout
@@ -177,4 +182,81 @@ pub fn backoff_ms(streak: u32, random: u64) -> u64 {
         .min(BACKOFF_MAX_MS);
     // factor in [800, 1200] per mille
     base.saturating_mul(800 + random % 401) / 1000
+}
+
+#[cfg(test)]
+mod host_shapes {
+    //! The result shapes each host really delivers to `on_http_call_response`.
+    use super::*;
+
+    fn resp(headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+        HttpResponse {
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body_size: body.len(),
+            body: Some(body.to_vec()),
+        }
+    }
+
+    #[test]
+    fn kong_success_carries_dispatch_status_ok() {
+        let r = resp(
+            &[
+                (":status", "200"),
+                ("content-type", "application/json"),
+                ("connection", "close"),
+                (":dispatch_status", "ok"),
+            ],
+            br#"{"keys":[]}"#,
+        );
+        assert_eq!(classify(&r, 1024), Ok(&br#"{"keys":[]}"#[..]));
+    }
+
+    #[test]
+    fn kong_http_error_with_dispatch_status_ok_is_an_http_failure() {
+        let r = resp(&[(":status", "500"), (":dispatch_status", "ok")], b"x");
+        assert_eq!(
+            classify(&r, 1024).map_err(|e| e.0),
+            Err(FailReason::Http(500))
+        );
+    }
+
+    #[test]
+    fn kong_failures_have_a_reason_and_no_status() {
+        for (ds, want) in [
+            ("timeout", FailReason::Timeout),
+            ("broken connection", FailReason::DispatchFailed),
+            ("tls handshake failure", FailReason::DispatchFailed),
+            ("resolver failure", FailReason::DispatchFailed),
+        ] {
+            let r = HttpResponse {
+                headers: vec![(":dispatch_status".into(), ds.into())],
+                body_size: 0,
+                body: None,
+            };
+            assert_eq!(classify(&r, 1024).map_err(|e| e.0), Err(want), "{ds}");
+        }
+    }
+
+    #[test]
+    fn ok_without_status_is_a_failure() {
+        let r = resp(&[(":dispatch_status", "ok")], b"");
+        assert_eq!(
+            classify(&r, 1024).map_err(|e| e.0),
+            Err(FailReason::DispatchFailed)
+        );
+    }
+
+    #[test]
+    fn envoy_success_and_failure() {
+        let ok = resp(&[(":status", "200"), ("content-length", "2")], b"{}");
+        assert!(classify(&ok, 1024).is_ok());
+        let failed = HttpResponse::default();
+        assert_eq!(
+            classify(&failed, 1024).map_err(|e| e.0),
+            Err(FailReason::DispatchFailed)
+        );
+    }
 }

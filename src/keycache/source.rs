@@ -217,6 +217,13 @@ pub struct JwksSource {
 }
 
 impl JwksSource {
+    /// Whether a discovery document's `issuer` is one of the provider's issuers.
+    pub fn issuer_fits(&self, issuer: &str) -> bool {
+        self.issuers
+            .iter()
+            .any(|t| crate::providers::IssuerTemplate::parse(t).matches_discovered(issuer))
+    }
+
     /// Validate the key-source fields of `cfg`. `path` is the provider's config path,
     /// e.g. `providers[0]`; errors name the field (`providers[0].jwks_uri: ...`).
     pub fn new(cfg: &ProviderConfig, path: &str) -> Result<JwksSource, ConfigError> {

@@ -1,35 +1,35 @@
-//! Request-path normalization and path templates.
+//! The request path the filter authorizes, and path templates.
 //!
-//! Routes match on a *normalized* path so that `/teams/a/../b/score`, `//teams/b/score`
-//! or `/teams/%62/score` cannot dodge a rule written for `/teams/b/score`:
+//! **One rule on both hosts: the path the filter authorizes is exactly the path that is
+//! routed and forwarded.** The adapter passes the raw request target (Kong: the
+//! `request.path` property, nginx's `$request_uri`; Envoy: `:path`). The filter does not
+//! rewrite paths, so it refuses (400 `path_not_normalized`) every target whose meaning
+//! depends on who decodes or normalizes it — routers and backends disagree there:
 //!
-//! 1. the query (`?…`) and any fragment (`#…`) are dropped;
-//! 2. percent-encoded *unreserved* characters (`A-Z a-z 0-9 - . _ ~`) are decoded, other
-//!    escapes are kept with upper-case hex (`%2f` → `%2F`, `%20` stays `%20`);
-//! 3. empty segments (`//`) and `.` segments are removed, `..` removes the previous
-//!    segment (never above the root), as in RFC 3986 `remove_dot_segments`;
-//! 4. a trailing `/` is kept in the normalized string but ignored by templates and
-//!    prefixes (`/health/` matches `/health`).
+//! * not starting with `/` (`*`, absolute-form targets, empty);
+//! * dot segments (`.`, `..`), raw or encoded (`%2e`), and empty segments (`//`);
+//!   a single trailing `/` is fine (`/health/` matches `/health`);
+//! * an encoded `/` or `\` (`%2F`, `%5C`) or a raw `\`;
+//! * an encoded `%` (`%25`: double encoding) or an encoded unreserved character
+//!   (`A-Z a-z 0-9 - . _ ~`, e.g. `%61`): a target in normal form never has them;
+//! * raw or encoded control characters, and malformed escapes (`%zz`, `%4`).
 //!
-//! **Unroutable paths.** A path that contains an encoded slash or backslash (`%2F`,
-//! `%5C`), a raw backslash, an encoded or raw NUL/control character, a malformed escape
-//! (`%zz`, `%4`), or does not start with `/` is rejected: it matches *no* route at all,
-//! not even a route without a path condition. Backends and proxies disagree on whether
-//! `%2F` is a segment boundary (and on `\`), so such a path could be routed upstream to a
-//! place its normalized form does not describe; refusing it is the only reading that is
-//! correct whatever the backend does.
-//!
-//! Paths are compared case-sensitively. Path parameters are bound to the fully
-//! percent-decoded segment (`a%20b` → `a b`); a segment whose decoding is not UTF-8
-//! does not match a parameter.
+//! Everything else is matched as it arrives, segment by segment: literal template
+//! segments and prefixes compare with the raw segment (they cannot contain `%`), path
+//! parameters bind the segment percent-decoded exactly once (`a%20b` → `a b`). Paths
+//! compare case-sensitively. The query (`?…`) and a fragment (`#…`) are not part of it.
 
 use crate::config::ConfigError;
 
-/// Why a request path cannot be routed (see the module docs).
+/// Why a request target is refused (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathRejected {
     NotAbsolute,
+    DotSegment,
+    EmptySegment,
     EncodedSeparator,
+    /// `%25` or an escape of a character that needs none.
+    NeedlessEscape,
     ControlCharacter,
     MalformedEscape,
 }
@@ -47,96 +47,66 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-fn hex_upper(n: u8) -> char {
-    char::from_digit(u32::from(n & 0xf), 16).map_or('0', |c| c.to_ascii_uppercase())
+fn is_control(b: u8) -> bool {
+    b < 0x20 || b == 0x7f
 }
 
-/// Decode unreserved escapes of one raw segment into `out`.
-fn push_segment(raw: &str, out: &mut String) -> Result<(), PathRejected> {
-    let bytes = raw.as_bytes();
+/// Check one raw segment (between two `/`).
+fn check_segment(seg: &str, last: bool) -> Result<(), PathRejected> {
+    match seg {
+        "." | ".." => return Err(PathRejected::DotSegment),
+        "" if !last => return Err(PathRejected::EmptySegment),
+        _ => {}
+    }
+    let bytes = seg.as_bytes();
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hi = bytes.get(i + 1).copied().and_then(hex_val);
-            let lo = bytes.get(i + 2).copied().and_then(hex_val);
-            let (Some(hi), Some(lo)) = (hi, lo) else {
-                return Err(PathRejected::MalformedEscape);
-            };
-            let v = (hi << 4) | lo;
-            if v == b'/' || v == b'\\' {
-                return Err(PathRejected::EncodedSeparator);
+        match b {
+            b'%' => {
+                let hi = bytes.get(i + 1).copied().and_then(hex_val);
+                let lo = bytes.get(i + 2).copied().and_then(hex_val);
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(PathRejected::MalformedEscape);
+                };
+                let v = (hi << 4) | lo;
+                if v == b'/' || v == b'\\' {
+                    return Err(PathRejected::EncodedSeparator);
+                }
+                if is_control(v) {
+                    return Err(PathRejected::ControlCharacter);
+                }
+                if v == b'.' {
+                    // `%2e` anywhere: part of an encoded dot segment, or needless.
+                    return Err(PathRejected::DotSegment);
+                }
+                if v == b'%' || is_unreserved(v) {
+                    return Err(PathRejected::NeedlessEscape);
+                }
+                i += 3;
             }
-            if v < 0x20 || v == 0x7f {
-                return Err(PathRejected::ControlCharacter);
-            }
-            if is_unreserved(v) {
-                out.push(char::from(v));
-            } else {
-                out.push('%');
-                out.push(hex_upper(hi));
-                out.push(hex_upper(lo));
-            }
-            i += 3;
-        } else {
-            if b == b'\\' {
-                return Err(PathRejected::EncodedSeparator);
-            }
-            if b < 0x20 || b == 0x7f {
-                return Err(PathRejected::ControlCharacter);
-            }
-            // Copy the run of ordinary bytes up to the next '%' (keeps UTF-8 intact).
-            let end = bytes
-                .iter()
-                .skip(i)
-                .position(|&c| c == b'%' || c == b'\\' || c < 0x20 || c == 0x7f)
-                .map_or(bytes.len(), |p| i + p);
-            if let Some(run) = raw.get(i..end) {
-                out.push_str(run);
-            }
-            i = end.max(i + 1);
+            b'\\' => return Err(PathRejected::EncodedSeparator),
+            b if is_control(b) => return Err(PathRejected::ControlCharacter),
+            _ => i += 1,
         }
     }
     Ok(())
 }
 
-/// Normalize a raw `:path` (query allowed) as described in the module docs.
-pub fn normalize_path(raw: &str) -> Result<String, PathRejected> {
+/// The path part of a raw request target, if it is in normal form (module docs).
+pub fn normalize_path(raw: &str) -> Result<&str, PathRejected> {
     let end = raw.find(['?', '#']).unwrap_or(raw.len());
     let path = raw.get(..end).unwrap_or(raw);
     let Some(rest) = path.strip_prefix('/') else {
         return Err(PathRejected::NotAbsolute);
     };
-    let mut out = String::with_capacity(path.len());
-    // Byte offsets in `out` where each kept segment's leading '/' starts.
-    let mut starts: Vec<usize> = Vec::new();
-    let mut trailing = false;
-    for raw_seg in rest.split('/') {
-        let start = out.len();
-        out.push('/');
-        push_segment(raw_seg, &mut out)?;
-        let seg = out.get(start + 1..).unwrap_or("");
-        match seg {
-            "" | "." => {
-                out.truncate(start);
-                trailing = true;
-            }
-            ".." => {
-                out.truncate(start);
-                if let Some(prev) = starts.pop() {
-                    out.truncate(prev);
-                }
-                trailing = true;
-            }
-            _ => {
-                starts.push(start);
-                trailing = false;
-            }
-        }
+    if rest.is_empty() {
+        return Ok(path);
     }
-    if out.is_empty() || trailing {
-        out.push('/');
+    let mut segs = rest.split('/').peekable();
+    while let Some(seg) = segs.next() {
+        check_segment(seg, segs.peek().is_none())?;
     }
-    Ok(out)
+    Ok(path)
 }
 
 /// Fully percent-decode a normalized segment (for path parameter values).
@@ -353,49 +323,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn normalization() {
-        let n = |p: &str| normalize_path(p);
-        assert_eq!(n("/a/b").unwrap(), "/a/b");
-        assert_eq!(n("/").unwrap(), "/");
-        assert_eq!(n("/a/b/").unwrap(), "/a/b/");
-        assert_eq!(n("//a///b").unwrap(), "/a/b");
-        assert_eq!(n("/a/./b").unwrap(), "/a/b");
-        assert_eq!(n("/a/../b").unwrap(), "/b");
-        assert_eq!(n("/../../b").unwrap(), "/b");
-        assert_eq!(n("/a/b/..").unwrap(), "/a/");
-        assert_eq!(n("/a/b/.").unwrap(), "/a/b/");
-        assert_eq!(n("/a/%2e%2E/b").unwrap(), "/b");
-        assert_eq!(n("/a/%2e/b").unwrap(), "/a/b");
-        assert_eq!(n("/%61%7e").unwrap(), "/a~");
-        assert_eq!(n("/a%20b%3a").unwrap(), "/a%20b%3A");
-        assert_eq!(n("/a?x=/../b").unwrap(), "/a");
-        assert_eq!(n("/a#frag").unwrap(), "/a");
-        assert_eq!(n("/caf\u{e9}").unwrap(), "/caf\u{e9}");
-        assert_eq!(n("/a/%252e%252e/b").unwrap(), "/a/%252e%252e/b");
+    fn normal_form_paths_pass_unchanged() {
+        let n = normalize_path;
+        assert_eq!(n("/a/b"), Ok("/a/b"));
+        assert_eq!(n("/"), Ok("/"));
+        assert_eq!(n("/a/b/"), Ok("/a/b/"));
+        assert_eq!(n("/a%20b%3a"), Ok("/a%20b%3a"));
+        assert_eq!(n("/a?x=/../b"), Ok("/a"));
+        assert_eq!(n("/a?x=%2F"), Ok("/a"));
+        assert_eq!(n("/a#frag"), Ok("/a"));
+        assert_eq!(n("/caf\u{e9}"), Ok("/caf\u{e9}"));
+        assert_eq!(n("/a.b/..c/c..d/.e"), Ok("/a.b/..c/c..d/.e"));
+        assert_eq!(n("/%C3%A9"), Ok("/%C3%A9"));
     }
 
     #[test]
-    fn unroutable_paths() {
-        assert_eq!(
-            normalize_path("/a%2Fb"),
-            Err(PathRejected::EncodedSeparator)
-        );
-        assert_eq!(
-            normalize_path("/a%2fb"),
-            Err(PathRejected::EncodedSeparator)
-        );
-        assert_eq!(
-            normalize_path("/a%5Cb"),
-            Err(PathRejected::EncodedSeparator)
-        );
-        assert_eq!(normalize_path("/a\\b"), Err(PathRejected::EncodedSeparator));
-        assert_eq!(normalize_path("/a%00"), Err(PathRejected::ControlCharacter));
-        assert_eq!(normalize_path("/a\tb"), Err(PathRejected::ControlCharacter));
-        assert_eq!(normalize_path("/a%zz"), Err(PathRejected::MalformedEscape));
-        assert_eq!(normalize_path("/a%4"), Err(PathRejected::MalformedEscape));
-        assert_eq!(normalize_path("a/b"), Err(PathRejected::NotAbsolute));
-        assert_eq!(normalize_path("*"), Err(PathRejected::NotAbsolute));
-        assert_eq!(normalize_path(""), Err(PathRejected::NotAbsolute));
+    fn targets_not_in_normal_form_are_refused() {
+        use PathRejected::*;
+        for (p, want) in [
+            ("//a", EmptySegment),
+            ("/a//b", EmptySegment),
+            ("/a/b//", EmptySegment),
+            ("/a/./b", DotSegment),
+            ("/a/../b", DotSegment),
+            ("/teams/a/../../health", DotSegment),
+            ("/a/b/..", DotSegment),
+            ("/a/b/.", DotSegment),
+            ("/a/%2e%2E/b", DotSegment),
+            ("/a/%2e/b", DotSegment),
+            ("/a/.%2e/b", DotSegment),
+            ("/a/x%2ey", DotSegment),
+            ("/%61", NeedlessEscape),
+            ("/a%7e", NeedlessEscape),
+            ("/a/%252e%252e/b", NeedlessEscape),
+            ("/a%25", NeedlessEscape),
+            ("/a%2Fb", EncodedSeparator),
+            ("/a%2fb", EncodedSeparator),
+            ("/a/..%2Fb/x", EncodedSeparator),
+            ("/a%5Cb", EncodedSeparator),
+            ("/a\\b", EncodedSeparator),
+            ("/a%00", ControlCharacter),
+            ("/a\tb", ControlCharacter),
+            ("/a%zz", MalformedEscape),
+            ("/a%4", MalformedEscape),
+            ("a/b", NotAbsolute),
+            ("*", NotAbsolute),
+            ("", NotAbsolute),
+            ("http://h/a", NotAbsolute),
+        ] {
+            assert_eq!(normalize_path(p), Err(want), "{p}");
+        }
     }
 
     #[test]
