@@ -135,6 +135,17 @@ impl Annotator {
         if self.owned_headers(route).any(|h| req.header_count(h) > 1) {
             return Err(crate::reason::Reason::DuplicateIdentityHeader);
         }
+        // `x_caller_oid` next to (or instead of) `x-caller-oid`: CGI/WSGI backends read both
+        // as HTTP_X_CALLER_OID, and Kong forwards underscores (`underscores_in_headers on`).
+        let alias_of_owned = |name: &str| {
+            name.contains('_')
+                && self
+                    .owned_headers(route)
+                    .any(|h| same_but_separators(h, name))
+        };
+        if req.headers.iter().any(|(k, _)| alias_of_owned(k)) {
+            return Err(crate::reason::Reason::DuplicateIdentityHeader);
+        }
         Ok(())
     }
 
@@ -271,6 +282,21 @@ impl Annotator {
         }
         ops
     }
+}
+
+/// `a` and `b` name the same CGI variable: equal ignoring case, with `-` and `_` alike.
+fn same_but_separators(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes().zip(b.bytes()).all(|(x, y)| {
+            let n = |c: u8| {
+                if c == b'_' {
+                    b'-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            };
+            n(x) == n(y)
+        })
 }
 
 /// The cookie header without the named cookies; `None` when none of them is there.
@@ -533,6 +559,13 @@ mod tests {
             deny
         );
         assert_eq!(dup(&[("cookie", "a=1"), ("cookie", "b=2")], None), deny);
+        // Underscore aliases of owned headers are spoofs too (CGI reads both the same).
+        assert_eq!(dup(&[("x_caller_oid", "evil")], None), deny);
+        assert_eq!(
+            dup(&[("X_Caller-OID", "evil"), ("x-caller-oid", "x")], None),
+            deny
+        );
+        assert_eq!(dup(&[("x_other", "fine")], None), Ok(()));
         assert_eq!(dup(&[("x-other", "a"), ("x-other", "b")], None), Ok(()));
         let owned: Vec<&str> = a.owned_headers(Some(keyed)).collect();
         for h in [
