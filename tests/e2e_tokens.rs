@@ -1,14 +1,15 @@
-//! End-to-end through a real Envoy 1.40 (V8, two workers) loading the built filter: token
-//! verification acceptance (issue 3). One token per algorithm family, Entra v1 and v2
+//! End-to-end on both real hosts — Envoy 1.40 (V8) and Kong Gateway 3.9 (Wasmtime), two
+//! workers each — loading the built filter: token verification acceptance (issue 3). One token per algorithm family, Entra v1 and v2
 //! tokens and tenant allow-lists, two identity providers side by side (each verified with
 //! its own keys), unknown issuers costing no JWKS traffic, and JOSE hygiene (`alg: none`,
-//! `crit`, `jku`, oversize tokens) with no token ever echoed.
+//! `crit`, `jku`, oversize tokens) with no token ever echoed. Every test runs twice:
+//! `<name>_envoy` and `<name>_kong`.
 
 use std::time::{Duration, Instant};
 
 use aml_harness::{
-    default_filter_config, Artifacts, Cluster, Gateway, MockIdp, Resp, AUDIENCE, ENDPOINT_KEY,
-    OTHER_TENANT, TENANT,
+    both_hosts, default_filter_config, Artifacts, Gateway, Host, MockIdp, Resp, AUDIENCE,
+    ENDPOINT_KEY, OTHER_TENANT, TENANT,
 };
 use serde_json::{json, Value};
 
@@ -71,7 +72,7 @@ fn assert_not_echoed(what: &str, r: &Resp, token: &str) {
 }
 
 fn assert_allowed(what: &str, gw: &Gateway, r: &Resp, token: &str) {
-    assert_eq!(r.status, 200, "{what}: {}\n{}", r.body, gw.envoy.log());
+    assert_eq!(r.status, 200, "{what}: {}\n{}", r.body, gw.log_tail(40));
     let h = r.backend_headers();
     assert_eq!(
         backend_values(&h, "authorization"),
@@ -94,27 +95,10 @@ fn assert_denied(what: &str, r: &Resp, token: &str, status: u16, reason: &str) {
     assert_not_echoed(what, r, token);
 }
 
-/// The audit line (from the Envoy log) with this request id.
+/// The audit line (from the host's log) with this request id.
 fn audit_line(gw: &Gateway, request_id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = gw
-            .envoy
-            .log()
-            .lines()
-            .filter_map(|l| l.find("{\"time\"").map(|i| l[i..].to_string()))
-            .filter_map(|j| serde_json::from_str::<Value>(&j).ok())
-            .find(|v| v["request_id"] == request_id);
-        if let Some(v) = found {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no audit line for {request_id}:\n{}",
-            gw.envoy.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    gw.audit_line(request_id)
+        .unwrap_or_else(|| panic!("no audit line for {request_id}:\n{}", gw.log_tail(40)))
 }
 
 /// The provider an allowed request was verified by, from its audit line.
@@ -144,364 +128,362 @@ fn settled_jwks_requests(idp: &MockIdp) -> u64 {
     }
 }
 
-#[test]
-fn one_token_per_algorithm_family_and_hs256_provider() {
-    let gw = Gateway::start(|port| {
-        json!({
-            "providers": [
-                entra_provider(port, &["RS256", "PS256", "ES256", "EdDSA"]),
-                {"name": "internal-hs", "issuers": [HS_ISSUER], "audiences": [AUDIENCE],
-                 "algorithms": ["HS256"], "hmac_secret": MOCK_HMAC_SECRET}
-            ],
-            "routes": score_routes()
-        })
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    let idp = &gw.idp;
-
-    for alg in ["RS256", "PS256", "ES256", "EdDSA"] {
-        let t = mint(idp, json!({"alg": alg, "client_id": format!("app-{alg}")}));
-        let r = post(&gw, &t);
-        assert_allowed(alg, &gw, &r, &t);
-        let h = r.backend_headers();
-        assert_eq!(backend_values(&h, "x-caller-tid"), [TENANT], "{alg}");
-        assert_eq!(
-            backend_values(&h, "x-caller-app"),
-            [format!("app-{alg}")],
-            "{alg}"
-        );
-    }
-
-    // The shared-secret provider: its own issuer, no JWKS.
-    let hs = mint(idp, json!({"alg": "HS256", "claims": {"iss": HS_ISSUER}}));
-    let r = post(&gw, &hs);
-    assert_allowed("HS256", &gw, &r, &hs);
-    assert_eq!(provider_of(&gw, &r), "internal-hs");
-
-    let cases = [
-        // Families the Entra provider does not list.
-        (
-            "RS512 not listed",
-            json!({"alg": "RS512"}),
-            "alg_not_allowed",
-        ),
-        (
-            "ES384 not listed",
-            json!({"alg": "ES384"}),
-            "alg_not_allowed",
-        ),
-        // Algorithm confusion: a symmetric token for the asymmetric provider.
-        (
-            "HS256 for the RSA provider",
-            json!({"alg": "HS256"}),
-            "alg_not_allowed",
-        ),
-        // HS256 signed with another secret.
-        (
-            "HS256 wrong secret",
-            json!({"alg": "HS256", "claims": {"iss": HS_ISSUER}, "sign_with": "forged"}),
-            "signature_invalid",
-        ),
-        // The HS provider lists only HS256.
-        (
-            "RS256 for the HS provider",
-            json!({"alg": "RS256", "claims": {"iss": HS_ISSUER}}),
-            "alg_not_allowed",
-        ),
-        (
-            "ES256 forged",
-            json!({"alg": "ES256", "sign_with": "forged"}),
-            "signature_invalid",
-        ),
-        (
-            "EdDSA forged",
-            json!({"alg": "EdDSA", "sign_with": "forged"}),
-            "signature_invalid",
-        ),
-    ];
-    for (what, spec, reason) in cases {
-        let t = mint(idp, spec);
-        assert_denied(what, &post(&gw, &t), &t, 401, reason);
-    }
-}
-
-#[test]
-fn entra_v1_and_v2_tokens_and_tenant_allow_list() {
-    let gw = Gateway::start(default_filter_config).unwrap_or_else(|e| panic!("{e}"));
-    let idp = &gw.idp;
-
-    let v2 = mint(idp, json!({"client_id": "v2-app"}));
-    let r = post(&gw, &v2);
-    assert_allowed("v2", &gw, &r, &v2);
-    assert_eq!(r.backend_values("x-caller-app"), ["v2-app"]);
-
-    let v1 = mint(idp, json!({"ver": 1, "client_id": "v1-app"}));
-    let r = post(&gw, &v1);
-    assert_allowed("v1", &gw, &r, &v1);
-    let h = r.backend_headers();
-    // v1 names the caller app `appid` (no `azp`); the header falls back to it.
-    assert_eq!(backend_values(&h, "x-caller-app"), ["v1-app"]);
-    assert_eq!(backend_values(&h, "x-caller-tid"), [TENANT]);
-    let line = audit_line(&gw, backend_values(&h, "x-request-id")[0]);
-    assert_eq!(line["iss"], format!("https://sts.windows.net/{TENANT}/"));
-
-    // Another (valid GUID) tenant, both versions: not in `tenants`.
-    for ver in [1, 2] {
-        let t = mint(idp, json!({"ver": ver, "tenant": OTHER_TENANT}));
-        let what = format!("v{ver} other tenant");
-        assert_denied(&what, &post(&gw, &t), &t, 401, "tenant_not_allowed");
-    }
-    // The issuer names the allowed tenant but `tid` another one: the template is filled
-    // from `tid`, so it does not match.
-    let t = mint(
-        idp,
-        json!({"tenant": OTHER_TENANT, "claims": {"iss": v2_issuer(TENANT)}}),
-    );
-    assert_ne!(post(&gw, &t).status, 200, "iss/tid mismatch accepted");
-    // `tid` that is not a GUID.
-    let t = mint(
-        idp,
-        json!({"claims": {"tid": "contoso", "iss": v2_issuer("contoso")}}),
-    );
-    assert_denied("non-GUID tid", &post(&gw, &t), &t, 401, "tenant_invalid");
-}
-
-#[test]
-fn two_providers_side_by_side_each_with_its_own_keys() {
-    let a = Artifacts::locate().unwrap_or_else(|e| panic!("{e}"));
-    let dir2 = tempfile::Builder::new()
-        .prefix("aml-idp2-")
-        .tempdir()
-        .unwrap();
-    let okta = MockIdp::start(
-        &a,
-        dir2.path(),
-        &[
-            "--issuer-template",
-            OKTA_ISSUER,
-            "--v1-issuer-template",
-            OKTA_ISSUER,
-            "--kid-prefix",
-            "okta",
-            "--hmac-secret",
-            "okta-hmac-secret-not-used-0123456789abcdef",
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let okta_port = okta.port;
-    let gw = Gateway::start_with(
-        |port| {
+both_hosts! {
+    fn one_token_per_algorithm_family_and_hs256_provider(host: Host) {
+        let gw = Gateway::start_on(host, |port| {
             json!({
                 "providers": [
-                    entra_provider(port, &["RS256"]),
-                    {"name": "okta", "issuers": [OKTA_ISSUER],
-                     "jwks_uri": format!("http://127.0.0.1:{okta_port}/default/discovery/v2.0/keys"),
-                     "upstream": "mock_idp2", "audiences": [AUDIENCE],
-                     "algorithms": ["RS256", "ES256"], "jwks_timeout_ms": 1500}
+                    entra_provider(port, &["RS256", "PS256", "ES256", "EdDSA"]),
+                    {"name": "internal-hs", "issuers": [HS_ISSUER], "audiences": [AUDIENCE],
+                     "algorithms": ["HS256"], "hmac_secret": MOCK_HMAC_SECRET}
                 ],
                 "routes": score_routes()
             })
-        },
-        |o| {
-            o.clusters.push(Cluster {
-                name: "mock_idp2".into(),
-                port: okta_port,
-            })
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let entra = &gw.idp;
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let idp = &gw.idp;
 
-    // Tokens from both IdPs are accepted, each by its own provider.
-    let te = mint(entra, json!({"client_id": "entra-app"}));
-    let r = post(&gw, &te);
-    assert_allowed("entra", &gw, &r, &te);
-    assert_eq!(provider_of(&gw, &r), "entra");
-    for alg in ["RS256", "ES256"] {
-        let to = mint(&okta, json!({"alg": alg, "client_id": "okta-app"}));
-        let r = post(&gw, &to);
-        assert_allowed(&format!("okta {alg}"), &gw, &r, &to);
-        assert_eq!(r.backend_values("x-caller-app"), ["okta-app"]);
-        assert_eq!(provider_of(&gw, &r), "okta");
-    }
-    assert!(
-        okta.jwks_requests().unwrap() >= 1,
-        "okta keys never fetched"
-    );
-    assert!(
-        entra.jwks_requests().unwrap() >= 1,
-        "entra keys never fetched"
-    );
-
-    // An unknown issuer is refused before any key lookup: no JWKS traffic at either IdP.
-    let (e0, o0) = (settled_jwks_requests(entra), settled_jwks_requests(&okta));
-    let unknown = [
-        json!({"claims": {"iss": "https://evil.example.com/"}}),
-        json!({"claims": {"iss": "https://dev-123456.okta.com/oauth2/other"}}),
-        json!({"sign_with": "unpublished", "claims": {"iss": "https://evil.example.com/"}}),
-        json!({"claims": {"iss": null}}),
-    ];
-    for spec in unknown {
-        for idp in [entra, &okta] {
-            let t = mint(idp, spec.clone());
-            assert_denied(
-                &format!("{spec}"),
-                &post(&gw, &t),
-                &t,
-                401,
-                "issuer_unknown",
+        for alg in ["RS256", "PS256", "ES256", "EdDSA"] {
+            let t = mint(idp, json!({"alg": alg, "client_id": format!("app-{alg}")}));
+            let r = post(&gw, &t);
+            assert_allowed(alg, &gw, &r, &t);
+            let h = r.backend_headers();
+            assert_eq!(backend_values(&h, "x-caller-tid"), [TENANT], "{alg}");
+            assert_eq!(
+                backend_values(&h, "x-caller-app"),
+                [format!("app-{alg}")],
+                "{alg}"
             );
         }
+
+        // The shared-secret provider: its own issuer, no JWKS.
+        let hs = mint(idp, json!({"alg": "HS256", "claims": {"iss": HS_ISSUER}}));
+        let r = post(&gw, &hs);
+        assert_allowed("HS256", &gw, &r, &hs);
+        assert_eq!(provider_of(&gw, &r), "internal-hs");
+
+        let cases = [
+            // Families the Entra provider does not list.
+            (
+                "RS512 not listed",
+                json!({"alg": "RS512"}),
+                "alg_not_allowed",
+            ),
+            (
+                "ES384 not listed",
+                json!({"alg": "ES384"}),
+                "alg_not_allowed",
+            ),
+            // Algorithm confusion: a symmetric token for the asymmetric provider.
+            (
+                "HS256 for the RSA provider",
+                json!({"alg": "HS256"}),
+                "alg_not_allowed",
+            ),
+            // HS256 signed with another secret.
+            (
+                "HS256 wrong secret",
+                json!({"alg": "HS256", "claims": {"iss": HS_ISSUER}, "sign_with": "forged"}),
+                "signature_invalid",
+            ),
+            // The HS provider lists only HS256.
+            (
+                "RS256 for the HS provider",
+                json!({"alg": "RS256", "claims": {"iss": HS_ISSUER}}),
+                "alg_not_allowed",
+            ),
+            (
+                "ES256 forged",
+                json!({"alg": "ES256", "sign_with": "forged"}),
+                "signature_invalid",
+            ),
+            (
+                "EdDSA forged",
+                json!({"alg": "EdDSA", "sign_with": "forged"}),
+                "signature_invalid",
+            ),
+        ];
+        for (what, spec, reason) in cases {
+            let t = mint(idp, spec);
+            assert_denied(what, &post(&gw, &t), &t, 401, reason);
+        }
     }
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        (
-            entra.jwks_requests().unwrap(),
-            okta.jwks_requests().unwrap()
-        ),
-        (e0, o0),
-        "an unknown issuer caused JWKS requests"
-    );
-
-    // A token claiming one provider's issuer but signed by the other IdP's key.
-    let entra_kid = entra.control("GET", "keys").unwrap()["rsa"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let okta_kid = okta.control("GET", "keys").unwrap()["rsa"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_ne!(entra_kid, okta_kid);
-    // Okta's key under Entra's published kid: Entra's key does not verify it.
-    let t = mint(
-        &okta,
-        json!({"tenant": TENANT, "claims": {"iss": v2_issuer(TENANT), "tid": TENANT},
-               "header": {"kid": entra_kid}}),
-    );
-    assert_denied(
-        "okta key, entra kid",
-        &post(&gw, &t),
-        &t,
-        401,
-        "signature_invalid",
-    );
-    // Okta's key under its own kid, claiming Entra: the kid is not in Entra's set.
-    let t = mint(
-        &okta,
-        json!({"tenant": TENANT, "claims": {"iss": v2_issuer(TENANT), "tid": TENANT}}),
-    );
-    assert_denied("okta key, okta kid", &post(&gw, &t), &t, 401, "kid_unknown");
-    // And the other way round.
-    let t = mint(
-        entra,
-        json!({"claims": {"iss": OKTA_ISSUER}, "header": {"kid": okta_kid}}),
-    );
-    assert_denied(
-        "entra key, okta kid",
-        &post(&gw, &t),
-        &t,
-        401,
-        "signature_invalid",
-    );
-    let t = mint(entra, json!({"claims": {"iss": OKTA_ISSUER}}));
-    assert_denied(
-        "entra key, entra kid",
-        &post(&gw, &t),
-        &t,
-        401,
-        "kid_unknown",
-    );
-
-    // Both still work afterwards.
-    assert_eq!(post(&gw, &te).status, 200);
-    let to = mint(&okta, json!({}));
-    assert_eq!(post(&gw, &to).status, 200);
-    drop(gw);
-    drop(okta);
 }
 
-#[test]
-fn jose_hygiene_through_the_real_host() {
-    let gw = Gateway::start(|port| {
-        let mut c = default_filter_config(port);
-        c["cache"] = json!({"max_token_bytes": 4096});
-        c
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    let idp = &gw.idp;
+both_hosts! {
+    fn entra_v1_and_v2_tokens_and_tenant_allow_list(host: Host) {
+        let gw = Gateway::start_on(host, default_filter_config).unwrap_or_else(|e| panic!("{e}"));
+        let idp = &gw.idp;
 
-    // A valid token first: keys loaded, baseline JWKS count settled.
-    let good = mint(idp, json!({}));
-    assert_allowed("baseline", &gw, &post(&gw, &good), &good);
-    let jwks0 = settled_jwks_requests(idp);
+        let v2 = mint(idp, json!({"client_id": "v2-app"}));
+        let r = post(&gw, &v2);
+        assert_allowed("v2", &gw, &r, &v2);
+        assert_eq!(r.backend_values("x-caller-app"), ["v2-app"]);
 
-    // `jku`/`x5u` pointing at a key set the IdP serves (and at a host nobody serves):
-    // never fetched, and the token verifies with the configured keys as usual.
-    let elsewhere = idp.jwks_uri(OTHER_TENANT);
-    let t = mint(
-        idp,
-        json!({"header": {"jku": elsewhere, "x5u": "http://127.0.0.1:9/cert.pem"}}),
-    );
-    assert_allowed("jku ignored", &gw, &post(&gw, &t), &t);
-    // `jku` cannot smuggle in a key: an unpublished key with a jku is still unknown.
-    let t = mint(
-        idp,
-        json!({"sign_with": "unpublished", "header": {"jku": elsewhere}}),
-    );
-    let r = post(&gw, &t);
-    assert_eq!(r.status, 401, "{}", r.body);
-    assert_eq!(r.json()["error"], "kid_unknown", "{}", r.body);
-    assert_not_echoed("jku + unpublished key", &r, &t);
-    // The unknown kid may legitimately trigger one refetch of the configured JWKS URI;
-    // the `jku` target itself (another tenant's path) is never requested. The mock counts
-    // JWKS requests for every path, so allow at most the one configured refetch.
-    std::thread::sleep(Duration::from_millis(300));
-    let jwks1 = settled_jwks_requests(idp);
-    assert!(
-        jwks1 <= jwks0 + 1,
-        "jku fetched? JWKS requests {jwks0} -> {jwks1}"
-    );
-    let log = std::fs::read_to_string(&gw.idp.proc.stderr_path).unwrap_or_default();
-    assert!(
-        !log.contains(&format!("/{OTHER_TENANT}/discovery")),
-        "the jku URL was fetched:\n{log}"
-    );
+        let v1 = mint(idp, json!({"ver": 1, "client_id": "v1-app"}));
+        let r = post(&gw, &v1);
+        assert_allowed("v1", &gw, &r, &v1);
+        let h = r.backend_headers();
+        // v1 names the caller app `appid` (no `azp`); the header falls back to it.
+        assert_eq!(backend_values(&h, "x-caller-app"), ["v1-app"]);
+        assert_eq!(backend_values(&h, "x-caller-tid"), [TENANT]);
+        let line = audit_line(&gw, backend_values(&h, "x-request-id")[0]);
+        assert_eq!(line["iss"], format!("https://sts.windows.net/{TENANT}/"));
 
-    // Oversize: a validly signed token just above max_token_bytes.
-    let big = mint(idp, json!({"claims": {"pad": "x".repeat(4200)}}));
-    assert!(big.len() > 4096);
-    let cases = [
-        (
-            "alg none",
-            mint(idp, json!({"alg": "none"})),
-            "alg_not_allowed",
-        ),
-        (
-            "crit",
-            mint(
-                idp,
-                json!({"header": {"crit": ["urn:example:policy"], "urn:example:policy": "x"}}),
-            ),
-            "crit_unsupported",
-        ),
-        ("oversize", big, "token_too_large"),
-        (
-            "alg none, no signature",
-            {
-                let t = mint(idp, json!({"alg": "none"}));
-                let (head, _) = t.rsplit_once('.').unwrap();
-                format!("{head}.")
-            },
-            "alg_not_allowed",
-        ),
-    ];
-    for (what, t, reason) in cases {
-        let r = post(&gw, &t);
-        assert_denied(what, &r, &t, 401, reason);
-        assert_eq!(r.backend_headers().len(), 0, "{what}: reached the backend");
+        // Another (valid GUID) tenant, both versions: not in `tenants`.
+        for ver in [1, 2] {
+            let t = mint(idp, json!({"ver": ver, "tenant": OTHER_TENANT}));
+            let what = format!("v{ver} other tenant");
+            assert_denied(&what, &post(&gw, &t), &t, 401, "tenant_not_allowed");
+        }
+        // The issuer names the allowed tenant but `tid` another one: the template is filled
+        // from `tid`, so it does not match.
+        let t = mint(
+            idp,
+            json!({"tenant": OTHER_TENANT, "claims": {"iss": v2_issuer(TENANT)}}),
+        );
+        assert_ne!(post(&gw, &t).status, 200, "iss/tid mismatch accepted");
+        // `tid` that is not a GUID.
+        let t = mint(
+            idp,
+            json!({"claims": {"tid": "contoso", "iss": v2_issuer("contoso")}}),
+        );
+        assert_denied("non-GUID tid", &post(&gw, &t), &t, 401, "tenant_invalid");
     }
-    // The Envoy log (audit lines included) never holds a token either.
-    let log = gw.envoy.log();
-    assert!(!log.contains(&good), "a token appeared in the Envoy log");
+}
+
+both_hosts! {
+    fn two_providers_side_by_side_each_with_its_own_keys(host: Host) {
+        let a = Artifacts::locate_for(host).unwrap_or_else(|e| panic!("{e}"));
+        let dir2 = tempfile::Builder::new()
+            .prefix("aml-idp2-")
+            .tempdir()
+            .unwrap();
+        let okta = MockIdp::start(
+            &a,
+            dir2.path(),
+            &[
+                "--issuer-template",
+                OKTA_ISSUER,
+                "--v1-issuer-template",
+                OKTA_ISSUER,
+                "--kid-prefix",
+                "okta",
+                "--hmac-secret",
+                "okta-hmac-secret-not-used-0123456789abcdef",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let okta_port = okta.port;
+        let gw = Gateway::builder(host).cluster("mock_idp2", okta_port).start(
+            |port| {
+                json!({
+                    "providers": [
+                        entra_provider(port, &["RS256"]),
+                        {"name": "okta", "issuers": [OKTA_ISSUER],
+                         "jwks_uri": format!("http://127.0.0.1:{okta_port}/default/discovery/v2.0/keys"),
+                         "upstream": "mock_idp2", "audiences": [AUDIENCE],
+                         "algorithms": ["RS256", "ES256"], "jwks_timeout_ms": 1500}
+                    ],
+                    "routes": score_routes()
+                })
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let entra = &gw.idp;
+
+        // Tokens from both IdPs are accepted, each by its own provider.
+        let te = mint(entra, json!({"client_id": "entra-app"}));
+        let r = post(&gw, &te);
+        assert_allowed("entra", &gw, &r, &te);
+        assert_eq!(provider_of(&gw, &r), "entra");
+        for alg in ["RS256", "ES256"] {
+            let to = mint(&okta, json!({"alg": alg, "client_id": "okta-app"}));
+            let r = post(&gw, &to);
+            assert_allowed(&format!("okta {alg}"), &gw, &r, &to);
+            assert_eq!(r.backend_values("x-caller-app"), ["okta-app"]);
+            assert_eq!(provider_of(&gw, &r), "okta");
+        }
+        assert!(
+            okta.jwks_requests().unwrap() >= 1,
+            "okta keys never fetched"
+        );
+        assert!(
+            entra.jwks_requests().unwrap() >= 1,
+            "entra keys never fetched"
+        );
+
+        // An unknown issuer is refused before any key lookup: no JWKS traffic at either IdP.
+        let (e0, o0) = (settled_jwks_requests(entra), settled_jwks_requests(&okta));
+        let unknown = [
+            json!({"claims": {"iss": "https://evil.example.com/"}}),
+            json!({"claims": {"iss": "https://dev-123456.okta.com/oauth2/other"}}),
+            json!({"sign_with": "unpublished", "claims": {"iss": "https://evil.example.com/"}}),
+            json!({"claims": {"iss": null}}),
+        ];
+        for spec in unknown {
+            for idp in [entra, &okta] {
+                let t = mint(idp, spec.clone());
+                assert_denied(
+                    &format!("{spec}"),
+                    &post(&gw, &t),
+                    &t,
+                    401,
+                    "issuer_unknown",
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            (
+                entra.jwks_requests().unwrap(),
+                okta.jwks_requests().unwrap()
+            ),
+            (e0, o0),
+            "an unknown issuer caused JWKS requests"
+        );
+
+        // A token claiming one provider's issuer but signed by the other IdP's key.
+        let entra_kid = entra.control("GET", "keys").unwrap()["rsa"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let okta_kid = okta.control("GET", "keys").unwrap()["rsa"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_ne!(entra_kid, okta_kid);
+        // Okta's key under Entra's published kid: Entra's key does not verify it.
+        let t = mint(
+            &okta,
+            json!({"tenant": TENANT, "claims": {"iss": v2_issuer(TENANT), "tid": TENANT},
+                   "header": {"kid": entra_kid}}),
+        );
+        assert_denied(
+            "okta key, entra kid",
+            &post(&gw, &t),
+            &t,
+            401,
+            "signature_invalid",
+        );
+        // Okta's key under its own kid, claiming Entra: the kid is not in Entra's set.
+        let t = mint(
+            &okta,
+            json!({"tenant": TENANT, "claims": {"iss": v2_issuer(TENANT), "tid": TENANT}}),
+        );
+        assert_denied("okta key, okta kid", &post(&gw, &t), &t, 401, "kid_unknown");
+        // And the other way round.
+        let t = mint(
+            entra,
+            json!({"claims": {"iss": OKTA_ISSUER}, "header": {"kid": okta_kid}}),
+        );
+        assert_denied(
+            "entra key, okta kid",
+            &post(&gw, &t),
+            &t,
+            401,
+            "signature_invalid",
+        );
+        let t = mint(entra, json!({"claims": {"iss": OKTA_ISSUER}}));
+        assert_denied(
+            "entra key, entra kid",
+            &post(&gw, &t),
+            &t,
+            401,
+            "kid_unknown",
+        );
+
+        // Both still work afterwards.
+        assert_eq!(post(&gw, &te).status, 200);
+        let to = mint(&okta, json!({}));
+        assert_eq!(post(&gw, &to).status, 200);
+        drop(gw);
+        drop(okta);
+    }
+}
+
+both_hosts! {
+    fn jose_hygiene_through_the_real_host(host: Host) {
+        let gw = Gateway::start_on(host, |port| {
+            let mut c = default_filter_config(port);
+            c["cache"] = json!({"max_token_bytes": 4096});
+            c
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let idp = &gw.idp;
+
+        // A valid token first: keys loaded, baseline JWKS count settled.
+        let good = mint(idp, json!({}));
+        assert_allowed("baseline", &gw, &post(&gw, &good), &good);
+        let jwks0 = settled_jwks_requests(idp);
+
+        // `jku`/`x5u` pointing at a key set the IdP serves (and at a host nobody serves):
+        // never fetched, and the token verifies with the configured keys as usual.
+        let elsewhere = idp.jwks_uri(OTHER_TENANT);
+        let t = mint(
+            idp,
+            json!({"header": {"jku": elsewhere, "x5u": "http://127.0.0.1:9/cert.pem"}}),
+        );
+        assert_allowed("jku ignored", &gw, &post(&gw, &t), &t);
+        // `jku` cannot smuggle in a key: an unpublished key with a jku is still unknown.
+        let t = mint(
+            idp,
+            json!({"sign_with": "unpublished", "header": {"jku": elsewhere}}),
+        );
+        let r = post(&gw, &t);
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert_eq!(r.json()["error"], "kid_unknown", "{}", r.body);
+        assert_not_echoed("jku + unpublished key", &r, &t);
+        // The unknown kid may legitimately trigger one refetch of the configured JWKS URI;
+        // the `jku` target itself (another tenant's path) is never requested. The mock counts
+        // JWKS requests for every path, so allow at most the one configured refetch.
+        std::thread::sleep(Duration::from_millis(300));
+        let jwks1 = settled_jwks_requests(idp);
+        assert!(
+            jwks1 <= jwks0 + 1,
+            "jku fetched? JWKS requests {jwks0} -> {jwks1}"
+        );
+        let log = std::fs::read_to_string(&gw.idp.proc.stderr_path).unwrap_or_default();
+        assert!(
+            !log.contains(&format!("/{OTHER_TENANT}/discovery")),
+            "the jku URL was fetched:\n{log}"
+        );
+
+        // Oversize: a validly signed token just above max_token_bytes.
+        let big = mint(idp, json!({"claims": {"pad": "x".repeat(4200)}}));
+        assert!(big.len() > 4096);
+        let cases = [
+            (
+                "alg none",
+                mint(idp, json!({"alg": "none"})),
+                "alg_not_allowed",
+            ),
+            (
+                "crit",
+                mint(
+                    idp,
+                    json!({"header": {"crit": ["urn:example:policy"], "urn:example:policy": "x"}}),
+                ),
+                "crit_unsupported",
+            ),
+            ("oversize", big, "token_too_large"),
+            (
+                "alg none, no signature",
+                {
+                    let t = mint(idp, json!({"alg": "none"}));
+                    let (head, _) = t.rsplit_once('.').unwrap();
+                    format!("{head}.")
+                },
+                "alg_not_allowed",
+            ),
+        ];
+        for (what, t, reason) in cases {
+            let r = post(&gw, &t);
+            assert_denied(what, &r, &t, 401, reason);
+            assert_eq!(r.backend_headers().len(), 0, "{what}: reached the backend");
+        }
+        // The host's log (audit lines included) never holds a token either.
+        let log = gw.log();
+        assert!(!log.contains(&good), "a token appeared in the {host} log");
+    }
 }

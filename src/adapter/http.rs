@@ -34,6 +34,9 @@ pub struct Http {
     waiting: bool,
     /// Kong: riding its own fetch; the request it will decide again on its answer.
     ride: Option<(RideCall, Pending)>,
+    /// Kong: identity for `kong.ctx.shared`, kept for the response phase when the decision
+    /// was made in a call's callback (Kong's Lua property setters must run in a phase).
+    deferred: Option<Vec<(&'static str, String)>>,
 }
 
 impl Http {
@@ -43,6 +46,7 @@ impl Http {
             state,
             waiting: false,
             ride: None,
+            deferred: None,
         }
     }
 }
@@ -92,11 +96,10 @@ impl Context for Http {
                 None => self.end_ride(call.provider),
             }
         }
-        // Decided again from this, its own, callback: answered or resumed here.
-        let action = self.run(req, WaitMode::Ride { allowed: false });
-        if action == Action::Continue {
-            let _ = abi::resume_http_request();
-        }
+        // Decided again from this, its own, callback: answered here, or resumed by Kong's
+        // engine itself when the callback returns with no call pending (an explicit
+        // `proxy_continue_stream` on top resumes the request twice: the worker crashes).
+        let _ = self.run(req, WaitMode::Ride { allowed: false });
     }
 
     fn on_done(&mut self) -> bool {
@@ -159,11 +162,20 @@ impl HttpContext for Http {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         self.hold_or_continue()
     }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(props) = self.deferred.take() {
+            publish(&props);
+        }
+        Action::Continue
+    }
 }
 
 impl Http {
     /// Decide and carry out; returns what the current callback answers the host.
     fn run(&mut self, req: Pending, mut wait: WaitMode) -> Action {
+        // After a ride the decision is made in the call's callback, outside any phase.
+        let in_callback = wait == (WaitMode::Ride { allowed: false });
         let now = host::now_ms();
         // Kong: at most one ride, plus one more decision when keys arrived meanwhile.
         for _ in 0..2 {
@@ -173,7 +185,12 @@ impl Http {
                 Err(_) => return deny_internal(),
             };
             let Decision::WaitForKeys { .. } = decision else {
-                return finish(&self.state, self.context_id, decision, false);
+                let publish = if in_callback {
+                    Publish::Later(&mut self.deferred)
+                } else {
+                    Publish::Now
+                };
+                return finish(&self.state, self.context_id, decision, false, publish);
             };
             match (wait, ride) {
                 (WaitMode::Park, _) => {
@@ -284,6 +301,22 @@ fn publish(props: &[(&'static str, String)]) {
     }
 }
 
+/// When Kong's `kong.ctx.shared` gets the decision.
+pub enum Publish<'a> {
+    Now,
+    /// Kept here for `on_http_response_headers`.
+    Later(&'a mut Option<Vec<(&'static str, String)>>),
+}
+
+impl Publish<'_> {
+    fn run(self, audit: &AuditRecord) {
+        match self {
+            Publish::Now => publish(&kong_props(audit)),
+            Publish::Later(slot) => *slot = Some(kong_props(audit)),
+        }
+    }
+}
+
 /// Carry out a final decision for the effective HTTP context. `resumed`: the request was
 /// paused and is being finished from the root context (Envoy).
 pub fn finish(
@@ -291,12 +324,13 @@ pub fn finish(
     context_id: u32,
     decision: Decision,
     resumed: bool,
+    kong: Publish<'_>,
 ) -> Action {
     let is_kong = state.try_borrow().ok().and_then(|st| st.is_kong) == Some(true);
     match decision {
         Decision::Allow { ops, audit } => {
             if is_kong {
-                publish(&kong_props(&audit));
+                kong.run(&audit);
             }
             if host::apply_header_ops(&ops, is_kong).is_err() {
                 return deny_internal();
@@ -309,7 +343,7 @@ pub fn finish(
         }
         Decision::Deny { response, audit } => {
             if is_kong {
-                publish(&kong_props(&audit));
+                kong.run(&audit);
             }
             record(state, &audit);
             if let Ok(mut st) = state.try_borrow_mut() {

@@ -176,7 +176,7 @@ impl Root {
             if abi::set_effective_context(context_id).is_err() {
                 continue; // the client went away
             }
-            http::finish(&self.state, context_id, decision, true);
+            http::finish(&self.state, context_id, decision, true, http::Publish::Now);
         }
     }
 }

@@ -1,8 +1,9 @@
-//! `make demo`: runs the gateway locally (Envoy + filter + mock IdP + mock Azure ML), walks
-//! through allowed and denied calls, then keeps it up with ready-to-paste curl commands.
-//! `DEMO_ONCE=1` exits after the tour.
+//! `make demo`: runs the gateway locally (Envoy or Kong + filter + mock IdP + mock Azure ML),
+//! walks through allowed and denied calls, then keeps it up with ready-to-paste curl commands.
+//! `DEMO_ONCE=1` exits after the tour; `DEMO_HOST=kong` runs it through Kong Gateway 3.9
+//! (`/opt/kong/bin/kong` or `$AMLK_KONG`) instead of Envoy.
 
-use aml_harness::{teams_filter_config, Gateway, Resp, AUDIENCE, OTHER_TENANT};
+use aml_harness::{teams_filter_config, Gateway, Host, Proxy, Resp, AUDIENCE, OTHER_TENANT};
 use serde_json::{json, Value};
 
 const BODY: &str = r#"{"input_data": {"data": [[1.0, 2.0, 3.5], [0.5, 0.5, 0.5]]}}"#;
@@ -60,8 +61,12 @@ fn outcome(r: &Resp) -> String {
 }
 
 fn run() -> Result<(), String> {
-    println!("Starting the local gateway: mock Entra ID, mock Azure ML endpoint, Envoy 1.40 + azure_ml_kong.wasm ...");
-    let gw = Gateway::start(teams_filter_config)?;
+    let host = Host::from_env("DEMO_HOST")?;
+    println!(
+        "Starting the local gateway: mock Entra ID, mock Azure ML endpoint, {} + azure_ml_kong.wasm ...",
+        host.product()
+    );
+    let gw = Gateway::start_on(host, teams_filter_config)?;
     println!("  gateway   {}", gw.url(""));
     println!("  mock IdP  {}", gw.idp.base());
     println!("  backend   http://127.0.0.1:{}", gw.aml.port);
@@ -139,17 +144,17 @@ fn run() -> Result<(), String> {
         println!("{who:<52} POST {path}\n    -> {}\n", outcome(&r));
     }
 
-    // Envoy flushes its log file every 50 ms (see the harness).
+    // Envoy flushes its log file every 50 ms (see the harness); nginx writes at once.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let log = gw.envoy.log();
-    let audit: Vec<&str> = log.lines().filter(|l| l.contains("\"decision\"")).collect();
+    let audit = gw.wait_audit_lines(tour.len() + 1, std::time::Duration::from_secs(5));
     println!(
-        "Envoy logged {} audit lines, one JSON line per decision. The last one:",
-        audit.len()
+        "{} logged {} audit lines, one JSON line per decision ({}). The last one:",
+        host.product(),
+        audit.len(),
+        gw.log_path().display()
     );
     if let Some(line) = audit.last() {
-        let json = line.find('{').map(|i| &line[i..]).unwrap_or(line);
-        println!("    {json}");
+        println!("    {line}");
     }
     if std::env::var("DEMO_ONCE")
         .map(|v| v == "1")
@@ -169,10 +174,16 @@ fn run() -> Result<(), String> {
         "curl -i -X POST {} -d '{{}}'   # no token: 401",
         gw.url(fraud_path)
     );
-    println!(
-        "curl -s 'http://127.0.0.1:{}/stats?filter=wasmcustom'   # the filter's metrics",
-        gw.envoy.admin_port
-    );
+    match &gw.proxy {
+        Proxy::Envoy(e) => println!(
+            "curl -s 'http://127.0.0.1:{}/stats?filter=wasmcustom'   # the filter's metrics",
+            e.admin_port
+        ),
+        Proxy::Kong(k) => println!(
+            "curl -s {} | grep pw_azure_ml_kong   # the filter's metrics",
+            k.status_url("/metrics")
+        ),
+    }
     let _: Value = Value::Null;
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
