@@ -60,6 +60,7 @@ pub struct Gateway {
 
 type IdpHook<'a> = Box<dyn FnOnce(&MockIdp) + 'a>;
 type EnvoyHook<'a> = Box<dyn FnOnce(&mut EnvoyOptions) + 'a>;
+type KongHook<'a> = Box<dyn FnOnce(&mut KongOptions) + 'a>;
 
 /// Builds a [`Gateway`] on a host: options, a hook run on the IdP before the host starts
 /// (hence before the first JWKS fetch), and Envoy-only adjustments.
@@ -68,6 +69,7 @@ pub struct GatewayBuilder<'a> {
     options: GatewayOptions,
     setup_idp: Option<IdpHook<'a>>,
     envoy: Option<EnvoyHook<'a>>,
+    kong: Option<KongHook<'a>>,
 }
 
 impl<'a> GatewayBuilder<'a> {
@@ -109,6 +111,12 @@ impl<'a> GatewayBuilder<'a> {
         self
     }
 
+    /// Kong only: adjust the Kong options last (ignored on Envoy).
+    pub fn kong(mut self, f: impl FnOnce(&mut KongOptions) + 'a) -> Self {
+        self.kong = Some(Box::new(f));
+        self
+    }
+
     /// Envoy only: adjust the Envoy options last (ignored on Kong).
     pub fn envoy(mut self, f: impl FnOnce(&mut EnvoyOptions) + 'a) -> Self {
         self.envoy = Some(Box::new(f));
@@ -122,6 +130,7 @@ impl<'a> GatewayBuilder<'a> {
             options: o,
             setup_idp,
             envoy,
+            kong,
         } = self;
         let artifacts = Artifacts::locate_for(host)?;
         let dir = tempfile::Builder::new()
@@ -155,6 +164,9 @@ impl<'a> GatewayBuilder<'a> {
                 ko.log_level = o.log_level.clone();
                 ko.clusters.extend(o.clusters.iter().cloned());
                 ko.conf = o.kong_conf.clone();
+                if let Some(f) = kong {
+                    f(&mut ko);
+                }
                 Kong::start(&artifacts, dir.path(), &ko).map(Proxy::Kong)
             }
         };
@@ -213,6 +225,7 @@ impl Gateway {
             options: GatewayOptions::default(),
             setup_idp: None,
             envoy: None,
+            kong: None,
         }
     }
 

@@ -40,6 +40,11 @@ pub struct KongOptions {
     pub log_level: String,
     /// kong.conf overrides and additions (name, value); an empty value drops the line.
     pub conf: Vec<(String, String)>,
+    /// Plugins on the `score` route (e.g. `file-log` reading `kong.ctx.shared`).
+    pub route_plugins: Vec<Value>,
+    /// A whole declarative config instead of the harness's (e.g. the shipped `kong/kong.yml`);
+    /// the harness adds its filter-free ready route as a service of its own.
+    pub declarative: Option<Value>,
 }
 
 impl KongOptions {
@@ -54,6 +59,8 @@ impl KongOptions {
             workers: 2,
             log_level: "info".into(),
             conf: Vec::new(),
+            route_plugins: Vec::new(),
+            declarative: None,
         }
     }
 }
@@ -120,6 +127,26 @@ pub fn kong_declarative(backend_port: u16, filter_config: Option<&Value>) -> Val
         }],
         "plugins": [{"name": "prometheus"}]
     })
+}
+
+/// `declarative` plus a service holding the harness's filter-free ready route.
+fn with_ready_route(mut declarative: Value) -> Value {
+    let ready = json!({
+        "name": "harness",
+        "url": "http://127.0.0.1:9",
+        "routes": [{
+            "name": "harness-ready",
+            "paths": [READY_PATH],
+            "strip_path": false,
+            "plugins": [{"name": "request-termination",
+                         "config": {"status_code": 200, "message": "ready"}}]
+        }]
+    });
+    match declarative["services"].as_array_mut() {
+        Some(services) => services.push(ready),
+        None => declarative["services"] = json!([ready]),
+    }
+    declarative
 }
 
 /// Ports Kong listens on.
@@ -305,7 +332,16 @@ impl Kong {
             translate_upstreams(&mut c, &o.clusters);
             c
         });
-        let yml = kong_declarative(o.backend_port, filter_config.as_ref());
+        let yml = match &o.declarative {
+            Some(d) => with_ready_route(d.clone()),
+            None => {
+                let mut yml = kong_declarative(o.backend_port, filter_config.as_ref());
+                if let Some(route) = yml["services"][0]["routes"][0].as_object_mut() {
+                    route.insert("plugins".into(), Value::Array(o.route_plugins.clone()));
+                }
+                yml
+            }
+        };
         std::fs::write(
             dir.join("kong.yml"),
             serde_json::to_string_pretty(&yml).map_err(|e| e.to_string())?,

@@ -1,0 +1,236 @@
+//! End to end in Kong only: what exists only there — `kong.ctx.shared` for Lua plugins,
+//! Kong's route name in audit lines, and the shipped `kong/kong.yml` and
+//! `kong/kong.plugins.yml` answering as the docs say. (`make test` runs these when Kong is
+//! installed; the test names end in `_kong`.)
+
+use std::time::{Duration, Instant};
+
+use aml_harness::{
+    http, repo_root, teams_filter_config, Gateway, Host, Resp, ENDPOINT_KEY, TENANT,
+};
+use serde_json::{json, Value};
+
+fn token(gw: &Gateway, client: &str, team: &str) -> String {
+    gw.idp
+        .client_credentials(client, "Endpoint.Score", Some(team))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn post(gw: &Gateway, path: &str, token: Option<&str>) -> Resp {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut h = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        h.push(("authorization", a));
+    }
+    http("POST", &gw.url(path), &h, Some(r#"{"data": [[1, 2, 3]]}"#)).expect("request")
+}
+
+/// The file-log lines written so far (one JSON object per request).
+fn file_log(path: &std::path::Path, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines: Vec<Value> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kong_ctx_shared_reaches_a_lua_log_plugin_kong() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let log_path = out.path().join("file-log.json");
+    let lua = |key: &str| format!("return kong.ctx.shared.azure_ml_kong_{key}");
+    let plugin = json!({
+        "name": "file-log",
+        "config": {
+            "path": log_path.display().to_string(),
+            "custom_fields_by_lua": {
+                "amlk_decision": lua("decision"),
+                "amlk_reason": lua("reason"),
+                "amlk_route": lua("route"),
+                "amlk_subject": lua("subject"),
+                "amlk_request_id": lua("request_id")
+            }
+        }
+    });
+    // The first request waits for keys (it fetches them itself, and is decided in that
+    // call's callback); the others are decided in their request phase.
+    let gw = Gateway::builder(Host::Kong)
+        .setup_idp(|idp| {
+            idp.control("POST", "jwks?mode=ok&delay_ms=500")
+                .expect("delay");
+        })
+        .kong(|k| k.route_plugins.push(plugin))
+        .start(teams_filter_config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let a = token(&gw, "app-a", "a");
+    let first = post(&gw, "/teams/a/endpoints/e/score", Some(&a));
+    let second = post(&gw, "/teams/a/endpoints/e/score", Some(&a));
+    let denied = post(&gw, "/teams/b/endpoints/e/score", Some(&a));
+    assert_eq!(
+        (first.status, second.status, denied.status),
+        (200, 200, 403),
+        "{} / {} / {}",
+        first.body,
+        second.body,
+        denied.body
+    );
+    let lines = file_log(&log_path, 3);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let oid = first.backend_values("x-caller-oid");
+    for l in &lines[..2] {
+        assert_eq!(l["amlk_decision"], "allow", "{l}");
+        assert_eq!(l["amlk_route"], "team-score", "{l}");
+        assert_eq!(
+            l["amlk_subject"].as_str(),
+            oid.first().map(String::as_str),
+            "{l}"
+        );
+        assert!(l["amlk_request_id"].as_str().is_some_and(|s| !s.is_empty()));
+    }
+    assert_eq!(lines[2]["amlk_decision"], "deny", "{}", lines[2]);
+    assert_eq!(
+        lines[2]["amlk_reason"], "insufficient_scope",
+        "{}",
+        lines[2]
+    );
+    // Never the token.
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!text.contains(&a));
+}
+
+#[test]
+fn audit_lines_name_kongs_route_when_no_filter_route_matched_kong() {
+    let gw = Gateway::start_on(Host::Kong, teams_filter_config).unwrap_or_else(|e| panic!("{e}"));
+    let a = token(&gw, "app-a", "a");
+    let r = post(&gw, "/elsewhere", Some(&a));
+    assert_eq!(r.status, 403, "{}", r.body);
+    let id = r.json()["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        if let Some(l) = gw.audit_line(&id) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no audit line for {id}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(line["reason"], "no_route", "{line}");
+    // The harness's Kong route is named `score`.
+    assert_eq!(line["route"], "score", "{line}");
+}
+
+/// A shipped declarative file with its hosts pointed at this test's mocks.
+fn shipped(file: &str, replacements: &[(&str, String)]) -> Value {
+    let mut text = std::fs::read_to_string(repo_root().join("kong").join(file)).expect(file);
+    for (from, to) in replacements {
+        text = text.replace(from, to);
+    }
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+#[test]
+fn shipped_kong_yml_answers_as_documented_kong() {
+    let gw = Gateway::builder(Host::Kong)
+        .kong(|k| {
+            let idp = k.clusters.first().map(|c| c.port).unwrap_or_default();
+            k.declarative = Some(shipped(
+                "kong.yml",
+                &[
+                    (
+                        "http://mock-aml:8080/",
+                        format!("http://127.0.0.1:{}/", k.backend_port),
+                    ),
+                    ("mock-idp:8081", format!("127.0.0.1:{idp}")),
+                ],
+            ));
+        })
+        .start(teams_filter_config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The curl calls of docs/kong.md.
+    let fraud = token(&gw, "demo-fraud-client", "fraud");
+    let ok = post(&gw, "/teams/fraud/score", Some(&fraud));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(
+        ok.backend_values("authorization"),
+        vec![format!("Bearer {ENDPOINT_KEY}")]
+    );
+    assert_eq!(ok.backend_values("azureml-model-deployment"), vec!["blue"]);
+    let other = post(&gw, "/teams/churn/score", Some(&fraud));
+    assert_eq!(other.status, 403, "{}", other.body);
+    assert!(other
+        .header("www-authenticate")
+        .is_some_and(|h| h.contains("insufficient_scope")));
+    let none = post(&gw, "/teams/fraud/score", None);
+    assert_eq!(none.status, 401, "{}", none.body);
+    assert_eq!(
+        none.header("www-authenticate"),
+        Some(r#"Bearer realm="azure-ml""#)
+    );
+    let health = http("GET", &gw.url("/health"), &[], None).expect("health");
+    assert_eq!(health.status, 200, "{}", health.body);
+    // The two team chains are told apart in metrics.
+    assert!(
+        gw.metric("decisions_total_route=fraud-score_decision=allow_reason=authenticated")
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{}",
+        gw.metrics_text()
+    );
+    assert!(
+        gw.metric("decisions_total_route=churn-score_decision=deny_reason=insufficient_scope")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}
+
+#[test]
+fn shipped_kong_plugins_yml_loads_and_verifies_kong() {
+    let gw = Gateway::builder(Host::Kong)
+        .kong(|k| {
+            let idp = k.clusters.first().map(|c| c.port).unwrap_or_default();
+            k.declarative = Some(shipped(
+                "kong.plugins.yml",
+                &[
+                    (
+                        "https://fraud-scoring.westeurope.inference.ml.azure.com:443",
+                        format!("http://127.0.0.1:{}", k.backend_port),
+                    ),
+                    (
+                        "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/",
+                        format!("http://127.0.0.1:{idp}/{TENANT}/"),
+                    ),
+                    ("login.microsoftonline.com:443", format!("127.0.0.1:{idp}")),
+                    ("11111111-2222-3333-4444-555555555555", TENANT.to_string()),
+                    ("REPLACE_WITH_ENDPOINT_KEY", ENDPOINT_KEY.to_string()),
+                ],
+            ));
+        })
+        .start(teams_filter_config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let fraud = token(&gw, "demo-fraud-client", "fraud");
+    // Discovery, then the key set: the first requests may fetch for themselves.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ok = loop {
+        let r = post(&gw, "/teams/fraud/score", Some(&fraud));
+        if r.status != 503 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(
+        ok.backend_values("authorization"),
+        vec![format!("Bearer {ENDPOINT_KEY}")]
+    );
+    let none = post(&gw, "/teams/fraud/score", None);
+    assert_eq!(none.status, 401, "{}", none.body);
+}
