@@ -83,6 +83,10 @@ reasons! {
         "signing keys are not available yet; retry later";
     ConfigInvalid => "config_invalid", 503,
         "the gateway's authentication filter is misconfigured";
+    /// The host refused an operation the decision needs (e.g. clearing the caller's
+    /// token): the request is not forwarded.
+    Internal => "internal_error", 503,
+        "the authentication filter could not process the request";
 }
 
 /// The RFC 6750 `error` attribute, when there is one.

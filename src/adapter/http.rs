@@ -16,6 +16,8 @@ use crate::audit::AuditRecord;
 use crate::config::LogLevel;
 use crate::engine::Decision;
 use crate::keycache::{FetchRequest, Step};
+use crate::reason::Reason;
+use crate::respond;
 
 /// nginx's `$request_uri`: the raw request target, as Kong routes and forwards it.
 const NGX_REQUEST_URI: [&str; 2] = ["ngx", "request_uri"];
@@ -182,7 +184,7 @@ impl Http {
             let (decision, ride) = match self.state.try_borrow_mut() {
                 Ok(mut st) => st.decide(self.context_id, &req, now, wait),
                 // Cannot happen in a single-threaded VM; never forward unverified if it does.
-                Err(_) => return deny_internal(),
+                Err(_) => return deny_internal(&self.state, ""),
             };
             let Decision::WaitForKeys { .. } = decision else {
                 let publish = if in_callback {
@@ -202,7 +204,7 @@ impl Http {
                         self.waiting = true;
                         return Action::Pause;
                     }
-                    return deny_internal();
+                    return deny_internal(&self.state, "");
                 }
                 (WaitMode::Ride { .. }, Some((provider, fetch))) => {
                     match self.dispatch_ride(provider, &fetch) {
@@ -220,7 +222,7 @@ impl Http {
                 (WaitMode::Ride { .. }, None) => wait = WaitMode::Ride { allowed: false },
             }
         }
-        deny_internal()
+        deny_internal(&self.state, "")
     }
 
     fn dispatch_ride(&self, provider: usize, fetch: &FetchRequest) -> Option<RideCall> {
@@ -333,7 +335,10 @@ pub fn finish(
                 kong.run(&audit);
             }
             if host::apply_header_ops(&ops, is_kong).is_err() {
-                return deny_internal();
+                let mut audit = audit;
+                audit.deny(Reason::Internal, Reason::Internal.status());
+                record(state, &audit);
+                return deny_internal(state, &audit.request_id);
             }
             record(state, &audit);
             if resumed {
@@ -355,7 +360,7 @@ pub fn finish(
             Action::Pause
         }
         // The caller handles waiting; reaching here means a logic error: fail closed.
-        Decision::WaitForKeys { .. } => deny_internal(),
+        Decision::WaitForKeys { .. } => deny_internal(state, ""),
     }
 }
 
@@ -379,11 +384,16 @@ fn record(state: &Rc<RefCell<State>>, audit: &AuditRecord) {
         .increment(&crate::metrics::decision_counter(audit));
 }
 
-fn deny_internal() -> Action {
-    let _ = abi::send_http_response(
-        503,
-        &[("content-type", "application/json"), ("cache-control", "no-store")],
-        Some(br#"{"error":"internal_error","error_description":"the authentication filter could not process the request"}"#),
-    );
+/// Fail closed when the filter cannot carry out its decision (503 `internal_error`).
+fn deny_internal(state: &Rc<RefCell<State>>, request_id: &str) -> Action {
+    let realm = state
+        .try_borrow()
+        .ok()
+        .and_then(|st| st.filter.as_ref().ok().map(|f| f.config.realm.clone()))
+        .unwrap_or_else(|| "azure-ml".into());
+    let response = respond::deny(Reason::Internal, &realm, request_id, None);
+    if let Err(e) = host::send_response(&response) {
+        log::error!("azure_ml_kong: cannot send local response: {e:?}");
+    }
     Action::Pause
 }
