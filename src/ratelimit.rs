@@ -10,13 +10,13 @@
 //! `set_shared_data(key, bytes, cas)`, retrying on a CAS mismatch. Undecodable bytes are
 //! treated as a fresh bucket.
 //!
-//! Keys: [`RateLimit::bucket_key`] is `aml-rl:` + 32 hex digits of SHA-256 over the route
-//! name and the caller's key-claim value. Hashing keeps identifiers out of shared memory,
-//! bounds the key size, and keeps `/` (a zone separator in Kong's shm_kv) out of keys.
-//! The key claim accepts `a|b` alternatives (first present wins). **A request without the
-//! key claim (unauthenticated on an `optional`/`none` route, or a token lacking the
-//! claim) counts in one shared `anonymous` bucket per route**, so anonymous traffic is
-//! limited as a whole and cannot escape the limit by omitting the claim.
+//! Keys: [`bucket_key`] is `aml-rl:` + 32 hex digits of SHA-256 over the route name and
+//! the caller's key-claim value. Hashing keeps identifiers out of shared memory, bounds the
+//! key size, and keeps `/` (a zone separator in Kong's shm_kv) out of keys. The key claim
+//! accepts `a|b` alternatives (first present wins). **A verified token without the key
+//! claim counts in one shared `anonymous` bucket per route**, so it cannot escape the limit
+//! by omitting the claim. Limits apply to verified requests only: unauthenticated requests
+//! on `optional`/`none` routes are allowed before any limit runs (the engine).
 
 use std::borrow::Cow;
 
@@ -45,21 +45,6 @@ impl RateLimit {
             window_seconds: c.window_seconds,
             key: c.key.split('|').map(|s| s.trim().to_string()).collect(),
         }
-    }
-
-    /// The caller's key-claim value (string or number), or [`ANONYMOUS`].
-    pub fn caller_key<'c>(&self, claims: Option<&'c Claims>) -> Cow<'c, str> {
-        caller_key(&self.key, claims)
-    }
-
-    /// The shared-data key for this route and caller.
-    pub fn bucket_key(&self, route_name: &str, claims: Option<&Claims>) -> String {
-        bucket_key_for_value(route_name, &caller_key(&self.key, claims))
-    }
-
-    /// Count one request. See [`check`].
-    pub fn check(&self, prev: Option<Window>, now_secs: u64) -> (Verdict, Window) {
-        check(prev, now_secs, self.requests, self.window_seconds)
     }
 }
 
@@ -345,17 +330,19 @@ mod tests {
             key: "azp|appid".into(),
         });
         let c: Claims = serde_json::from_str(r#"{"appid":"app-1"}"#).unwrap();
-        assert_eq!(rl.caller_key(Some(&c)), "app-1");
-        assert_eq!(rl.caller_key(None), ANONYMOUS);
+        assert_eq!(caller_key(&rl.key, Some(&c)), "app-1");
+        assert_eq!(caller_key(&rl.key, None), ANONYMOUS);
         let empty = Claims::new();
-        assert_eq!(rl.caller_key(Some(&empty)), ANONYMOUS);
-        let k = rl.bucket_key("r", Some(&c));
+        assert_eq!(caller_key(&rl.key, Some(&empty)), ANONYMOUS);
+        let k = bucket_key("r", &rl.key, &c);
         assert!(k.starts_with("aml-rl:") && k.len() == 39, "{k}");
         assert!(!k.contains("app-1"));
-        assert_ne!(k, rl.bucket_key("r2", Some(&c)));
-        assert_ne!(k, rl.bucket_key("r", None));
+        assert_ne!(k, bucket_key("r2", &rl.key, &c));
+        assert_ne!(k, bucket_key("r", &rl.key, &empty));
         assert_eq!(k, bucket_key_for_value("r", "app-1"));
-        assert_eq!(k, bucket_key("r", &rl.key, &c));
-        assert_eq!(bucket_key("r", &rl.key, &empty), rl.bucket_key("r", None));
+        assert_eq!(
+            bucket_key("r", &rl.key, &empty),
+            bucket_key_for_value("r", ANONYMOUS)
+        );
     }
 }

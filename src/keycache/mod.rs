@@ -132,12 +132,6 @@ impl<T: KeyCount + ?Sized> KeyCount for std::rc::Rc<T> {
     }
 }
 
-impl<T: KeyCount + ?Sized> KeyCount for std::sync::Arc<T> {
-    fn key_count(&self) -> usize {
-        (**self).key_count()
-    }
-}
-
 /// What the caller passes to every call that may do I/O.
 pub struct Io<'a> {
     pub now_ms: u64,
