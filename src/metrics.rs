@@ -5,7 +5,7 @@
 //! of the patterns, and values must fit them (`[a-z0-9-]` for names, last label anchored).
 
 use crate::audit::{AuditRecord, Decision};
-use crate::keycache::Event;
+use crate::keycache::{Event, FailReason};
 
 /// A label value: lower-case `[a-z0-9-]`, at most 64 bytes (what the label pattern accepts).
 pub fn label(value: &str) -> String {
@@ -45,10 +45,15 @@ pub fn jwks_counter(provider: &str, ev: &Event) -> Option<String> {
     let result = match ev {
         Event::FetchOk { .. } => "ok",
         Event::AdoptedFromShared { .. } => "adopted_shared",
-        Event::FetchFailed { code, .. } if code.contains("timeout") => "timeout",
-        Event::FetchFailed { code, .. } if code.contains("dispatch") => "dispatch_error",
-        Event::FetchFailed { code, .. } if code.contains("http_") => "http_error",
-        Event::FetchFailed { .. } => "parse_error",
+        Event::FetchFailed { reason, .. } => match reason {
+            FailReason::Timeout => "timeout",
+            FailReason::DispatchFailed => "dispatch_error",
+            FailReason::Http(_) => "http_error",
+            FailReason::Garbage
+            | FailReason::Empty
+            | FailReason::TooLarge
+            | FailReason::BadJwksUri => "parse_error",
+        },
         _ => return None,
     };
     Some(format!(

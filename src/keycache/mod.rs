@@ -178,6 +178,7 @@ pub enum Event {
     },
     FetchFailed {
         step: Step,
+        reason: FailReason,
         /// Stable code: `jwks_http_500`, `jwks_timeout`, `jwks_garbage`, ...
         code: String,
         detail: String,
@@ -639,6 +640,7 @@ impl<K: KeyCount> KeyCache<K> {
         }
         out.push(Action::Event(Event::FetchFailed {
             step,
+            reason,
             code: reason.code(step),
             detail,
             first_of_streak: self.streak == 1,
@@ -887,6 +889,7 @@ impl<K: KeyCount> KeyCache<K> {
         let code = reason.code(step);
         out.push(Action::Event(Event::FetchFailed {
             step,
+            reason,
             code: code.clone(),
             detail,
             first_of_streak: self.streak == 1,

@@ -1203,6 +1203,7 @@ fn per_worker_mode_fetches_independently() {
 fn events_have_names_and_levels() {
     let e = Event::FetchFailed {
         step: Step::Jwks,
+        reason: FailReason::Timeout,
         code: "jwks_timeout".into(),
         detail: String::new(),
         first_of_streak: false,
