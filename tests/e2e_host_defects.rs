@@ -265,4 +265,24 @@ both_hosts! {
         assert!(body.contains("duplicate_identity_header"), "{body}");
         assert!(!body.contains("received"), "{body}");
     }
+
+    /// A cookie token is gone from the cookie header the backend really receives, the
+    /// other cookies are kept.
+    fn cookie_token_never_reaches_the_backend(host: Host) {
+        let gw = Gateway::start_on(host, |idp| {
+            json!({
+                "providers": [entra_provider(idp)],
+                "token_sources": [{"cookie": "aml_token"}],
+                "routes": [{"name": "all",
+                            "set_request_headers": {"authorization": format!("Bearer {ENDPOINT_KEY}")}}]
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let a = team_token(&gw, "a");
+        let cookie = format!("a=1; aml_token={a}; b=2");
+        let (status, body) = raw(&gw, "POST", "/score", &[("cookie", &cookie)]);
+        assert_eq!(status, 200, "{body}");
+        assert!(!body.contains(&a), "the backend received the caller's token: {body}");
+        assert!(body.contains(r#"["cookie","a=1; b=2"]"#), "{body}");
+    }
 }
