@@ -589,22 +589,7 @@ impl<K: KeyCount> KeyCache<K> {
                         return None;
                     }
                 };
-                let ttl = response::ttl_ms(resp.header("cache-control"), self.src.refresh_ms);
-                let expires = now.saturating_add(ttl);
-                let body = body.to_vec();
-                let version = self.write_record(io, now, expires, &body);
-                let (count, bytes) = (keys.key_count(), body.len());
-                let changed = self.install(keys, body, now, expires, version);
-                out.push(Action::Event(Event::FetchOk {
-                    uri: self.target().to_string(),
-                    keys: count,
-                    bytes,
-                    changed,
-                    generation: self.generation,
-                    ttl_ms: ttl,
-                }));
-                self.recovered(now, out);
-                self.next_shared_poll_ms = now.saturating_add(SHARED_POLL_MS);
+                self.accept(io, resp, body, keys, out);
                 if self.want_since.is_some() && self.in_flight.is_none() {
                     self.resolve_waiters(now, out);
                 }
@@ -753,32 +738,43 @@ impl<K: KeyCount> KeyCache<K> {
                 if keys.key_count() == 0 {
                     return self.fail(io, f.step, FailReason::Empty, "no usable keys".into(), out);
                 }
-                let now = io.now_ms;
-                let ttl = response::ttl_ms(resp.header("cache-control"), self.src.refresh_ms);
-                let expires = now.saturating_add(ttl);
-                let body = body.to_vec();
-                // Share first, so the record version is known.
-                let version = self.write_record(io, now, expires, &body);
-                let count = keys.key_count();
-                let bytes = body.len();
-                let changed = self.install(keys, body, now, expires, version);
-                out.push(Action::Event(Event::FetchOk {
-                    uri: self.target().to_string(),
-                    keys: count,
-                    bytes,
-                    changed,
-                    generation: self.generation,
-                    ttl_ms: ttl,
-                }));
-                self.recovered(now, out);
+                self.accept(io, resp, body, keys, out);
                 self.release_lease(io);
-                self.next_shared_poll_ms = now.saturating_add(SHARED_POLL_MS);
-                self.resolve_waiters(now, out);
+                self.resolve_waiters(io.now_ms, out);
             }
         }
     }
 
     // ----- internals -----
+
+    /// A fetched, usable key set (background fetch or ride): share it, install it, report.
+    fn accept(
+        &mut self,
+        io: &mut Io<'_>,
+        resp: &HttpResponse,
+        body: &[u8],
+        keys: K,
+        out: &mut Vec<Action>,
+    ) {
+        let now = io.now_ms;
+        let ttl = response::ttl_ms(resp.header("cache-control"), self.src.refresh_ms);
+        let expires = now.saturating_add(ttl);
+        let body = body.to_vec();
+        // Share first, so the record version is known.
+        let version = self.write_record(io, now, expires, &body);
+        let (count, bytes) = (keys.key_count(), body.len());
+        let changed = self.install(keys, body, now, expires, version);
+        out.push(Action::Event(Event::FetchOk {
+            uri: self.target().to_string(),
+            keys: count,
+            bytes,
+            changed,
+            generation: self.generation,
+            ttl_ms: ttl,
+        }));
+        self.recovered(now, out);
+        self.next_shared_poll_ms = now.saturating_add(SHARED_POLL_MS);
+    }
 
     fn target(&self) -> &HttpUri {
         match (&self.src.kind, &self.discovered) {
