@@ -59,8 +59,8 @@ fn kong_ctx_shared_reaches_a_lua_log_plugin_kong() {
             }
         }
     });
-    // The first request waits for keys (it fetches them itself, and is decided in that
-    // call's callback); the others are decided in their request phase.
+    // A slow key set: the first request may arrive before it and fetch the keys itself
+    // (decided in that call's callback); later ones are decided in their request phase.
     let gw = Gateway::builder(Host::Kong)
         .setup_idp(|idp| {
             idp.control("POST", "jwks?mode=ok&delay_ms=500")

@@ -22,6 +22,14 @@ use crate::respond;
 /// nginx's `$request_uri`: the raw request target, as Kong routes and forwards it.
 const NGX_REQUEST_URI: [&str; 2] = ["ngx", "request_uri"];
 
+/// Where a decision is carried out: Kong's Lua property setters (`kong.ctx.shared`) need
+/// a request phase, which a call's callback is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Request,
+    CallResponse,
+}
+
 /// A ride's call under way from this context.
 struct RideCall {
     token: u32,
@@ -101,7 +109,7 @@ impl Context for Http {
         // Decided again from this, its own, callback: answered here, or resumed by Kong's
         // engine itself when the callback returns with no call pending (an explicit
         // `proxy_continue_stream` on top resumes the request twice: the worker crashes).
-        let _ = self.run(req, WaitMode::Ride { allowed: false });
+        let _ = self.run(req, WaitMode::Ride { allowed: false }, Phase::CallResponse);
     }
 
     fn on_done(&mut self) -> bool {
@@ -149,7 +157,7 @@ impl HttpContext for Http {
         } else {
             WaitMode::Park
         };
-        self.run(req, wait)
+        self.run(req, wait, Phase::Request)
     }
 
     // While a request waits for keys (or after it was denied) its body and trailers must
@@ -175,9 +183,7 @@ impl HttpContext for Http {
 
 impl Http {
     /// Decide and carry out; returns what the current callback answers the host.
-    fn run(&mut self, req: Pending, mut wait: WaitMode) -> Action {
-        // After a ride the decision is made in the call's callback, outside any phase.
-        let in_callback = wait == (WaitMode::Ride { allowed: false });
+    fn run(&mut self, req: Pending, mut wait: WaitMode, phase: Phase) -> Action {
         let now = host::now_ms();
         // Kong: at most one ride, plus one more decision when keys arrived meanwhile.
         for _ in 0..2 {
@@ -187,7 +193,7 @@ impl Http {
                 Err(_) => return deny_internal(&self.state, ""),
             };
             let Decision::WaitForKeys { .. } = decision else {
-                let publish = if in_callback {
+                let publish = if phase == Phase::CallResponse {
                     Publish::Later(&mut self.deferred)
                 } else {
                     Publish::Now

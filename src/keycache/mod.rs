@@ -557,35 +557,18 @@ impl<K: KeyCount> KeyCache<K> {
             }
         };
         match step {
-            Step::Discovery => match response::parse_discovery(body, &self.src.uri) {
-                Ok(d) => {
-                    if let Some(iss) = d.issuer.filter(|i| !self.src.issuer_fits(i)) {
-                        out.push(Action::Event(Event::DiscoveryIssuerMismatch {
-                            discovered_issuer: iss,
-                        }));
-                    }
-                    out.push(Action::Event(Event::DiscoveryOk {
-                        jwks_uri: d.jwks_uri.to_string(),
-                    }));
-                    self.discovered = Some((d.jwks_uri, now));
-                    Some(self.ride_request(now, Step::Jwks))
-                }
+            Step::Discovery => match self.accept_discovery(body, now, out) {
+                Ok(()) => Some(self.ride_request(now, Step::Jwks)),
                 Err((r, detail)) => {
                     self.ride_failed(now, io.random, step, r, detail, out);
                     None
                 }
             },
             Step::Jwks => {
-                let keys = match parse(body) {
-                    Ok(k) if k.key_count() > 0 => k,
-                    Ok(_) => {
-                        let (r, d) = (FailReason::Empty, "no usable keys".to_string());
-                        self.ride_failed(now, io.random, step, r, d, out);
-                        return None;
-                    }
-                    Err(e) => {
-                        let d = e.to_string();
-                        self.ride_failed(now, io.random, step, FailReason::Garbage, d, out);
+                let keys = match usable_keys(parse, body) {
+                    Ok(k) => k,
+                    Err((r, detail)) => {
+                        self.ride_failed(now, io.random, step, r, detail, out);
                         return None;
                     }
                 };
@@ -614,25 +597,8 @@ impl<K: KeyCount> KeyCache<K> {
         detail: String,
         out: &mut Vec<Action>,
     ) {
-        if self.streak == 0 {
-            self.streak_started_ms = now;
-        }
-        self.streak = self.streak.saturating_add(1);
-        let delay = response::backoff_ms(self.streak, random);
+        let delay = self.note_failure(now, random, step, reason, detail, out);
         self.next_attempt_ms = self.next_attempt_ms.max(now.saturating_add(delay));
-        if step == Step::Jwks && self.src.kind == SourceKind::Discovery {
-            self.discovered = None;
-        }
-        out.push(Action::Event(Event::FetchFailed {
-            step,
-            reason,
-            code: reason.code(step),
-            detail,
-            first_of_streak: self.streak == 1,
-            streak: self.streak,
-            retry_in_ms: delay,
-            have_keys: self.held.is_some(),
-        }));
     }
 
     // ----- driver side -----
@@ -708,36 +674,19 @@ impl<K: KeyCount> KeyCache<K> {
         };
         match f.step {
             Step::Discovery => {
-                let d = match response::parse_discovery(body, &self.src.uri) {
-                    Ok(d) => d,
-                    Err((r, detail)) => return self.fail(io, f.step, r, detail, out),
-                };
-                if let Some(iss) = d.issuer {
-                    if !self.src.issuer_fits(&iss) {
-                        out.push(Action::Event(Event::DiscoveryIssuerMismatch {
-                            discovered_issuer: iss,
-                        }));
-                    }
+                if let Err((r, detail)) = self.accept_discovery(body, io.now_ms, out) {
+                    self.fail(io, f.step, r, detail, out);
                 }
-                out.push(Action::Event(Event::DiscoveryOk {
-                    jwks_uri: d.jwks_uri.to_string(),
-                }));
-                self.discovered = Some((d.jwks_uri, io.now_ms));
                 // The key set is fetched on the next tick, not from this callback: Kong's
                 // engine kills the worker when a root context dispatches from a call's
                 // response. The fetch is still needed (cold, stale or wanted), the lease is
                 // still ours, and the cycle budget's margin covers the tick.
             }
             Step::Jwks => {
-                let keys = match parse(body) {
+                let keys = match usable_keys(parse, body) {
                     Ok(k) => k,
-                    Err(e) => {
-                        return self.fail(io, f.step, FailReason::Garbage, e.to_string(), out)
-                    }
+                    Err((r, detail)) => return self.fail(io, f.step, r, detail, out),
                 };
-                if keys.key_count() == 0 {
-                    return self.fail(io, f.step, FailReason::Empty, "no usable keys".into(), out);
-                }
                 self.accept(io, resp, body, keys, out);
                 self.release_lease(io);
                 self.resolve_waiters(io.now_ms, out);
@@ -746,6 +695,59 @@ impl<K: KeyCount> KeyCache<K> {
     }
 
     // ----- internals -----
+
+    /// A failed fetch or ride: the streak, its backoff delay (returned), rediscovery after
+    /// a failed key set, and the event.
+    fn note_failure(
+        &mut self,
+        now: u64,
+        random: u64,
+        step: Step,
+        reason: FailReason,
+        detail: String,
+        out: &mut Vec<Action>,
+    ) -> u64 {
+        if self.streak == 0 {
+            self.streak_started_ms = now;
+        }
+        self.streak = self.streak.saturating_add(1);
+        let delay = response::backoff_ms(self.streak, random);
+        if step == Step::Jwks && self.src.kind == SourceKind::Discovery {
+            self.discovered = None; // rediscover on the next attempt
+        }
+        out.push(Action::Event(Event::FetchFailed {
+            step,
+            reason,
+            code: reason.code(step),
+            detail,
+            first_of_streak: self.streak == 1,
+            streak: self.streak,
+            retry_in_ms: delay,
+            have_keys: self.held.is_some(),
+        }));
+        delay
+    }
+
+    /// A discovery document: remember its `jwks_uri` and report it (and an issuer that
+    /// fits none of the provider's).
+    fn accept_discovery(
+        &mut self,
+        body: &[u8],
+        now: u64,
+        out: &mut Vec<Action>,
+    ) -> Result<(), (FailReason, String)> {
+        let d = response::parse_discovery(body, &self.src.uri)?;
+        if let Some(iss) = d.issuer.filter(|i| !self.src.issuer_fits(i)) {
+            out.push(Action::Event(Event::DiscoveryIssuerMismatch {
+                discovered_issuer: iss,
+            }));
+        }
+        out.push(Action::Event(Event::DiscoveryOk {
+            jwks_uri: d.jwks_uri.to_string(),
+        }));
+        self.discovered = Some((d.jwks_uri, now));
+        Ok(())
+    }
 
     /// A fetched, usable key set (background fetch or ride): share it, install it, report.
     fn accept(
@@ -873,26 +875,9 @@ impl<K: KeyCount> KeyCache<K> {
     ) {
         let now = io.now_ms;
         self.in_flight = None;
-        if self.streak == 0 {
-            self.streak_started_ms = now;
-        }
-        self.streak = self.streak.saturating_add(1);
-        let delay = response::backoff_ms(self.streak, io.random);
+        let delay = self.note_failure(now, io.random, step, reason, detail, out);
         self.next_attempt_ms = now.saturating_add(delay);
-        if step == Step::Jwks && self.src.kind == SourceKind::Discovery {
-            self.discovered = None; // rediscover on the next attempt
-        }
         let code = reason.code(step);
-        out.push(Action::Event(Event::FetchFailed {
-            step,
-            reason,
-            code: code.clone(),
-            detail,
-            first_of_streak: self.streak == 1,
-            streak: self.streak,
-            retry_in_ms: delay,
-            have_keys: self.held.is_some(),
-        }));
         // Node-wide backoff + failure info: keep the lease until the retry time.
         let me = self.owner_id;
         let lease = Lease {
@@ -1107,5 +1092,17 @@ impl<K: KeyCount> KeyCache<K> {
             let mine = cur.as_ref().is_some_and(|l| l.owner_id == me);
             (mine.then(|| released.encode()), ())
         });
+    }
+}
+
+/// A key-set body parsed into keys, refusing sets without usable keys.
+fn usable_keys<K: KeyCount, E: core::fmt::Display>(
+    parse: impl FnOnce(&[u8]) -> Result<K, E>,
+    body: &[u8],
+) -> Result<K, (FailReason, String)> {
+    match parse(body) {
+        Ok(k) if k.key_count() > 0 => Ok(k),
+        Ok(_) => Err((FailReason::Empty, "no usable keys".into())),
+        Err(e) => Err((FailReason::Garbage, e.to_string())),
     }
 }
