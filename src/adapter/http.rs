@@ -336,17 +336,19 @@ pub fn finish(
 ) -> Action {
     let is_kong = state.try_borrow().ok().and_then(|st| st.is_kong) == Some(true);
     match decision {
-        Decision::Allow { ops, audit } => {
+        Decision::Allow { ops, mut audit } => {
+            // Published after the header operations: if one fails, Lua sees the denial.
+            let applied = host::apply_header_ops(&ops, is_kong).is_ok();
+            if !applied {
+                audit.deny(Reason::Internal, Reason::Internal.status());
+            }
             if is_kong {
                 kong.run(&audit);
             }
-            if host::apply_header_ops(&ops, is_kong).is_err() {
-                let mut audit = audit;
-                audit.deny(Reason::Internal, Reason::Internal.status());
-                record(state, &audit);
+            record(state, &audit);
+            if !applied {
                 return deny_internal(state, &audit.request_id);
             }
-            record(state, &audit);
             if resumed {
                 let _ = abi::resume_http_request();
             }
