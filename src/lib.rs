@@ -21,6 +21,7 @@ pub mod annotate;
 pub mod audit;
 pub mod claims;
 pub mod config;
+pub mod credential;
 pub mod engine;
 pub mod jose;
 pub mod jwks;
