@@ -558,7 +558,7 @@ mod tests {
     fn denied(d: &Decision) -> (u32, &'static str, &LocalResponse) {
         match d {
             Decision::Deny { response, audit } => {
-                let reason = audit.reason.expect("a denial has a reason");
+                let reason = audit.reason.expect("a denial has a reason").code();
                 assert_eq!(audit.status, response.status);
                 let body: Value = serde_json::from_str(&response.body).unwrap();
                 assert_eq!(body["error"], reason);
