@@ -22,6 +22,7 @@ pub mod audit;
 pub mod claims;
 pub mod config;
 pub mod engine;
+pub mod headers;
 pub mod jose;
 pub mod jwks;
 pub mod keycache;
