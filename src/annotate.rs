@@ -32,16 +32,14 @@
 
 use serde_json::Value;
 
-use crate::claims::{lookup, Claims};
+use crate::claims::{check_claim_path, lookup, Claims};
 use crate::config::{ConfigError, FilterConfig};
+use crate::headers::{self, X_MS_CLIENT_REQUEST_ID, X_REQUEST_ID};
 use crate::policy::Route;
 use crate::request::{RequestView, TokenLocation};
 
 /// Longest identity header value forwarded; longer values are replaced by `""`.
 pub const MAX_VALUE_BYTES: usize = 1024;
-
-pub const X_REQUEST_ID: &str = "x-request-id";
-pub const X_MS_CLIENT_REQUEST_ID: &str = "x-ms-client-request-id";
 
 /// One change to the request, applied by the adapter in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,16 +74,49 @@ pub struct Annotator {
 }
 
 impl Annotator {
-    /// Compile from a validated configuration (header names are checked by `validate`).
+    /// Compile `claims_to_headers`, `token_sources` and `forward_token`. Each identity
+    /// header must be one the filter may set, set once, and neither carry the token nor
+    /// be one the filter manages.
     pub fn new(cfg: &FilterConfig) -> Result<Annotator, ConfigError> {
-        let identity = cfg
-            .claims_to_headers
+        let token_headers: Vec<&str> = cfg
+            .token_sources
             .iter()
-            .map(|c| IdentityHeader {
-                header: c.header.to_ascii_lowercase(),
-                claims: c.claim.split('|').map(|s| s.trim().to_string()).collect(),
-            })
+            .filter_map(|t| t.header.as_deref())
             .collect();
+        let mut identity = Vec::with_capacity(cfg.claims_to_headers.len());
+        for (i, ch) in cfg.claims_to_headers.iter().enumerate() {
+            let base = format!("claims_to_headers[{i}]");
+            for alt in ch.claim.split('|') {
+                check_claim_path(&format!("{base}.claim"), alt.trim())?;
+            }
+            let hp = format!("{base}.header");
+            headers::check_header_name(&hp, &ch.header)?;
+            if let Some(j) = cfg
+                .claims_to_headers
+                .iter()
+                .take(i)
+                .position(|o| o.header == ch.header)
+            {
+                return Err(ConfigError::new(
+                    hp,
+                    format!("duplicate header (also claims_to_headers[{j}].header)"),
+                ));
+            }
+            if token_headers
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(&ch.header))
+            {
+                return Err(ConfigError::new(
+                    hp,
+                    "this header carries the caller's token (token_sources)",
+                ));
+            }
+            headers::check_not_managed(&hp, &ch.header)?;
+            identity.push(IdentityHeader {
+                header: ch.header.to_ascii_lowercase(),
+                claims: ch.claim.split('|').map(|s| s.trim().to_string()).collect(),
+            });
+        }
         let mut a = Annotator {
             identity,
             forward_token: cfg.forward_token,
@@ -369,7 +400,7 @@ mod tests {
     use crate::policy::Routes;
 
     fn cfg(extra: &str) -> FilterConfig {
-        crate::config::load(
+        crate::config::parse(
             format!(
                 r#"{{
             "providers": [{{"name": "entra", "issuers": ["https://i"], "jwks_uri": "https://i/keys",
@@ -396,7 +427,7 @@ mod tests {
         }
         fn parts(&self) -> (Annotator, Routes) {
             let a = Annotator::new(&self.cfg).unwrap();
-            let r = Routes::new(&self.cfg, |_| Some(0)).unwrap();
+            let r = Routes::new(&self.cfg.routes, |_| Some(0)).unwrap();
             (a, r)
         }
     }

@@ -16,18 +16,19 @@ use crate::request::RequestView;
 pub const MAX_FIELD_CHARS: usize = 256;
 pub const MAX_PATH_CHARS: usize = 1024;
 
+/// What was decided, as the audit line's `decision` field says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Decision {
+pub enum Outcome {
     Allow,
     Deny,
 }
 
-impl Decision {
+impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
-            Decision::Allow => "allow",
-            Decision::Deny => "deny",
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
         }
     }
 }
@@ -43,12 +44,12 @@ pub struct AuditRecord {
     pub method: String,
     /// The path without its query string.
     pub path: String,
-    pub decision: Decision,
+    pub decision: Outcome,
     /// 0 until decided; for an allow, 0 (the upstream decides the status).
     pub status: u32,
-    /// The reason code of a denial.
+    /// Why it was denied; serialized as the reason code.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
+    pub reason: Option<Reason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -89,7 +90,7 @@ impl AuditRecord {
             route: None,
             method: cut(req.method, 32),
             path: cut(req.path_only(), MAX_PATH_CHARS),
-            decision: Decision::Deny,
+            decision: Outcome::Deny,
             status: 0,
             reason: None,
             provider: None,
@@ -116,15 +117,15 @@ impl AuditRecord {
     }
 
     pub fn allow(&mut self) {
-        self.decision = Decision::Allow;
+        self.decision = Outcome::Allow;
         self.status = 0;
         self.reason = None;
     }
 
     pub fn deny(&mut self, reason: Reason, status: u32) {
-        self.decision = Decision::Deny;
+        self.decision = Outcome::Deny;
         self.status = status;
-        self.reason = Some(reason.code());
+        self.reason = Some(reason);
     }
 
     /// The record as one JSON line (no trailing newline).

@@ -1,6 +1,9 @@
-//! Verified token claims and the claim-path lookups shared by policy and annotation.
+//! Verified token claims and the claim paths shared by policy, rate limits and
+//! annotation: their syntax (checked at load) and their lookup.
 
 use serde_json::Value;
+
+use crate::config::ConfigError;
 
 /// A token's claim set (the JWT payload object).
 pub type Claims = serde_json::Map<String, Value>;
@@ -18,6 +21,27 @@ pub fn lookup<'c>(claims: &'c Claims, path: &str) -> Option<&'c Value> {
         cur = cur.as_object()?.get(p)?;
     }
     Some(cur)
+}
+
+/// A claim path as configured (`oid`, `a.b`): non-empty segments, no control characters
+/// or braces. `path` names the field in the error.
+pub fn check_claim_path(path: &str, claim: &str) -> Result<(), ConfigError> {
+    if claim.is_empty() || claim.split('.').any(str::is_empty) {
+        return Err(ConfigError::new(
+            path,
+            "expected a claim name or a dotted path such as `a.b`",
+        ));
+    }
+    if claim
+        .chars()
+        .any(|c| c.is_control() || c == '{' || c == '}')
+    {
+        return Err(ConfigError::new(
+            path,
+            "claim names cannot contain control characters or braces",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

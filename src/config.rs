@@ -1,8 +1,10 @@
 //! The filter's configuration: the JSON contract (see README "Configuration reference").
 //!
-//! `parse` turns bytes into the raw model below (serde, unknown fields rejected, field
-//! paths in errors), then `validate` checks cross-field rules. Later stages compile
-//! the raw model into fast runtime structures (policy, token sources, providers).
+//! Plain data: `parse` turns bytes into the raw model below (serde, unknown fields
+//! rejected, field paths in errors) and nothing more. Loading goes on in
+//! `engine::Filter::compile`: each part is compiled into its runtime form by the module
+//! that owns it (providers, token sources, routes, identity headers, key sources), then
+//! `validate` checks the rules that span parts.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -382,13 +384,6 @@ pub fn parse(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
             clean_serde_message(&inner),
         )
     })?;
-    Ok(cfg)
-}
-
-/// Parse and validate: the one entry point for loading a configuration.
-pub fn load(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
-    let cfg = parse(bytes)?;
-    crate::validate::validate(&cfg)?;
     Ok(cfg)
 }
 

@@ -9,7 +9,9 @@ use std::rc::Rc;
 use crate::annotate::{self, Annotator, HeaderOp};
 use crate::audit::AuditRecord;
 use crate::claims::Claims;
-use crate::config::{self, AuthMode, ConfigError, CorsPreflight, LogLevel, OnNoRoute};
+use crate::config::{
+    self, AuthMode, ConfigError, CorsPreflight, FilterConfig, LogLevel, OnNoRoute,
+};
 use crate::jose::{self, Alg};
 use crate::jwks::KeySet;
 use crate::keycache::JwksSource;
@@ -20,11 +22,12 @@ use crate::reason::Reason;
 use crate::request::{RequestView, TokenLocation};
 use crate::respond::{self, LocalResponse};
 use crate::token::TokenExtractor;
+use crate::validate;
 use crate::verify::{self, Verified, VerifiedCache};
 
 /// The compiled configuration: everything derived once at load time.
 pub struct Filter {
-    pub config: config::FilterConfig,
+    pub config: FilterConfig,
     pub providers: Providers,
     pub tokens: TokenExtractor,
     pub routes: Routes,
@@ -86,12 +89,17 @@ pub struct Ctx<'a> {
 }
 
 impl Filter {
-    /// Parse, validate and compile a configuration document.
+    /// Load a configuration document: parse, then [`Filter::compile`].
     pub fn from_json(bytes: &[u8]) -> Result<Filter, ConfigError> {
-        let config = config::load(bytes)?;
+        Filter::compile(config::parse(bytes)?)
+    }
+
+    /// Compile parsed configuration, each part once by the module that owns it, then
+    /// check the rules that span parts (`validate`). Errors name the field at fault.
+    pub fn compile(config: FilterConfig) -> Result<Filter, ConfigError> {
         let providers = Providers::new(&config.providers)?;
         let tokens = TokenExtractor::new(&config.token_sources)?;
-        let routes = Routes::new(&config, |name| providers.index_of(name))?;
+        let routes = Routes::new(&config.routes, |name| providers.index_of(name))?;
         let annotator = Annotator::new(&config)?;
         // Providers that only use a shared secret (HS*) have no key set to fetch.
         let jwks_sources = config
@@ -103,6 +111,7 @@ impl Filter {
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        validate::check(&config)?;
         Ok(Filter {
             config,
             providers,
@@ -168,8 +177,10 @@ impl Filter {
         };
         let verified = match self.authenticate(&token, route, ctx, env, cache, &mut audit) {
             Ok(v) => v,
-            Err(Step::Wait(provider)) => return Decision::WaitForKeys { provider },
-            Err(Step::Deny(reason, retry)) => return self.deny(reason, &request_id, retry, audit),
+            Err(Unverified::Wait(provider)) => return Decision::WaitForKeys { provider },
+            Err(Unverified::Deny(reason, retry)) => {
+                return self.deny(reason, &request_id, retry, audit)
+            }
         };
         if let Some(r) = route {
             if let Err(reason) = r.authorize(&verified.claims, params) {
@@ -209,22 +220,22 @@ impl Filter {
         env: &mut dyn Env,
         cache: &mut VerifiedCache,
         audit: &mut AuditRecord,
-    ) -> Result<Rc<Verified>, Step> {
+    ) -> Result<Rc<Verified>, Unverified> {
         let now = ctx.now_ms / 1000;
         let max_bytes = self.config.cache.max_token_bytes;
         if token.len() > max_bytes {
-            return Err(Step::deny(Reason::TokenTooLarge));
+            return Err(Unverified::deny(Reason::TokenTooLarge));
         }
         let key = cache.key(token);
         let cached = key.as_ref().and_then(|k| cache.peek(k, now));
         let decoded = match cached {
             Some(_) => None,
-            None => Some(jose::decode(token, max_bytes).map_err(Step::deny)?),
+            None => Some(jose::decode(token, max_bytes).map_err(Unverified::deny)?),
         };
         let (kid, alg, claims) = match (&cached, &decoded) {
             (Some((v, _)), _) => (&v.kid, v.alg, &v.claims),
             (None, Some(jwt)) => (&jwt.header.kid, jwt.header.alg, &jwt.claims),
-            (None, None) => return Err(Step::deny(Reason::TokenMalformed)), // unreachable
+            (None, None) => return Err(Unverified::deny(Reason::TokenMalformed)), // unreachable
         };
         audit.kid = kid.clone();
         // Unverified until `verify` succeeds; recorded so a denial says who claimed to call.
@@ -232,11 +243,14 @@ impl Filter {
         let allowed = route.and_then(|r| r.providers.as_deref());
         // Provider choice from `iss` comes before any key lookup or fetch: a foreign token
         // costs nothing and cannot trigger JWKS traffic.
-        let pi = self.providers.select(claims, allowed).map_err(Step::deny)?;
+        let pi = self
+            .providers
+            .select(claims, allowed)
+            .map_err(Unverified::deny)?;
         let provider = self
             .providers
             .get(pi)
-            .ok_or(Step::Deny(Reason::IssuerUnknown, None))?;
+            .ok_or(Unverified::Deny(Reason::IssuerUnknown, None))?;
         audit.provider = Some(provider.name.clone());
         // HS* needs no key set; neither does an algorithm this provider does not allow
         // (`verify` refuses it): such a token must not wait for keys, nor be answered
@@ -246,9 +260,12 @@ impl Filter {
         } else {
             match env.keys(pi) {
                 KeyState::Ready { keys, generation } => (Some(keys), generation),
-                KeyState::Loading => return Err(Step::Wait(pi)),
+                KeyState::Loading => return Err(Unverified::Wait(pi)),
                 KeyState::Unavailable { retry_after_secs } => {
-                    return Err(Step::Deny(Reason::JwksUnavailable, Some(retry_after_secs)))
+                    return Err(Unverified::Deny(
+                        Reason::JwksUnavailable,
+                        Some(retry_after_secs),
+                    ))
                 }
             }
         };
@@ -264,7 +281,7 @@ impl Filter {
         // A miss. The token is decoded already unless its entry was for other keys.
         let jwt = match decoded {
             Some(jwt) => jwt,
-            None => jose::decode(token, max_bytes).map_err(Step::deny)?,
+            None => jose::decode(token, max_bytes).map_err(Unverified::deny)?,
         };
         match verify::verify(&jwt, pi, provider, keys.as_deref(), now) {
             Ok(v) => {
@@ -275,8 +292,8 @@ impl Filter {
                 }
                 Ok(v)
             }
-            Err(Reason::KidUnknown) if env.refetch_for_unknown_kid(pi) => Err(Step::Wait(pi)),
-            Err(reason) => Err(Step::Deny(reason, None)),
+            Err(Reason::KidUnknown) if env.refetch_for_unknown_kid(pi) => Err(Unverified::Wait(pi)),
+            Err(reason) => Err(Unverified::Deny(reason, None)),
         }
     }
 
@@ -333,14 +350,17 @@ pub fn deny_config_invalid(realm: &str, req: &RequestView, ctx: Ctx) -> Decision
     Decision::Deny { response, audit }
 }
 
-enum Step {
+/// Why [`Filter::authenticate`] gave no verified claims (yet).
+enum Unverified {
+    /// Keys for this provider are not usable yet: wait for them.
     Wait(usize),
+    /// Deny, with the `Retry-After` seconds for a 503.
     Deny(Reason, Option<u64>),
 }
 
-impl Step {
-    fn deny(r: Reason) -> Step {
-        Step::Deny(r, None)
+impl Unverified {
+    fn deny(r: Reason) -> Unverified {
+        Unverified::Deny(r, None)
     }
 }
 
@@ -558,7 +578,7 @@ mod tests {
     fn denied(d: &Decision) -> (u32, &'static str, &LocalResponse) {
         match d {
             Decision::Deny { response, audit } => {
-                let reason = audit.reason.expect("a denial has a reason");
+                let reason = audit.reason.expect("a denial has a reason").code();
                 assert_eq!(audit.status, response.status);
                 let body: Value = serde_json::from_str(&response.body).unwrap();
                 assert_eq!(body["error"], reason);

@@ -23,6 +23,7 @@ pub mod claims;
 pub mod config;
 pub mod credential;
 pub mod engine;
+pub mod headers;
 pub mod jose;
 pub mod jwks;
 pub mod keycache;

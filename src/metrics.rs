@@ -4,8 +4,9 @@
 //! prefix itself; Envoy shows them as `wasmcustom.<name>`. Labels must appear in the order
 //! of the patterns, and values must fit them (`[a-z0-9-]` for names, last label anchored).
 
-use crate::audit::{AuditRecord, Decision};
+use crate::audit::{AuditRecord, Outcome};
 use crate::keycache::{Event, FailReason};
+use crate::reason::Reason;
 
 /// A label value: lower-case `[a-z0-9-]`, at most 64 bytes (what the label pattern accepts).
 pub fn label(value: &str) -> String {
@@ -33,9 +34,9 @@ pub fn decision_counter(audit: &AuditRecord) -> String {
     let route = audit.route.as_deref().map(label);
     let route = route.as_deref().unwrap_or("unmatched");
     let (decision, reason) = match audit.decision {
-        Decision::Allow if audit.provider.is_some() => ("allow", "authenticated"),
-        Decision::Allow => ("allow", "anonymous"),
-        Decision::Deny => ("deny", audit.reason.unwrap_or("unknown")),
+        Outcome::Allow if audit.provider.is_some() => ("allow", "authenticated"),
+        Outcome::Allow => ("allow", "anonymous"),
+        Outcome::Deny => ("deny", audit.reason.map_or("unknown", Reason::code)),
     };
     format!("decisions_total_route={route}_decision={decision}_reason={reason}")
 }

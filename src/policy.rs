@@ -1,8 +1,8 @@
 //! Routes: matching a request to the first route that fits, and authorizing verified
 //! claims against the route's `audiences` and `require`.
 //!
-//! Compiled once from the configuration by [`Routes::new`] (which is also what
-//! [`crate::validate::validate`] runs, so every route error names its field path).
+//! Compiled once from the configuration by [`Routes::new`]; every route error names its
+//! field path.
 //!
 //! Matching (see [`path`] for which request targets are refused before any route):
 //! - `match.path` is a template (`{name}` segments bind path parameters), `match.path_prefix`
@@ -20,8 +20,9 @@ pub mod require;
 
 use serde_json::Value;
 
-use crate::claims::{lookup, Claims};
-use crate::config::{AuthMode, ConfigError, CorsPreflight, FilterConfig, RouteConfig};
+use crate::claims::{check_claim_path, lookup, Claims};
+use crate::config::{AuthMode, ConfigError, CorsPreflight, RouteConfig};
+use crate::headers;
 use crate::ratelimit::RateLimit;
 use crate::reason::Reason;
 use crate::request::RequestView;
@@ -88,30 +89,6 @@ fn host_only(authority: &str) -> &str {
         }
     };
     h.strip_suffix('.').unwrap_or(h)
-}
-
-pub(crate) fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
 }
 
 fn check_host(path: &str, h: &str) -> Result<String, ConfigError> {
@@ -181,7 +158,7 @@ fn compile_route(
                 ));
             }
             for (j, meth) in list.iter().enumerate() {
-                if !is_token(meth) || meth.bytes().any(|b| b.is_ascii_lowercase()) {
+                if !headers::is_token(meth) || meth.bytes().any(|b| b.is_ascii_lowercase()) {
                     return Err(ConfigError::new(
                         format!("{p}[{j}]"),
                         "expected an upper-case HTTP method such as GET or POST",
@@ -256,13 +233,14 @@ fn compile_route(
     let mut set_request_headers = Vec::with_capacity(r.set_request_headers.len());
     for (name, value) in &r.set_request_headers {
         let p = format!("{base}.set_request_headers.{name}");
-        crate::validate::check_header_name(&p, name)?;
+        headers::check_header_name(&p, name)?;
         if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
             return Err(ConfigError::new(
                 p,
                 "control characters are not allowed in a header value",
             ));
         }
+        headers::check_not_managed(&p, name)?;
         set_request_headers.push((name.clone(), value.clone()));
     }
     let rate_limit = match &r.rate_limit {
@@ -282,7 +260,7 @@ fn compile_route(
                 ));
             }
             for alt in rl.key.split('|') {
-                require::check_claim_path(&format!("{p}.key"), alt.trim())?;
+                check_claim_path(&format!("{p}.key"), alt.trim())?;
             }
             Some(RateLimit::from_config(rl))
         }
@@ -317,16 +295,17 @@ fn compile_route(
 }
 
 impl Routes {
-    /// Compile every route. `provider_index` maps a provider name to its index.
+    /// Compile every route (the configuration's `routes`). `provider_index` maps a
+    /// provider name to its index.
     pub fn new(
-        cfg: &FilterConfig,
+        config: &[RouteConfig],
         provider_index: impl Fn(&str) -> Option<usize>,
     ) -> Result<Routes, ConfigError> {
-        if cfg.routes.is_empty() {
+        if config.is_empty() {
             return Err(ConfigError::new("routes", "expected at least one route"));
         }
-        let mut routes: Vec<Route> = Vec::with_capacity(cfg.routes.len());
-        for (i, r) in cfg.routes.iter().enumerate() {
+        let mut routes: Vec<Route> = Vec::with_capacity(config.len());
+        for (i, r) in config.iter().enumerate() {
             let route = compile_route(i, r, &provider_index)?;
             if let Some(j) = routes.iter().position(|x| x.name == route.name) {
                 return Err(ConfigError::new(
@@ -450,7 +429,7 @@ impl Route {
         let Some(req) = &self.require else {
             return Ok(());
         };
-        if req.eval(&require::Ctx { claims, params }) {
+        if req.eval(&require::EvalInput { claims, params }) {
             return Ok(());
         }
         if self.reads_groups
@@ -475,6 +454,7 @@ pub fn is_cors_preflight(req: &RequestView<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::FilterConfig;
 
     const PROVIDERS: &str = r#""providers": [
         {"name": "entra", "issuers": ["https://login.microsoftonline.com/{tenantid}/v2.0"],
@@ -493,12 +473,12 @@ mod tests {
 
     fn routes(r: &str) -> Routes {
         let c = cfg(r);
-        Routes::new(&c, index(&c)).unwrap()
+        Routes::new(&c.routes, index(&c)).unwrap()
     }
 
     fn err(r: &str) -> ConfigError {
         let c = cfg(r);
-        Routes::new(&c, index(&c)).unwrap_err()
+        Routes::new(&c.routes, index(&c)).unwrap_err()
     }
 
     fn claims(json: &str) -> Claims {

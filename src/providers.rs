@@ -210,24 +210,34 @@ pub struct Providers {
 }
 
 impl Providers {
+    /// Compile the configuration's `providers`: every name first (routes refer to them),
+    /// then each provider's fields.
     pub fn new(cfgs: &[ProviderConfig]) -> Result<Self, ConfigError> {
         if cfgs.is_empty() {
             return Err(ConfigError::new(
                 "providers",
-                "at least one provider is required",
+                "expected at least one provider",
             ));
         }
-        let mut list: Vec<Provider> = Vec::with_capacity(cfgs.len());
-        for (i, c) in cfgs.iter().enumerate() {
-            let p = compile(i, c)?;
-            if list.iter().any(|o| o.name == p.name) {
+        for (i, p) in cfgs.iter().enumerate() {
+            if p.name.trim().is_empty() {
                 return Err(ConfigError::new(
                     format!("providers[{i}].name"),
-                    format!("duplicate provider name {:?}", p.name),
+                    "expected a non-empty name",
                 ));
             }
-            list.push(p);
+            if let Some(j) = cfgs.iter().take(i).position(|q| q.name == p.name) {
+                return Err(ConfigError::new(
+                    format!("providers[{i}].name"),
+                    format!("duplicate provider name (also providers[{j}].name)"),
+                ));
+            }
         }
+        let list = cfgs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| compile(i, c))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Providers { list })
     }
 
@@ -283,9 +293,6 @@ impl Providers {
 
 fn compile(i: usize, c: &ProviderConfig) -> Result<Provider, ConfigError> {
     let f = |field: &str| format!("providers[{i}].{field}");
-    if c.name.trim().is_empty() {
-        return Err(ConfigError::new(f("name"), "must not be empty"));
-    }
     if c.issuers.is_empty() {
         return Err(ConfigError::new(
             f("issuers"),

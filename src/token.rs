@@ -25,12 +25,6 @@ pub struct TokenExtractor {
     sources: Vec<Source>,
 }
 
-fn valid_header_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 impl TokenExtractor {
     pub fn new(sources: &[TokenSourceConfig]) -> Result<Self, ConfigError> {
         if sources.is_empty() {
@@ -70,7 +64,7 @@ impl TokenExtractor {
                 return Err(ConfigError::new(p("prefix"), "only allowed with header"));
             }
             let src = if let Some(h) = &s.header {
-                if !valid_header_name(h) || h.starts_with(':') {
+                if !crate::headers::is_token(h) || h.starts_with(':') {
                     return Err(ConfigError::new(p("header"), "expected a header name"));
                 }
                 if let Some(pre) = &s.prefix {

@@ -1,132 +1,29 @@
-//! Cross-field checks of a parsed configuration, each error naming its field path.
-//!
-//! Route rules (names, `match`, methods, hosts, provider references, `require`,
-//! `set_request_headers`, `rate_limit`) are checked by compiling the routes with
-//! [`crate::policy::Routes::new`], so validation and compilation can never disagree.
-//! Provider-level rules (issuers, algorithms, URIs) and token sources are checked where
-//! they are compiled (`providers`, `keycache`, `token`).
+//! The last stage of loading a configuration: the rules that span its parts and the
+//! settings no compile step owns. Runs on the parsed data after every part compiled
+//! (`engine::Filter::compile`); every other rule is checked once, where that part is
+//! compiled:
+//! - routes, `match`, provider references, `require`, `rate_limit` and each
+//!   `set_request_headers` name and value: `policy::Routes::new`;
+//! - providers: `providers::Providers::new`, key sources: `keycache::JwksSource::new`;
+//! - token sources: `token::TokenExtractor::new`;
+//! - `claims_to_headers` (and its clashes with token sources): `annotate::Annotator::new`;
+//! - header-name rules: `headers`; claim-path syntax: `claims`.
 
 use crate::config::{ConfigError, FilterConfig};
 
-/// Headers the filter never sets: pseudo-headers, hop-by-hop headers, and those that
-/// change how the request is framed or routed.
-const FORBIDDEN_HEADERS: &[&str] = &[
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "expect",
-];
-
-/// A header the filter may set: a lower-case RFC 9110 token, not a pseudo-header,
-/// hop-by-hop, `host` or a framing header.
-pub(crate) fn check_header_name(path: &str, name: &str) -> Result<(), ConfigError> {
-    if name.starts_with(':') {
-        return Err(ConfigError::new(path, "pseudo-headers cannot be set"));
-    }
-    if !crate::policy::is_token(name) || name.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(ConfigError::new(
-            path,
-            "expected a lower-case header name (letters, digits, `-`, ...)",
-        ));
-    }
-    if FORBIDDEN_HEADERS.contains(&name) {
-        return Err(ConfigError::new(
-            path,
-            format!("`{name}` is a hop-by-hop, framing or host header and cannot be set"),
-        ));
-    }
-    Ok(())
-}
-
-/// Headers the filter manages itself (see `annotate`).
-pub(crate) const REQUEST_ID_HEADERS: &[&str] = &["x-request-id", "x-ms-client-request-id"];
-
-/// Check rules serde cannot express (exactly-one-of, references, ranges).
-pub fn validate(cfg: &FilterConfig) -> Result<(), ConfigError> {
-    if cfg.providers.is_empty() {
-        return Err(ConfigError::new(
-            "providers",
-            "expected at least one provider",
-        ));
-    }
-    for (i, p) in cfg.providers.iter().enumerate() {
-        if p.name.trim().is_empty() {
-            return Err(ConfigError::new(
-                format!("providers[{i}].name"),
-                "expected a non-empty name",
-            ));
-        }
-        if let Some(j) = cfg.providers.iter().take(i).position(|q| q.name == p.name) {
-            return Err(ConfigError::new(
-                format!("providers[{i}].name"),
-                format!("duplicate provider name (also providers[{j}].name)"),
-            ));
-        }
-    }
-
-    let routes =
-        crate::policy::Routes::new(cfg, |n| cfg.providers.iter().position(|p| p.name == n))?;
-
-    let token_headers: Vec<&str> = cfg
-        .token_sources
-        .iter()
-        .filter_map(|t| t.header.as_deref())
-        .collect();
-    for (i, ch) in cfg.claims_to_headers.iter().enumerate() {
-        let base = format!("claims_to_headers[{i}]");
-        for alt in ch.claim.split('|') {
-            crate::policy::require::check_claim_path(&format!("{base}.claim"), alt.trim())?;
-        }
-        let hp = format!("{base}.header");
-        check_header_name(&hp, &ch.header)?;
-        if let Some(j) = cfg
-            .claims_to_headers
-            .iter()
-            .take(i)
-            .position(|o| o.header == ch.header)
-        {
-            return Err(ConfigError::new(
-                hp,
-                format!("duplicate header (also claims_to_headers[{j}].header)"),
-            ));
-        }
-        if token_headers
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case(&ch.header))
-        {
-            return Err(ConfigError::new(
-                hp,
-                "this header carries the caller's token (token_sources)",
-            ));
-        }
-        if ch.header == "cookie" || REQUEST_ID_HEADERS.contains(&ch.header.as_str()) {
-            return Err(ConfigError::new(hp, "this header is managed by the filter"));
-        }
-    }
+/// Check rules that span parts (a route setting a header that is also set from a claim)
+/// and the settings no part compiles (`realm`, `cache`).
+pub fn check(cfg: &FilterConfig) -> Result<(), ConfigError> {
     for (i, r) in cfg.routes.iter().enumerate() {
         for (name, _) in &r.set_request_headers {
-            let p = format!("routes[{i}].set_request_headers.{name}");
             if let Some(j) = cfg.claims_to_headers.iter().position(|c| c.header == *name) {
                 return Err(ConfigError::new(
-                    p,
+                    format!("routes[{i}].set_request_headers.{name}"),
                     format!("also set from a claim by claims_to_headers[{j}].header"),
                 ));
             }
-            if name == "cookie" || REQUEST_ID_HEADERS.contains(&name.as_str()) {
-                return Err(ConfigError::new(p, "this header is managed by the filter"));
-            }
         }
     }
-    debug_assert_eq!(routes.len(), cfg.routes.len());
-
     if cfg.realm.is_empty()
         || cfg.realm.len() > 256
         || cfg
@@ -153,8 +50,16 @@ pub fn validate(cfg: &FilterConfig) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    //! Through the whole load (parse, compile, these checks): each error must name its
+    //! field whichever stage finds it.
+
     use super::*;
-    use crate::config::{load, parse};
+    use crate::config::parse;
+    use crate::engine::Filter;
+
+    fn load(json: &[u8]) -> Result<Filter, ConfigError> {
+        Filter::from_json(json)
+    }
 
     const BASE: &str = r#"{
         "providers": [{"name": "entra", "issuers": ["https://login.microsoftonline.com/{tenantid}/v2.0"],
@@ -171,7 +76,10 @@ mod tests {
 
     fn err(json: &str) -> ConfigError {
         let c = parse(json.as_bytes()).unwrap_or_else(|e| panic!("parse: {e}"));
-        validate(&c).unwrap_err()
+        match Filter::compile(c) {
+            Ok(_) => panic!("accepted: {json}"),
+            Err(e) => e,
+        }
     }
 
     #[test]
@@ -194,7 +102,10 @@ mod tests {
         let mut c = parse(BASE.as_bytes()).unwrap();
         let p = c.providers[0].clone();
         c.providers.push(p);
-        assert_eq!(validate(&c).unwrap_err().path, "providers[1].name");
+        let Err(e) = Filter::compile(c) else {
+            panic!("accepted a duplicate provider name")
+        };
+        assert_eq!(e.path, "providers[1].name");
     }
 
     #[test]

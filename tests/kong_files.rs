@@ -1,7 +1,7 @@
 //! Offline checks of the Kong and example files (no Docker, no network):
 //!
 //! - every filter config embedded in `kong/*.yml` and `examples/*.{yaml,yml,json}` loads with
-//!   the filter's own parser (`azure_ml_kong::config::load`, and the full compile that
+//!   the filter's own parser (`azure_ml_kong::config::parse`, and the full load that
 //!   `on_configure` runs, `engine::Filter::from_json`) AND validates against
 //!   `kong/azure_ml_kong.meta.json`'s `config_schema` (JSON Schema draft-04, as Kong does);
 //! - invalid samples are rejected by both, and both name the same field;
@@ -188,9 +188,9 @@ fn show(p: &Path_) -> String {
     s
 }
 
-/// What the filter does with its configuration in `on_configure`: parse and validate
-/// (`config::load`), then compile providers, token sources, routes and key sources
-/// (`engine::Filter::from_json`, which starts with `config::load`).
+/// What the filter does with its configuration in `on_configure`: parse (`config::parse`),
+/// then compile providers, token sources, routes, identity headers and key sources and
+/// check the rules that span them (`engine::Filter::from_json`).
 fn filter_load(v: &Value) -> Result<(), azure_ml_kong::config::ConfigError> {
     let bytes = serde_json::to_vec(v).expect("serialize config");
     azure_ml_kong::engine::Filter::from_json(&bytes).map(|_| ())
@@ -372,8 +372,11 @@ fn embedded_filter_configs_are_valid_for_filter_and_schema() {
     let mut failures = Vec::new();
     for f in &found {
         let bytes = serde_json::to_vec(&f.config).expect("serialize config");
-        if let Err(e) = azure_ml_kong::config::load(&bytes) {
-            failures.push(format!("{} {}: config::load rejects it: {e}", f.file, f.at));
+        if let Err(e) = azure_ml_kong::config::parse(&bytes) {
+            failures.push(format!(
+                "{} {}: config::parse rejects it: {e}",
+                f.file, f.at
+            ));
         }
         if let Err(e) = filter_load(&f.config) {
             failures.push(format!("{} {}: filter rejects it: {e}", f.file, f.at));
@@ -971,8 +974,10 @@ fn schema_defaults_are_the_filter_defaults() {
         "providers": [{"name": "p", "issuers": ["i"], "jwks_uri": "https://x/k", "audiences": ["a"]}],
         "routes": [{"name": "r", "rate_limit": {"requests": 1, "window_seconds": 1}}]
     });
-    let cfg = azure_ml_kong::config::load(minimal.to_string().as_bytes())
-        .unwrap_or_else(|e| panic!("minimal config: {e}"));
+    let cfg = match azure_ml_kong::engine::Filter::from_json(minimal.to_string().as_bytes()) {
+        Ok(f) => f.config,
+        Err(e) => panic!("minimal config: {e}"),
+    };
     let p = &cfg.providers[0];
     let r = &cfg.routes[0];
     let prov = "/definitions/provider/properties";

@@ -293,7 +293,7 @@ fn kong_props(audit: &AuditRecord) -> Vec<(&'static str, String)> {
         ),
         (
             "azure_ml_kong_reason",
-            audit.reason.unwrap_or("").to_string(),
+            audit.reason.map_or("", Reason::code).to_string(),
         ),
         ("azure_ml_kong_route", s(&audit.route)),
         ("azure_ml_kong_request_id", audit.request_id.clone()),

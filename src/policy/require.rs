@@ -14,7 +14,7 @@
 
 use serde_json::Value;
 
-use crate::claims::{lookup, Claims};
+use crate::claims::{check_claim_path, lookup, Claims};
 use crate::config::{ConfigError, RequirementConfig};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,33 +55,15 @@ pub enum Requirement {
     Claim { claim: String, op: Op },
 }
 
-/// Evaluation inputs.
-pub struct Ctx<'a> {
+/// What a requirement is evaluated against: the verified claims and the path
+/// parameters the route's template bound.
+pub struct EvalInput<'a> {
     pub claims: &'a Claims,
     pub params: &'a [(String, String)],
 }
 
 const FORMS: &str = "expected exactly one of all, any, not, claim";
 const OPS: &str = "expected exactly one of equals, one_of, contains_any, contains_all, exists";
-
-pub(crate) fn check_claim_path(path: &str, claim: &str) -> Result<(), ConfigError> {
-    if claim.is_empty() || claim.split('.').any(str::is_empty) {
-        return Err(ConfigError::new(
-            path,
-            "expected a claim name or a dotted path such as `a.b`",
-        ));
-    }
-    if claim
-        .chars()
-        .any(|c| c.is_control() || c == '{' || c == '}')
-    {
-        return Err(ConfigError::new(
-            path,
-            "claim names cannot contain control characters or braces",
-        ));
-    }
-    Ok(())
-}
 
 fn parse_text(path: &str, s: &str, params: &[&str]) -> Result<Text, ConfigError> {
     let mut pieces = Vec::new();
@@ -257,20 +239,20 @@ impl Requirement {
         }
     }
 
-    pub fn eval(&self, ctx: &Ctx<'_>) -> bool {
+    pub fn eval(&self, input: &EvalInput<'_>) -> bool {
         match self {
-            Requirement::All(l) => l.iter().all(|r| r.eval(ctx)),
-            Requirement::Any(l) => l.iter().any(|r| r.eval(ctx)),
-            Requirement::Not(r) => !r.eval(ctx),
+            Requirement::All(l) => l.iter().all(|r| r.eval(input)),
+            Requirement::Any(l) => l.iter().any(|r| r.eval(input)),
+            Requirement::Not(r) => !r.eval(input),
             Requirement::Claim { claim, op } => {
-                let v = lookup(ctx.claims, claim).filter(|v| !v.is_null());
+                let v = lookup(input.claims, claim).filter(|v| !v.is_null());
                 match (op, v) {
                     (Op::Exists(want), v) => v.is_some() == *want,
                     (_, None) => false,
-                    (Op::Equals(s), Some(v)) => scalar_eq(s, v, ctx),
-                    (Op::OneOf(list), Some(v)) => list.iter().any(|s| scalar_eq(s, v, ctx)),
-                    (Op::ContainsAny(list), Some(v)) => list.iter().any(|t| contains(v, t, ctx)),
-                    (Op::ContainsAll(list), Some(v)) => list.iter().all(|t| contains(v, t, ctx)),
+                    (Op::Equals(s), Some(v)) => scalar_eq(s, v, input),
+                    (Op::OneOf(list), Some(v)) => list.iter().any(|s| scalar_eq(s, v, input)),
+                    (Op::ContainsAny(list), Some(v)) => list.iter().any(|t| contains(v, t, input)),
+                    (Op::ContainsAll(list), Some(v)) => list.iter().all(|t| contains(v, t, input)),
                 }
             }
         }
@@ -278,8 +260,8 @@ impl Requirement {
 }
 
 /// Render a claim used in `{claims.NAME}`; `None` when it is not a scalar.
-fn claim_text<'a>(ctx: &Ctx<'a>, name: &str) -> Option<std::borrow::Cow<'a, str>> {
-    match lookup(ctx.claims, name)? {
+fn claim_text<'a>(input: &EvalInput<'a>, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    match lookup(input.claims, name)? {
         Value::String(s) => Some(std::borrow::Cow::Borrowed(s.as_str())),
         Value::Number(n) => Some(std::borrow::Cow::Owned(n.to_string())),
         Value::Bool(b) => Some(std::borrow::Cow::Borrowed(if *b {
@@ -294,19 +276,20 @@ fn claim_text<'a>(ctx: &Ctx<'a>, name: &str) -> Option<std::borrow::Cow<'a, str>
 impl Text {
     /// Does `candidate` equal this text after substitution? `None` if a substitution
     /// is unbound. Compares piece by piece, without building the string.
-    fn equals(&self, candidate: &str, ctx: &Ctx<'_>) -> Option<bool> {
+    fn equals(&self, candidate: &str, input: &EvalInput<'_>) -> Option<bool> {
         let mut rest = candidate;
         let mut ok = true;
         for p in &self.pieces {
             let part: std::borrow::Cow<'_, str> = match p {
                 Piece::Lit(l) => std::borrow::Cow::Borrowed(l.as_str()),
                 Piece::Path(n) => std::borrow::Cow::Borrowed(
-                    ctx.params
+                    input
+                        .params
                         .iter()
                         .find(|(k, _)| k == n)
                         .map(|(_, v)| v.as_str())?,
                 ),
-                Piece::Claim(n) => claim_text(ctx, n)?,
+                Piece::Claim(n) => claim_text(input, n)?,
             };
             // Keep checking later pieces so an unbound substitution is always reported.
             if ok {
@@ -319,8 +302,8 @@ impl Text {
         Some(ok && rest.is_empty())
     }
 
-    fn matches(&self, candidate: &str, ctx: &Ctx<'_>) -> bool {
-        self.equals(candidate, ctx).unwrap_or(false)
+    fn matches(&self, candidate: &str, input: &EvalInput<'_>) -> bool {
+        self.equals(candidate, input).unwrap_or(false)
     }
 }
 
@@ -337,21 +320,21 @@ fn num_eq(a: &serde_json::Number, b: &serde_json::Number) -> bool {
     }
 }
 
-fn scalar_eq(s: &Scalar, v: &Value, ctx: &Ctx<'_>) -> bool {
+fn scalar_eq(s: &Scalar, v: &Value, input: &EvalInput<'_>) -> bool {
     match (s, v) {
-        (Scalar::Str(t), Value::String(c)) => t.matches(c, ctx),
+        (Scalar::Str(t), Value::String(c)) => t.matches(c, input),
         (Scalar::Num(n), Value::Number(c)) => num_eq(n, c),
         (Scalar::Bool(b), Value::Bool(c)) => b == c,
         _ => false,
     }
 }
 
-fn contains(v: &Value, t: &Text, ctx: &Ctx<'_>) -> bool {
+fn contains(v: &Value, t: &Text, input: &EvalInput<'_>) -> bool {
     match v {
         Value::Array(items) => items
             .iter()
-            .any(|i| i.as_str().is_some_and(|s| t.matches(s, ctx))),
-        Value::String(s) => s.split_ascii_whitespace().any(|w| t.matches(w, ctx)),
+            .any(|i| i.as_str().is_some_and(|s| t.matches(s, input))),
+        Value::String(s) => s.split_ascii_whitespace().any(|w| t.matches(w, input)),
         _ => false,
     }
 }
@@ -376,7 +359,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let c = claims(c);
-        req(r, &names).unwrap().eval(&Ctx {
+        req(r, &names).unwrap().eval(&EvalInput {
             claims: &c,
             params: &p,
         })
@@ -475,7 +458,7 @@ mod tests {
         // Unbound path parameter (compiled with the name, but not bound at runtime).
         let c = claims(r#"{"team":""}"#);
         let r = req(guard, &["team"]).unwrap();
-        assert!(!r.eval(&Ctx {
+        assert!(!r.eval(&EvalInput {
             claims: &c,
             params: &[]
         }));
