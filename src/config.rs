@@ -60,6 +60,8 @@ pub struct FilterConfig {
     pub audit: AuditConfig,
     #[serde(default)]
     pub cache: CacheConfig,
+    #[serde(default, deserialize_with = "lenient_vec")]
+    pub upstream_credentials: Vec<UpstreamCredentialConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +134,70 @@ pub struct RouteConfig {
     /// CORS preflight (`OPTIONS` + `Origin` + `Access-Control-Request-Method`) without a token.
     #[serde(default)]
     pub cors_preflight: CorsPreflight,
+    /// Name of an `upstream_credentials` entry: allowed requests go upstream with the
+    /// gateway's own token instead of the caller's.
+    #[serde(default)]
+    pub upstream_credential: Option<String>,
+}
+
+/// `upstream_credentials[]`: the gateway's own identity towards Azure ML (compiled by
+/// `credential::spec::compile`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamCredentialConfig {
+    pub name: String,
+    #[serde(default)]
+    pub managed_identity: Option<ManagedIdentityConfig>,
+    #[serde(default)]
+    pub client_credentials: Option<ClientCredentialsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedIdentityConfig {
+    #[serde(default = "default_resource")]
+    pub resource: String,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default = "default_imds_endpoint")]
+    pub endpoint: String,
+    #[serde(default)]
+    pub upstream: Option<String>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCredentialsConfig {
+    pub token_endpoint: String,
+    pub client_id: String,
+    pub client_secret: String,
+    #[serde(default = "default_scope")]
+    pub scope: String,
+    #[serde(default)]
+    pub upstream: Option<String>,
+}
+
+// The secret never reaches a log, not even through a debug print of the config.
+impl core::fmt::Debug for ClientCredentialsConfig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ClientCredentialsConfig")
+            .field("token_endpoint", &self.token_endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("scope", &self.scope)
+            .field("upstream", &self.upstream)
+            .finish()
+    }
+}
+
+fn default_resource() -> String {
+    crate::credential::spec::DEFAULT_RESOURCE.into()
+}
+fn default_imds_endpoint() -> String {
+    crate::credential::spec::DEFAULT_IMDS_ENDPOINT.into()
+}
+fn default_scope() -> String {
+    crate::credential::spec::DEFAULT_SCOPE.into()
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

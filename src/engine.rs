@@ -12,6 +12,7 @@ use crate::claims::Claims;
 use crate::config::{
     self, AuthMode, ConfigError, CorsPreflight, FilterConfig, LogLevel, OnNoRoute,
 };
+use crate::credential;
 use crate::jose::{self, Alg};
 use crate::jwks::KeySet;
 use crate::keycache::JwksSource;
@@ -34,6 +35,8 @@ pub struct Filter {
     pub annotator: Annotator,
     /// Where each provider's keys come from (same order as `providers`).
     pub jwks_sources: Vec<Option<JwksSource>>,
+    /// The gateway's own credentials and which route uses which.
+    pub credentials: credential::spec::Credentials,
 }
 
 /// What the adapter must do with the request.
@@ -53,6 +56,21 @@ pub enum Decision {
     /// the request and call [`Filter::decide`] again when the key state changes, or
     /// [`Filter::deny_unavailable`] when waiting must end.
     WaitForKeys { provider: usize },
+    /// The route lends the gateway's own token (`upstream_credential`) and none is usable
+    /// yet: pause and decide again when [`Env::upstream_token`] changes, or answer with
+    /// [`Filter::deny_waited`] and [`Reason::UpstreamCredentialUnavailable`].
+    WaitForCredential { credential: usize },
+}
+
+/// The gateway's own token for one credential, as the adapter's credential cache sees it.
+pub enum CredentialState {
+    Ready(Rc<str>),
+    /// A token request is under way (or about to start): waiting is worthwhile.
+    Loading,
+    /// No usable token and the last request failed: 503 with this `Retry-After`.
+    Unavailable {
+        retry_after_secs: u64,
+    },
 }
 
 /// Key availability for one provider, as the adapter's JWKS cache sees it.
@@ -77,6 +95,9 @@ pub trait Env {
     fn refetch_for_unknown_kid(&mut self, provider: usize) -> bool;
     /// Count one request against `bucket`; returns the verdict.
     fn rate_limit(&mut self, bucket: &str, limit: u64, window_secs: u64) -> ratelimit::Verdict;
+    /// The gateway's token for `credential` (an index into `Filter::credentials.specs`).
+    /// Asked only for allowed requests on a route with `upstream_credential`.
+    fn upstream_token(&mut self, credential: usize) -> CredentialState;
 }
 
 /// Per-request inputs that are not part of the request itself.
@@ -111,8 +132,10 @@ impl Filter {
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let credentials = credential::spec::compile_all(&config)?;
         validate::check(&config)?;
         Ok(Filter {
+            credentials,
             config,
             providers,
             tokens,
@@ -186,6 +209,27 @@ impl Filter {
             if let Err(reason) = r.authorize(&verified.claims, params) {
                 return self.deny(reason, &request_id, None, audit);
             }
+        }
+        // Before the rate limit, so a request that waits for the token and is decided
+        // again is counted once.
+        let credential = found
+            .as_ref()
+            .and_then(|m| self.credentials.for_route(m.index));
+        let upstream_token = match credential.map(|c| (c, env.upstream_token(c))) {
+            None => None,
+            Some((_, CredentialState::Ready(t))) => Some(t),
+            Some((credential, CredentialState::Loading)) => {
+                return Decision::WaitForCredential { credential }
+            }
+            Some((_, CredentialState::Unavailable { retry_after_secs })) => {
+                let (reason, retry) = (
+                    Reason::UpstreamCredentialUnavailable,
+                    Some(retry_after_secs),
+                );
+                return self.deny(reason, &request_id, retry, audit);
+            }
+        };
+        if let Some(r) = route {
             if let Some(rl) = &r.rate_limit {
                 let bucket = ratelimit::bucket_key(&r.name, &rl.key, &verified.claims);
                 let verdict = env.rate_limit(&bucket, rl.requests, rl.window_seconds);
@@ -195,14 +239,18 @@ impl Filter {
                 }
             }
         }
-        self.allow(
+        let mut decision = self.allow(
             route,
             Some(&verified.claims),
             Some(&location),
             req,
             &request_id,
             audit,
-        )
+        );
+        if let (Decision::Allow { ops, .. }, Some(t)) = (&mut decision, upstream_token) {
+            lend_credential(ops, &t);
+        }
+        decision
     }
 
     /// Token → verified claims, or why not.
@@ -325,6 +373,17 @@ impl Filter {
 
     /// Answer a request that waited for keys that did not come.
     pub fn deny_unavailable(&self, req: &RequestView, ctx: Ctx, retry_after_secs: u64) -> Decision {
+        self.deny_waited(req, ctx, Reason::JwksUnavailable, retry_after_secs)
+    }
+
+    /// Answer a request that waited (for keys, or for the gateway's token) in vain.
+    pub fn deny_waited(
+        &self,
+        req: &RequestView,
+        ctx: Ctx,
+        reason: Reason,
+        retry_after_secs: u64,
+    ) -> Decision {
         let request_id = annotate::request_id(req, ctx.random);
         let mut audit = AuditRecord::new(ctx.now_ms, &request_id, req);
         audit.route = self
@@ -332,13 +391,22 @@ impl Filter {
             .find_request(req)
             .map(|m| m.route.name.clone())
             .or_else(|| ctx.host_route.map(str::to_string));
-        self.deny(
-            Reason::JwksUnavailable,
-            &request_id,
-            Some(retry_after_secs),
-            audit,
-        )
+        self.deny(reason, &request_id, Some(retry_after_secs), audit)
     }
+}
+
+/// The caller's token never goes upstream on such a route: whatever the plan did with
+/// `authorization` (clear it, or keep it for `forward_token`), the gateway's token is set
+/// in its place (in place, the header recipe of both hosts).
+fn lend_credential(ops: &mut Vec<HeaderOp>, token: &str) {
+    ops.retain(|op| !matches!(op, HeaderOp::Set { name, .. } | HeaderOp::Clear { name } if name == "authorization"));
+    ops.insert(
+        0,
+        HeaderOp::Set {
+            name: "authorization".into(),
+            value: format!("Bearer {token}"),
+        },
+    );
 }
 
 /// Deny every request: the configuration could not be loaded (fail closed, never forward).
@@ -482,6 +550,9 @@ mod tests {
         key_lookups: usize,
         refetches: usize,
         rate_calls: Vec<(String, u64, u64)>,
+        /// `None`: loading; `Some(Ok(t))`: ready; `Some(Err(s))`: unavailable, retry in s.
+        credential: Option<Result<&'static str, u64>>,
+        credential_asks: Vec<usize>,
     }
 
     impl FakeEnv {
@@ -497,6 +568,8 @@ mod tests {
                 key_lookups: 0,
                 refetches: 0,
                 rate_calls: Vec::new(),
+                credential: Some(Ok("gw-token")),
+                credential_asks: Vec::new(),
             }
         }
     }
@@ -525,6 +598,16 @@ mod tests {
             ratelimit::Verdict {
                 allowed: !self.limited,
                 retry_after_secs: if self.limited { 17 } else { 0 },
+            }
+        }
+        fn upstream_token(&mut self, credential: usize) -> CredentialState {
+            self.credential_asks.push(credential);
+            match self.credential {
+                Some(Ok(t)) => CredentialState::Ready(t.into()),
+                None => CredentialState::Loading,
+                Some(Err(s)) => CredentialState::Unavailable {
+                    retry_after_secs: s,
+                },
             }
         }
     }
@@ -952,6 +1035,145 @@ mod tests {
         let ops = allowed(&run.bearer("GET", "/any/x", &t)).to_vec();
         assert!(!cleared(&ops, "authorization"), "{ops:?}");
         assert_eq!(set(&ops, "authorization"), None);
+    }
+
+    /// `config("")` plus a route `gw` (before `any`) that lends the credential `aml`.
+    fn lending(extra: &str) -> Filter {
+        let json = config(&format!(
+            r#", "upstream_credentials": [{{"name": "aml", "managed_identity": {{}}}}]{extra}"#
+        ))
+        .replace(
+            r#"{"name": "any""#,
+            r#"{"name": "gw", "match": {"path_prefix": "/gw/"}, "upstream_credential": "aml",
+                "require": {"claim": "team", "equals": "fraud"},
+                "rate_limit": {"requests": 5, "window_seconds": 60, "key": "oid"}},
+              {"name": "any""#,
+        );
+        Filter::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_lending_route_sends_the_gateway_token_and_never_the_callers() {
+        for forward in ["", r#", "forward_token": true"#] {
+            let f = lending(forward);
+            let mut run = Run::new(&f, FakeEnv::ready());
+            let t = good();
+            let ops = allowed(&run.bearer("POST", "/gw/score", &t)).to_vec();
+            assert_eq!(
+                set(&ops, "authorization"),
+                Some("Bearer gw-token"),
+                "{forward}"
+            );
+            let auth_ops = ops
+                .iter()
+                .filter(|o| matches!(o, HeaderOp::Set { name, .. } | HeaderOp::Clear { name } if name == "authorization"))
+                .count();
+            assert_eq!(auth_ops, 1, "{ops:?}");
+            assert!(!format!("{ops:?}").contains(&t));
+            assert_eq!(set(&ops, "x-caller-oid"), Some(OID));
+            assert_eq!(run.env.credential_asks, vec![0]);
+            // Other routes never touch it.
+            let ops = allowed(&run.bearer("GET", "/any/x", &t)).to_vec();
+            assert_ne!(set(&ops, "authorization"), Some("Bearer gw-token"));
+            assert_eq!(run.env.credential_asks, vec![0]);
+        }
+    }
+
+    #[test]
+    fn a_denied_request_never_asks_for_the_gateway_token() {
+        let f = lending("");
+        let mut run = Run::new(&f, FakeEnv::ready());
+        let other_team = token(&with(claims(), "team", json!("churn")));
+        assert_deny(
+            &run.bearer("POST", "/gw/score", &other_team),
+            403,
+            "insufficient_scope",
+        );
+        assert_deny(&run.call("POST", "/gw/score", &[]), 401, "token_missing");
+        assert!(run.env.credential_asks.is_empty());
+    }
+
+    #[test]
+    fn no_token_yet_waits_then_counts_once_and_failing_is_503_with_retry_after() {
+        let f = lending("");
+        let mut env = FakeEnv::ready();
+        env.credential = None;
+        let mut run = Run::new(&f, env);
+        let t = good();
+        assert!(matches!(
+            run.bearer("POST", "/gw/score", &t),
+            Decision::WaitForCredential { credential: 0 }
+        ));
+        assert!(run.env.rate_calls.is_empty(), "not counted while waiting");
+        run.env.credential = Some(Ok("gw-token"));
+        allowed(&run.bearer("POST", "/gw/score", &t));
+        assert_eq!(run.env.rate_calls.len(), 1);
+        run.env.credential = Some(Err(7));
+        let d = run.bearer("POST", "/gw/score", &t);
+        let (status, reason, resp) = denied(&d);
+        assert_eq!((status, reason), (503, "upstream_credential_unavailable"));
+        assert_eq!(header(resp, "retry-after"), Some("7"));
+        assert_eq!(run.env.rate_calls.len(), 1);
+        let req_headers = headers(&[]);
+        let req = RequestView {
+            method: "POST",
+            path: "/gw/score",
+            authority: "ml.example.com",
+            headers: &req_headers,
+        };
+        let d = f.deny_waited(&req, ctx(), Reason::UpstreamCredentialUnavailable, 3);
+        let (status, reason, resp) = denied(&d);
+        assert_eq!((status, reason), (503, "upstream_credential_unavailable"));
+        assert_eq!(header(resp, "retry-after"), Some("3"));
+    }
+
+    #[test]
+    fn credential_config_errors_name_the_field() {
+        let base = config(r#", "upstream_credentials": [{"name": "aml", "managed_identity": {}}]"#);
+        let gw = |attrs: &str| {
+            base.replace(
+                r#"{"name": "any""#,
+                &format!(r#"{{"name": "gw", "match": {{"path_prefix": "/gw/"}}{attrs}}}, {{"name": "any""#),
+            )
+        };
+        let cases = [
+            (
+                gw(r#", "upstream_credential": "nope""#),
+                "routes[5].upstream_credential",
+            ),
+            (
+                gw(r#", "upstream_credential": "aml", "auth": "optional""#),
+                "routes[5].upstream_credential",
+            ),
+            (
+                gw(
+                    r#", "upstream_credential": "aml", "set_request_headers": {"authorization": "Bearer k"}"#,
+                ),
+                "routes[5].set_request_headers.authorization",
+            ),
+            (
+                config(
+                    r#", "upstream_credentials": [{"name": "a", "managed_identity": {}}, {"name": "a", "managed_identity": {}}]"#,
+                ),
+                "upstream_credentials[1].name",
+            ),
+            (
+                config(
+                    r#", "upstream_credentials": [{"name": "a", "managed_identity": {"endpoint": "nope"}}]"#,
+                ),
+                "upstream_credentials[0].managed_identity.endpoint",
+            ),
+            (
+                config(r#", "upstream_credentials": [{"name": "a", "managed_identitty": {}}]"#),
+                "upstream_credentials[0]",
+            ),
+        ];
+        for (json, field) in cases {
+            let Err(e) = Filter::from_json(json.as_bytes()) else {
+                panic!("{field}: accepted")
+            };
+            assert!(e.path.starts_with(field), "{field}: {e}");
+        }
     }
 
     #[test]

@@ -81,6 +81,9 @@ reasons! {
     RateLimited => "rate_limited", 429, "too many requests";
     JwksUnavailable => "jwks_unavailable", 503,
         "signing keys are not available yet; retry later";
+    /// A route with `upstream_credential`: the gateway holds no usable token of its own.
+    UpstreamCredentialUnavailable => "upstream_credential_unavailable", 503,
+        "the gateway's own credential for the upstream is not available yet; retry later";
     ConfigInvalid => "config_invalid", 503,
         "the gateway's authentication filter is misconfigured";
     /// The host refused an operation the decision needs (e.g. clearing the caller's

@@ -1,5 +1,6 @@
 use super::*;
-use crate::credential::spec::{compile, UpstreamCredentialConfig};
+use crate::config::UpstreamCredentialConfig;
+use crate::credential::spec::compile;
 use crate::keycache::shared::{NoSharedStore, StoreError, Versioned};
 use std::collections::HashMap;
 
@@ -16,7 +17,8 @@ impl SharedStore for KongStore {
         if cur.is_some() && cur != cas {
             return Err(StoreError::CasMismatch);
         }
-        self.0.insert(key.into(), (value.to_vec(), cur.unwrap_or(0) + 1));
+        self.0
+            .insert(key.into(), (value.to_vec(), cur.unwrap_or(0) + 1));
         Ok(())
     }
 }

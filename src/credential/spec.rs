@@ -1,9 +1,10 @@
 //! `upstream_credentials[]`: the raw configuration (plain serde data) and its compiled
 //! form, the exact token request the adapter dispatches.
 
-use serde::Deserialize;
-
-use crate::config::ConfigError;
+use crate::config::{
+    AuthMode, ClientCredentialsConfig, ConfigError, FilterConfig, ManagedIdentityConfig,
+    UpstreamCredentialConfig,
+};
 use crate::keycache::source::{HttpUri, Scheme};
 
 pub const DEFAULT_RESOURCE: &str = "https://ml.azure.com";
@@ -12,64 +13,6 @@ pub const DEFAULT_SCOPE: &str = "https://ml.azure.com/.default";
 pub const IMDS_API_VERSION: &str = "2018-02-01";
 /// Budget for one token request (IMDS answers in milliseconds, Entra in well under 1 s).
 pub const TOKEN_TIMEOUT_MS: u64 = 5000;
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamCredentialConfig {
-    pub name: String,
-    #[serde(default)]
-    pub managed_identity: Option<ManagedIdentityConfig>,
-    #[serde(default)]
-    pub client_credentials: Option<ClientCredentialsConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ManagedIdentityConfig {
-    #[serde(default = "default_resource")]
-    pub resource: String,
-    #[serde(default)]
-    pub client_id: Option<String>,
-    #[serde(default = "default_imds_endpoint")]
-    pub endpoint: String,
-    #[serde(default)]
-    pub upstream: Option<String>,
-}
-
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientCredentialsConfig {
-    pub token_endpoint: String,
-    pub client_id: String,
-    pub client_secret: String,
-    #[serde(default = "default_scope")]
-    pub scope: String,
-    #[serde(default)]
-    pub upstream: Option<String>,
-}
-
-// The secret never reaches a log, not even through a debug print of the config.
-impl core::fmt::Debug for ClientCredentialsConfig {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ClientCredentialsConfig")
-            .field("token_endpoint", &self.token_endpoint)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"<redacted>")
-            .field("scope", &self.scope)
-            .field("upstream", &self.upstream)
-            .finish()
-    }
-}
-
-fn default_resource() -> String {
-    DEFAULT_RESOURCE.into()
-}
-fn default_imds_endpoint() -> String {
-    DEFAULT_IMDS_ENDPOINT.into()
-}
-fn default_scope() -> String {
-    DEFAULT_SCOPE.into()
-}
 
 /// How the token is obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +75,68 @@ impl CredentialSpec {
     pub fn lease_key(&self) -> String {
         format!("amlk:cred-lease:{}", self.name)
     }
+}
+
+/// Every configured credential, and which one each route uses.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub specs: Vec<CredentialSpec>,
+    /// Indexed like `routes`: the route's `upstream_credential` as an index into `specs`.
+    pub by_route: Vec<Option<usize>>,
+}
+
+impl Credentials {
+    /// The credential of the route at `route_index`, if it has one.
+    pub fn for_route(&self, route_index: usize) -> Option<usize> {
+        self.by_route.get(route_index).copied().flatten()
+    }
+}
+
+/// Compile `upstream_credentials` and resolve each route's `upstream_credential`.
+pub fn compile_all(cfg: &FilterConfig) -> Result<Credentials, ConfigError> {
+    let mut specs: Vec<CredentialSpec> = Vec::with_capacity(cfg.upstream_credentials.len());
+    for (i, c) in cfg.upstream_credentials.iter().enumerate() {
+        let spec = compile(c, &format!("upstream_credentials[{i}]"))?;
+        if let Some(j) = specs.iter().position(|s| s.name == spec.name) {
+            return Err(ConfigError::new(
+                format!("upstream_credentials[{i}].name"),
+                format!("duplicate credential name (also upstream_credentials[{j}].name)"),
+            ));
+        }
+        specs.push(spec);
+    }
+    let mut by_route = Vec::with_capacity(cfg.routes.len());
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let Some(name) = &r.upstream_credential else {
+            by_route.push(None);
+            continue;
+        };
+        let path = format!("routes[{i}].upstream_credential");
+        let Some(index) = specs.iter().position(|s| s.name == *name) else {
+            return Err(ConfigError::new(
+                path,
+                format!("no upstream_credentials entry is named `{name}`"),
+            ));
+        };
+        // The gateway's identity is lent to verified callers only.
+        if r.auth != AuthMode::Required {
+            return Err(ConfigError::new(
+                path,
+                "needs `auth: required` (the gateway's identity is lent to verified callers only)",
+            ));
+        }
+        if r.set_request_headers
+            .iter()
+            .any(|(h, _)| h.eq_ignore_ascii_case("authorization"))
+        {
+            return Err(ConfigError::new(
+                format!("routes[{i}].set_request_headers.authorization"),
+                "conflicts with upstream_credential, which sets authorization",
+            ));
+        }
+        by_route.push(Some(index));
+    }
+    Ok(Credentials { specs, by_route })
 }
 
 /// Compile `upstream_credentials[i]` (`path` names it in errors).
