@@ -6,7 +6,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use azure_ml_kong::engine::{Ctx, Decision, Env, Filter, KeyState};
+use azure_ml_kong::engine::{CredentialState, Ctx, Decision, Env, Filter, KeyState};
 use azure_ml_kong::jwks::KeySet;
 use azure_ml_kong::ratelimit::Verdict;
 use azure_ml_kong::request::RequestView;
@@ -30,6 +30,9 @@ impl Env for FixedKeys {
     }
     fn rate_limit(&mut self, _bucket: &str, _limit: u64, _window_secs: u64) -> Verdict {
         unreachable!("no rate limits configured")
+    }
+    fn upstream_token(&mut self, _credential: usize) -> CredentialState {
+        unreachable!("no upstream credentials configured")
     }
 }
 
