@@ -32,6 +32,7 @@ pub mod ratelimit;
 pub mod reason;
 pub mod request;
 pub mod respond;
+pub mod store;
 pub mod token;
 pub mod validate;
 pub mod verify;

@@ -12,12 +12,12 @@ use super::host;
 use super::metrics::Metrics;
 use crate::engine::{Env, KeyState};
 use crate::jwks::KeySet;
-use crate::keycache::shared::Versioned;
 use crate::keycache::{
-    Action, Event, FetchRequest, HttpResponse, Io, JwksSource, KeyCache, Level, NoSharedStore,
-    Refetch, Ride, SharedStore, Step, StoreError, Ticket, WaitDecision, WaiterId,
+    Event, FetchRequest, HttpResponse, Io, JwksSource, KeyAction, KeyCache, Level, Refetch, Ride,
+    Step, Ticket, WaitDecision, WaiterId,
 };
 use crate::ratelimit::{self, Verdict, Window};
+use crate::store::{NoSharedStore, SharedStore, StoreError, Versioned};
 
 type Cache = KeyCache<Rc<KeySet>>;
 
@@ -188,7 +188,7 @@ impl KeyManager {
     fn perform(
         &mut self,
         i: usize,
-        mut out: Vec<Action>,
+        mut out: Vec<KeyAction>,
         now_ms: u64,
         random: u64,
         metrics: &mut Metrics,
@@ -198,7 +198,7 @@ impl KeyManager {
             let mut next = Vec::new();
             for action in out {
                 match action {
-                    Action::Dispatch(req) => match host::dispatch(&req) {
+                    KeyAction::Dispatch(req) => match host::dispatch(&req) {
                         Ok(token) => {
                             self.calls.insert(token, (i, req.ticket));
                         }
@@ -213,15 +213,15 @@ impl KeyManager {
                             }
                         }
                     },
-                    Action::Resume(w) => wakes.push(Wake::Resume(w)),
-                    Action::Unavailable {
+                    KeyAction::Resume(w) => wakes.push(Wake::Resume(w)),
+                    KeyAction::Unavailable {
                         waiter,
                         retry_after_secs,
                     } => wakes.push(Wake::Unavailable {
                         waiter,
                         retry_after_secs,
                     }),
-                    Action::Event(ev) => {
+                    KeyAction::Event(ev) => {
                         let provider = self
                             .caches
                             .get(i)
@@ -250,9 +250,9 @@ fn read_call_response(cap: usize, body_size: usize) -> HttpResponse {
 }
 
 /// Log and count the events among `out` (rides and shared-data polls yield no others).
-fn report_all(provider: &str, out: &[Action], metrics: &mut Metrics) {
+fn report_all(provider: &str, out: &[KeyAction], metrics: &mut Metrics) {
     for a in out {
-        if let Action::Event(ev) = a {
+        if let KeyAction::Event(ev) = a {
             report(provider, ev, metrics);
         }
     }
@@ -386,7 +386,7 @@ impl Env for RequestEnv<'_> {
     fn rate_limit(&mut self, bucket: &str, limit: u64, window_secs: u64) -> Verdict {
         let now = self.now_ms / 1000;
         if !self.keys.store.disabled {
-            for _ in 0..crate::keycache::shared::CAS_RETRIES {
+            for _ in 0..crate::store::CAS_RETRIES {
                 let (prev, cas) = match self.keys.store.get(bucket) {
                     Ok(Some((v, cas))) => (Window::decode(&v), cas),
                     Ok(None) => (None, None),

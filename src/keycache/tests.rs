@@ -1,8 +1,9 @@
 use super::response::{backoff_ms, ttl_ms};
-use super::shared::{cas_update, may_take_lease, record_to_write, should_adopt, CasOutcome};
+use super::shared::{may_take_lease, record_to_write, should_adopt};
 use super::*;
 use crate::config::ProviderConfig;
-use std::collections::HashMap;
+use crate::store::testing::KongStore;
+use crate::store::{NoSharedStore, SharedStore};
 
 // ----- fixtures -----
 
@@ -25,41 +26,6 @@ fn parse(b: &[u8]) -> Result<Dummy, String> {
             .map(str::to_string)
             .collect(),
     ))
-}
-
-/// In-memory shared data with Kong's CAS rules.
-#[derive(Default)]
-struct KongStore {
-    map: HashMap<String, (Vec<u8>, u32)>,
-    /// Simulate another worker writing just before our next `set` (this many times).
-    interfere: usize,
-    sets: usize,
-}
-
-impl SharedStore for KongStore {
-    fn get(&mut self, key: &str) -> Result<Option<shared::Versioned>, StoreError> {
-        Ok(self.map.get(key).map(|(v, c)| (v.clone(), Some(*c))))
-    }
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        if self.interfere > 0 {
-            self.interfere -= 1;
-            if let Some(e) = self.map.get_mut(key) {
-                e.1 += 1;
-            } else {
-                self.map.insert(key.to_string(), (b"junk".to_vec(), 1));
-            }
-        }
-        let cur = self.map.get(key).map(|(_, c)| *c);
-        match (cur, cas) {
-            (Some(_), None) => return Err(StoreError::CasMismatch),
-            (Some(c), Some(x)) if c != x => return Err(StoreError::CasMismatch),
-            _ => {}
-        }
-        let next = cur.unwrap_or(0) + 1;
-        self.map.insert(key.to_string(), (value.to_vec(), next));
-        self.sets += 1;
-        Ok(())
-    }
 }
 
 fn provider(json: &str) -> ProviderConfig {
@@ -131,7 +97,7 @@ impl Env {
     }
 }
 
-fn tick(c: &mut KeyCache<Dummy>, env: &mut Env, now: u64) -> Vec<Action> {
+fn tick(c: &mut KeyCache<Dummy>, env: &mut Env, now: u64) -> Vec<KeyAction> {
     let mut out = Vec::new();
     c.on_tick(&mut env.io(now), parse, &mut out);
     out
@@ -143,40 +109,40 @@ fn respond(
     now: u64,
     t: Ticket,
     r: &HttpResponse,
-) -> Vec<Action> {
+) -> Vec<KeyAction> {
     let mut out = Vec::new();
     c.on_response(&mut env.io(now), t, r, parse, &mut out);
     out
 }
 
-fn dispatches(a: &[Action]) -> Vec<&FetchRequest> {
+fn dispatches(a: &[KeyAction]) -> Vec<&FetchRequest> {
     a.iter()
         .filter_map(|x| match x {
-            Action::Dispatch(r) => Some(r),
+            KeyAction::Dispatch(r) => Some(r),
             _ => None,
         })
         .collect()
 }
 
-fn one_dispatch(a: &[Action]) -> FetchRequest {
+fn one_dispatch(a: &[KeyAction]) -> FetchRequest {
     let d = dispatches(a);
     assert_eq!(d.len(), 1, "{a:?}");
     d[0].clone()
 }
 
-fn resumed(a: &[Action]) -> Vec<WaiterId> {
+fn resumed(a: &[KeyAction]) -> Vec<WaiterId> {
     a.iter()
         .filter_map(|x| match x {
-            Action::Resume(w) => Some(*w),
+            KeyAction::Resume(w) => Some(*w),
             _ => None,
         })
         .collect()
 }
 
-fn unavailable(a: &[Action]) -> Vec<(WaiterId, u32)> {
+fn unavailable(a: &[KeyAction]) -> Vec<(WaiterId, u32)> {
     a.iter()
         .filter_map(|x| match x {
-            Action::Unavailable {
+            KeyAction::Unavailable {
                 waiter,
                 retry_after_secs,
             } => Some((*waiter, *retry_after_secs)),
@@ -185,16 +151,16 @@ fn unavailable(a: &[Action]) -> Vec<(WaiterId, u32)> {
         .collect()
 }
 
-fn events(a: &[Action]) -> Vec<&Event> {
+fn events(a: &[KeyAction]) -> Vec<&Event> {
     a.iter()
         .filter_map(|x| match x {
-            Action::Event(e) => Some(e),
+            KeyAction::Event(e) => Some(e),
             _ => None,
         })
         .collect()
 }
 
-fn failure_codes(a: &[Action]) -> Vec<(String, bool)> {
+fn failure_codes(a: &[KeyAction]) -> Vec<(String, bool)> {
     events(a)
         .into_iter()
         .filter_map(|e| match e {
@@ -908,48 +874,6 @@ fn adoption_and_write_rules() {
     assert!(record_to_write(Some(&rec(4, 11)), 10, 20, b"x").is_none());
 }
 
-#[test]
-fn cas_update_follows_kong_rules_and_retries() {
-    let mut s = KongStore::default();
-    // Absent key: set with None.
-    assert_eq!(
-        cas_update(&mut s, "k", |c| (c.is_none().then(|| b"v1".to_vec()), ())),
-        CasOutcome::Written(())
-    );
-    // Existing key: set must carry the cas (Kong rejects None).
-    assert_eq!(s.set("k", b"x", None), Err(StoreError::CasMismatch));
-    assert_eq!(
-        cas_update(&mut s, "k", |_| (Some(b"v2".to_vec()), ())),
-        CasOutcome::Written(())
-    );
-    assert_eq!(s.map["k"], (b"v2".to_vec(), 2));
-    // Someone writes between our get and set: we re-read and retry.
-    s.interfere = 2;
-    let mut reads = 0;
-    assert_eq!(
-        cas_update(&mut s, "k", |_| {
-            reads += 1;
-            (Some(b"v3".to_vec()), ())
-        }),
-        CasOutcome::Written(())
-    );
-    assert_eq!(reads, 3);
-    s.interfere = 100;
-    assert_eq!(
-        cas_update(&mut s, "k", |_| (Some(b"v".to_vec()), ())),
-        CasOutcome::Contended
-    );
-    s.interfere = 0;
-    assert_eq!(
-        cas_update(&mut s, "k", |_| (None, 5)),
-        CasOutcome::Declined(5)
-    );
-    assert_eq!(
-        cas_update(&mut NoSharedStore, "k", |_| (Some(vec![]), ())),
-        CasOutcome::<()>::Unavailable
-    );
-}
-
 /// Two caches (two workers) over one store.
 struct Node {
     store: KongStore,
@@ -963,7 +887,7 @@ impl Node {
             store: &mut self.store,
         }
     }
-    fn tick(&mut self, c: &mut KeyCache<Dummy>, now: u64) -> Vec<Action> {
+    fn tick(&mut self, c: &mut KeyCache<Dummy>, now: u64) -> Vec<KeyAction> {
         let mut out = Vec::new();
         c.on_tick(&mut self.io(now), parse, &mut out);
         out
@@ -974,7 +898,7 @@ impl Node {
         now: u64,
         t: Ticket,
         r: &HttpResponse,
-    ) -> Vec<Action> {
+    ) -> Vec<KeyAction> {
         let mut out = Vec::new();
         c.on_response(&mut self.io(now), t, r, parse, &mut out);
         out
@@ -1238,7 +1162,7 @@ fn ride_respond(
     now: u64,
     step: Step,
     r: &HttpResponse,
-) -> (Option<FetchRequest>, Vec<Action>) {
+) -> (Option<FetchRequest>, Vec<KeyAction>) {
     let mut out = Vec::new();
     let next = c.on_ride_response(&mut env.io(now), step, r, parse, &mut out);
     (next, out)
