@@ -10,7 +10,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use super::host::Host;
-use super::keys::WaitMode;
+use super::keys::{Cx, WaitMode};
 use super::outcome::{self, KongProps, Publish};
 use super::state::{Pending, State, Waiter};
 use crate::engine::Decision;
@@ -79,16 +79,15 @@ impl<H: Host> Context for Http<H> {
         let next = match self.state.try_borrow_mut() {
             Ok(mut st) => {
                 let st = &mut *st;
-                let seed = st.rng.next();
-                let next = st.keys.on_ride_response(
-                    &self.host,
-                    call.provider,
-                    call.step,
-                    body_size,
-                    now,
-                    seed,
-                    &mut st.metrics,
-                );
+                let mut cx = Cx {
+                    host: &self.host,
+                    now_ms: now,
+                    random: st.rng.next(),
+                    metrics: &mut st.metrics,
+                };
+                let next = st
+                    .keys
+                    .on_ride_response(&mut cx, call.provider, call.step, body_size);
                 if next.is_none() {
                     st.keys.ride_ended(call.provider);
                 }

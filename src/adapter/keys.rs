@@ -43,6 +43,15 @@ pub enum WaitMode {
     Ride { allowed: bool },
 }
 
+/// What a key-cache call needs besides its own arguments: the host, the time, fresh
+/// randomness and the metrics to count in.
+pub struct Cx<'a, H> {
+    pub host: &'a H,
+    pub now_ms: u64,
+    pub random: u64,
+    pub metrics: &'a mut Metrics,
+}
+
 pub struct KeyManager {
     /// One cache per provider (`None`: the provider needs no JWKS).
     caches: Vec<Option<Cache>>,
@@ -108,33 +117,29 @@ impl KeyManager {
 
     /// The answer to a ride's call (made from the request's own context). `Some`: send
     /// that request next from the same context; `None`: the ride is over.
-    #[allow(clippy::too_many_arguments)]
-    pub fn on_ride_response(
+    pub fn on_ride_response<H: Host>(
         &mut self,
-        host: &impl Host,
+        cx: &mut Cx<'_, H>,
         provider: usize,
         step: Step,
         body_size: usize,
-        now_ms: u64,
-        random: u64,
-        metrics: &mut Metrics,
     ) -> Option<FetchRequest> {
         let KeyManager {
             caches, store_off, ..
         } = self;
         let cache = caches.get_mut(provider).and_then(Option::as_mut)?;
-        let resp = read_call_response(host, cache.source().max_body_bytes, body_size);
+        let resp = read_call_response(cx.host, cache.source().max_body_bytes, body_size);
         let mut out = Vec::new();
-        let mut store = HostStore::new(host, store_off);
+        let mut store = HostStore::new(cx.host, store_off);
         let next = cache.on_ride_response(
-            &mut store.io(now_ms, random),
+            &mut store.io(cx.now_ms, cx.random),
             step,
             &resp,
             parse_keys,
             &mut out,
         );
         let name = cache.source().provider.clone();
-        report_all(host, &name, &out, metrics);
+        report_all(cx.host, &name, &out, cx.metrics);
         next
     }
 
@@ -151,13 +156,7 @@ impl KeyManager {
         }
     }
 
-    pub fn on_tick(
-        &mut self,
-        host: &impl Host,
-        now_ms: u64,
-        random: u64,
-        metrics: &mut Metrics,
-    ) -> Vec<Wake> {
+    pub fn on_tick<H: Host>(&mut self, cx: &mut Cx<'_, H>) -> Vec<Wake> {
         let mut wakes = Vec::new();
         for i in 0..self.caches.len() {
             let mut out = Vec::new();
@@ -165,26 +164,23 @@ impl KeyManager {
                 caches, store_off, ..
             } = self;
             if let Some(cache) = caches.get_mut(i).and_then(Option::as_mut) {
-                let mut store = HostStore::new(host, store_off);
-                cache.on_tick(&mut store.io(now_ms, random), parse_keys, &mut out);
+                let mut store = HostStore::new(cx.host, store_off);
+                cache.on_tick(&mut store.io(cx.now_ms, cx.random), parse_keys, &mut out);
             }
-            self.perform(host, i, out, now_ms, random, metrics, &mut wakes);
+            self.perform(cx, i, out, &mut wakes);
         }
-        if now_ms >= self.next_gauges_ms {
-            self.next_gauges_ms = now_ms.saturating_add(GAUGE_PERIOD_MS);
-            self.record_gauges(host, now_ms, metrics);
+        if cx.now_ms >= self.next_gauges_ms {
+            self.next_gauges_ms = cx.now_ms.saturating_add(GAUGE_PERIOD_MS);
+            self.record_gauges(cx);
         }
         wakes
     }
 
-    pub fn on_http_call_response(
+    pub fn on_http_call_response<H: Host>(
         &mut self,
-        host: &impl Host,
+        cx: &mut Cx<'_, H>,
         token: u32,
         body_size: usize,
-        now_ms: u64,
-        random: u64,
-        metrics: &mut Metrics,
     ) -> Vec<Wake> {
         let mut wakes = Vec::new();
         let Some((i, ticket)) = self.calls.remove(&token) else {
@@ -195,17 +191,17 @@ impl KeyManager {
             caches, store_off, ..
         } = self;
         if let Some(cache) = caches.get_mut(i).and_then(Option::as_mut) {
-            let resp = read_call_response(host, cache.source().max_body_bytes, body_size);
-            let mut store = HostStore::new(host, store_off);
+            let resp = read_call_response(cx.host, cache.source().max_body_bytes, body_size);
+            let mut store = HostStore::new(cx.host, store_off);
             cache.on_response(
-                &mut store.io(now_ms, random),
+                &mut store.io(cx.now_ms, cx.random),
                 ticket,
                 &resp,
                 parse_keys,
                 &mut out,
             );
         }
-        self.perform(host, i, out, now_ms, random, metrics, &mut wakes);
+        self.perform(cx, i, out, &mut wakes);
         wakes
     }
 
@@ -214,34 +210,30 @@ impl KeyManager {
     }
 
     /// Keys held and their age, per provider (the JWKS health a dashboard wants).
-    fn record_gauges(&self, host: &impl Host, now_ms: u64, metrics: &mut Metrics) {
+    fn record_gauges<H: Host>(&self, cx: &mut Cx<'_, H>) {
         for cache in self.caches.iter().flatten() {
             let (keys, age) = crate::metrics::jwks_gauges(&cache.source().provider);
             let count = cache.keys().map(|k| k.len() as u64).unwrap_or(0);
-            metrics.gauge(host, &keys, count);
-            if let Some(ms) = cache.keys_age_ms(now_ms) {
-                metrics.gauge(host, &age, ms / 1000);
+            cx.metrics.gauge(cx.host, &keys, count);
+            if let Some(ms) = cache.keys_age_ms(cx.now_ms) {
+                cx.metrics.gauge(cx.host, &age, ms / 1000);
             }
         }
     }
 
     /// Carry out cache actions; dispatch failures feed back into the cache.
-    #[allow(clippy::too_many_arguments)]
-    fn perform(
+    fn perform<H: Host>(
         &mut self,
-        host: &impl Host,
+        cx: &mut Cx<'_, H>,
         i: usize,
         mut out: Vec<KeyAction>,
-        now_ms: u64,
-        random: u64,
-        metrics: &mut Metrics,
         wakes: &mut Vec<Wake>,
     ) {
         while !out.is_empty() {
             let mut next = Vec::new();
             for action in out {
                 match action {
-                    KeyAction::Dispatch(req) => match host.dispatch(&req) {
+                    KeyAction::Dispatch(req) => match cx.host.dispatch(&req) {
                         Ok(token) => {
                             self.calls.insert(token, (i, req.ticket));
                         }
@@ -254,9 +246,9 @@ impl KeyManager {
                                 caches, store_off, ..
                             } = &mut *self;
                             if let Some(cache) = caches.get_mut(i).and_then(Option::as_mut) {
-                                let mut store = HostStore::new(host, store_off);
+                                let mut store = HostStore::new(cx.host, store_off);
                                 cache.on_dispatch_error(
-                                    &mut store.io(now_ms, random),
+                                    &mut store.io(cx.now_ms, cx.random),
                                     req.ticket,
                                     &mut next,
                                 );
@@ -277,7 +269,7 @@ impl KeyManager {
                             .get(i)
                             .and_then(Option::as_ref)
                             .map(|c| c.source().provider.as_str());
-                        report(host, provider.unwrap_or(""), &ev, metrics)
+                        report(cx.host, provider.unwrap_or(""), &ev, cx.metrics)
                     }
                 }
             }

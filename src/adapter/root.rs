@@ -10,7 +10,7 @@ use proxy_wasm::types::ContextType;
 
 use super::host::Host;
 use super::http::Http;
-use super::keys::{KeyManager, WaitMode, Wake};
+use super::keys::{Cx, KeyManager, WaitMode, Wake};
 use super::outcome::{self, Publish};
 use super::state::State;
 use crate::engine::{Decision, Filter};
@@ -98,15 +98,13 @@ impl<H: Host + Clone> Context for Root<H> {
         let wakes = match self.state.try_borrow_mut() {
             Ok(mut st) => {
                 let st = &mut *st;
-                let seed = st.rng.next();
-                st.keys.on_http_call_response(
-                    &self.host,
-                    token_id,
-                    body_size,
-                    now,
-                    seed,
-                    &mut st.metrics,
-                )
+                let mut cx = Cx {
+                    host: &self.host,
+                    now_ms: now,
+                    random: st.rng.next(),
+                    metrics: &mut st.metrics,
+                };
+                st.keys.on_http_call_response(&mut cx, token_id, body_size)
             }
             Err(_) => Vec::new(),
         };
@@ -155,8 +153,13 @@ impl<H: Host + Clone + 'static> RootContext for Root<H> {
         let wakes = match self.state.try_borrow_mut() {
             Ok(mut st) => {
                 let st = &mut *st;
-                let seed = st.rng.next();
-                st.keys.on_tick(&self.host, now, seed, &mut st.metrics)
+                let mut cx = Cx {
+                    host: &self.host,
+                    now_ms: now,
+                    random: st.rng.next(),
+                    metrics: &mut st.metrics,
+                };
+                st.keys.on_tick(&mut cx)
             }
             Err(_) => Vec::new(),
         };
