@@ -189,7 +189,9 @@ impl<H: Host> Http<H> {
             let (decision, ride) = match self.state.try_borrow_mut() {
                 Ok(mut st) => st.decide(&self.host, self.context_id, &req, now, wait),
                 // Cannot happen in a single-threaded VM; never forward unverified if it does.
-                Err(_) => return outcome::deny_internal(&self.host, &self.state, ""),
+                Err(_) => {
+                    return outcome::deny_internal(&self.host, &self.state, self.context_id, "")
+                }
             };
             let Decision::WaitForKeys { .. } = decision else {
                 let publish = if phase == Phase::CallResponse {
@@ -216,7 +218,7 @@ impl<H: Host> Http<H> {
                         self.waiting = true;
                         return Action::Pause;
                     }
-                    return outcome::deny_internal(&self.host, &self.state, "");
+                    return outcome::deny_internal(&self.host, &self.state, self.context_id, "");
                 }
                 (WaitMode::Ride { .. }, Some((provider, fetch))) => {
                     match self.dispatch_ride(provider, &fetch) {
@@ -234,7 +236,7 @@ impl<H: Host> Http<H> {
                 (WaitMode::Ride { .. }, None) => wait = WaitMode::Ride { allowed: false },
             }
         }
-        outcome::deny_internal(&self.host, &self.state, "")
+        outcome::deny_internal(&self.host, &self.state, self.context_id, "")
     }
 
     fn dispatch_ride(&self, provider: usize, fetch: &FetchRequest) -> Option<RideCall> {

@@ -59,7 +59,7 @@ pub fn finish(
             }
             record(host, state, &audit);
             if !applied {
-                return deny_internal(host, state, &audit.request_id);
+                return deny_internal(host, state, context_id, &audit.request_id);
             }
             if resumed {
                 let _ = host.resume_request();
@@ -80,14 +80,23 @@ pub fn finish(
             Action::Pause
         }
         // The caller handles waiting; reaching here means a logic error: fail closed.
-        Decision::WaitForKeys { .. } => deny_internal(host, state, ""),
+        Decision::WaitForKeys { .. } => deny_internal(host, state, context_id, ""),
     }
 }
 
 /// Fail closed when the filter cannot carry out its decision (503 `internal_error`).
-pub fn deny_internal(host: &impl Host, state: &Rc<RefCell<State>>, request_id: &str) -> Action {
-    let response = match state.try_borrow() {
-        Ok(st) => respond::deny(Reason::Internal, st.realm(), request_id, None),
+pub fn deny_internal(
+    host: &impl Host,
+    state: &Rc<RefCell<State>>,
+    context_id: u32,
+    request_id: &str,
+) -> Action {
+    let response = match state.try_borrow_mut() {
+        Ok(mut st) => {
+            // Answered locally like any denial: its body must not move either.
+            st.denied.push(context_id);
+            respond::deny(Reason::Internal, st.realm(), request_id, None)
+        }
         Err(_) => respond::deny(
             Reason::Internal,
             &crate::config::default_realm(),

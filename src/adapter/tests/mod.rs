@@ -478,7 +478,7 @@ fn kong_a_failed_header_operation_fails_closed_and_is_published_as_denied() {
     assert_eq!(p["azure_ml_kong_reason"], "internal_error");
 
     // Decided in the header phase: published before the answer, the request stays paused.
-    let (_, action) = w.request(3, "/score/x", true);
+    let (mut http, action) = w.request(3, "/score/x", true);
     assert_eq!(action, Action::Pause);
     let calls = w.take();
     let answer = position(
@@ -494,6 +494,11 @@ fn kong_a_failed_header_operation_fails_closed_and_is_published_as_denied() {
     let publish = calls.iter().position(|(_, c)| is_publish(c)).unwrap();
     assert!(publish < answer);
     assert_eq!(published(&calls)["azure_ml_kong_decision"], "deny");
+    assert_eq!(
+        w.body(&mut http, 3),
+        Action::Pause,
+        "its body is held like a denial's"
+    );
 }
 
 #[test]
