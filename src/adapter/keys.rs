@@ -124,22 +124,14 @@ impl KeyManager {
         step: Step,
         body_size: usize,
     ) -> Option<FetchRequest> {
-        let KeyManager {
-            caches, store_off, ..
-        } = self;
-        let cache = caches.get_mut(provider).and_then(Option::as_mut)?;
-        let resp = read_call_response(cx.host, cache.source().max_body_bytes, body_size);
+        let host = cx.host;
         let mut out = Vec::new();
-        let mut store = HostStore::new(cx.host, store_off);
-        let next = cache.on_ride_response(
-            &mut store.io(cx.now_ms, cx.random),
-            step,
-            &resp,
-            parse_keys,
-            &mut out,
-        );
-        let name = cache.source().provider.clone();
-        report_all(cx.host, &name, &out, cx.metrics);
+        let (next, name) = self.with_cache(host, cx.now_ms, cx.random, provider, |c, io| {
+            let resp = read_call_response(host, c.source().max_body_bytes, body_size);
+            let next = c.on_ride_response(io, step, &resp, parse_keys, &mut out);
+            (next, c.source().provider.clone())
+        })?;
+        report_all(host, &name, &out, cx.metrics);
         next
     }
 
@@ -160,13 +152,9 @@ impl KeyManager {
         let mut wakes = Vec::new();
         for i in 0..self.caches.len() {
             let mut out = Vec::new();
-            let KeyManager {
-                caches, store_off, ..
-            } = self;
-            if let Some(cache) = caches.get_mut(i).and_then(Option::as_mut) {
-                let mut store = HostStore::new(cx.host, store_off);
-                cache.on_tick(&mut store.io(cx.now_ms, cx.random), parse_keys, &mut out);
-            }
+            self.with_cache(cx.host, cx.now_ms, cx.random, i, |c, io| {
+                c.on_tick(io, parse_keys, &mut out)
+            });
             self.perform(cx, i, out, &mut wakes);
         }
         if cx.now_ms >= self.next_gauges_ms {
@@ -186,27 +174,35 @@ impl KeyManager {
         let Some((i, ticket)) = self.calls.remove(&token) else {
             return wakes;
         };
+        let host = cx.host;
         let mut out = Vec::new();
-        let KeyManager {
-            caches, store_off, ..
-        } = self;
-        if let Some(cache) = caches.get_mut(i).and_then(Option::as_mut) {
-            let resp = read_call_response(cx.host, cache.source().max_body_bytes, body_size);
-            let mut store = HostStore::new(cx.host, store_off);
-            cache.on_response(
-                &mut store.io(cx.now_ms, cx.random),
-                ticket,
-                &resp,
-                parse_keys,
-                &mut out,
-            );
-        }
+        self.with_cache(host, cx.now_ms, cx.random, i, |c, io| {
+            let resp = read_call_response(host, c.source().max_body_bytes, body_size);
+            c.on_response(io, ticket, &resp, parse_keys, &mut out)
+        });
         self.perform(cx, i, out, &mut wakes);
         wakes
     }
 
     fn cache(&mut self, i: usize) -> Option<&mut Cache> {
         self.caches.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// Run `f` on provider `i`'s cache with the shared data it may use.
+    fn with_cache<H: Host, T>(
+        &mut self,
+        host: &H,
+        now_ms: u64,
+        random: u64,
+        i: usize,
+        f: impl FnOnce(&mut Cache, &mut Io<'_>) -> T,
+    ) -> Option<T> {
+        let KeyManager {
+            caches, store_off, ..
+        } = self;
+        let cache = caches.get_mut(i).and_then(Option::as_mut)?;
+        let mut store = HostStore::new(host, store_off);
+        Some(f(cache, &mut store.io(now_ms, random)))
     }
 
     /// Keys held and their age, per provider (the JWKS health a dashboard wants).
@@ -242,17 +238,9 @@ impl KeyManager {
                                 "azure_ml_kong: dispatch_http_call to upstream {:?} failed: {e:?} (Envoy: is it a defined cluster? Kong: host:port)",
                                 req.upstream
                             );
-                            let KeyManager {
-                                caches, store_off, ..
-                            } = &mut *self;
-                            if let Some(cache) = caches.get_mut(i).and_then(Option::as_mut) {
-                                let mut store = HostStore::new(cx.host, store_off);
-                                cache.on_dispatch_error(
-                                    &mut store.io(cx.now_ms, cx.random),
-                                    req.ticket,
-                                    &mut next,
-                                );
-                            }
+                            self.with_cache(cx.host, cx.now_ms, cx.random, i, |c, io| {
+                                c.on_dispatch_error(io, req.ticket, &mut next)
+                            });
                         }
                     },
                     KeyAction::Resume(w) => wakes.push(Wake::Resume(w)),
@@ -340,19 +328,13 @@ pub struct RequestEnv<'a, H> {
 
 impl<H: Host> RequestEnv<'_, H> {
     fn ride(&mut self, provider: usize, unknown_kid: bool) -> Option<Ride> {
-        let KeyManager {
-            caches, store_off, ..
-        } = &mut *self.keys;
-        let cache = caches.get_mut(provider).and_then(Option::as_mut)?;
         let mut out = Vec::new();
-        let mut store = HostStore::new(self.host, store_off);
-        let r = cache.ride(
-            &mut store.io(self.now_ms, self.random),
-            parse_keys,
-            unknown_kid,
-            &mut out,
-        );
-        let name = cache.source().provider.clone();
+        let (r, name) =
+            self.keys
+                .with_cache(self.host, self.now_ms, self.random, provider, |c, io| {
+                    let r = c.ride(io, parse_keys, unknown_kid, &mut out);
+                    (r, c.source().provider.clone())
+                })?;
         report_all(self.host, &name, &out, self.metrics);
         if let Ride::Dispatch(req) = &r {
             self.ride = Some((provider, req.clone()));
