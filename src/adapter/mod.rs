@@ -8,8 +8,9 @@
 //!   line, Kong's `kong.ctx.shared`).
 //! * `state`: the per-worker state both kinds of context share; `keys`: the key caches,
 //!   rate limits and shared data as the core sees them; `metrics`: host metrics.
-//! * `host`: the [`host::Host`] trait every host call goes through: `abi` on Wasm, an
-//!   in-memory recorder in the native tests (`tests`).
+//! * `host`: the [`host::Host`] trait the logic above makes its host calls through: `abi`
+//!   on Wasm, an in-memory recorder in the native tests (`tests`). Only the logger and the
+//!   entry point below use `abi` directly.
 //!
 //! Host calls go through `abi` (raw imports, every status a `Result`) rather than the
 //! SDK's `hostcalls` or trait helpers, which panic on statuses they do not expect (Kong's
