@@ -346,7 +346,8 @@ fn default_claims_to_headers() -> Vec<ClaimHeaderConfig> {
     .collect()
 }
 
-fn default_realm() -> String {
+/// `realm` when the configuration names none (also while none is loaded).
+pub fn default_realm() -> String {
     "azure-ml".into()
 }
 fn default_algorithms() -> Vec<String> {

@@ -34,14 +34,11 @@ pub mod ratelimit;
 pub mod reason;
 pub mod request;
 pub mod respond;
+pub mod store;
 pub mod token;
 pub mod validate;
 pub mod verify;
 
-#[cfg(target_arch = "wasm32")]
+// Natively only for its tests, which run the adapter's logic against an in-memory host.
+#[cfg(any(target_arch = "wasm32", test))]
 mod adapter;
-
-// The adapter's host-call layer has pure (de)serialisation worth testing natively.
-#[cfg(all(test, not(target_arch = "wasm32")))]
-#[path = "adapter/abi.rs"]
-mod abi;

@@ -262,7 +262,7 @@ fn compile_route(
             for alt in rl.key.split('|') {
                 check_claim_path(&format!("{p}.key"), alt.trim())?;
             }
-            Some(RateLimit::from_config(rl))
+            Some(RateLimit::new(rl.requests, rl.window_seconds, &rl.key))
         }
     };
     let param_names: Vec<&str> = match &path {

@@ -6,9 +6,10 @@
 //! counted. This avoids the 2× burst a plain fixed window allows at a boundary, with the
 //! state of a fixed window: 17 bytes per bucket in shared data.
 //!
-//! The adapter does: `get_shared_data(key)` → [`Window::decode`] → [`check`] → encode and
-//! `set_shared_data(key, bytes, cas)`, retrying on a CAS mismatch. Undecodable bytes are
-//! treated as a fresh bucket.
+//! [`Limiter::count`] reads the bucket's [`Window`], [`check`]s the request and writes the
+//! window back through the one CAS sequence ([`crate::store::cas_update`]); undecodable
+//! bytes are a fresh bucket. Without shared data (switched off, unavailable, or contended
+//! beyond its retries) it counts in per-worker windows rather than fail open or closed.
 //!
 //! Keys: [`bucket_key`] is `aml-rl:` + 32 hex digits of SHA-256 over the route name and
 //! the caller's key-claim value. Hashing keeps identifiers out of shared memory, bounds the
@@ -19,12 +20,13 @@
 //! on `optional`/`none` routes are allowed before any limit runs (the engine).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::claims::{lookup, Claims};
-use crate::config::RateLimitConfig;
+use crate::store::{self, CasOutcome, SharedStore};
 
 /// The bucket used when the key claim is absent.
 pub const ANONYMOUS: &str = "anonymous";
@@ -39,11 +41,12 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    pub fn from_config(c: &RateLimitConfig) -> RateLimit {
+    /// `key` as configured: claim paths separated by `|`.
+    pub fn new(requests: u64, window_seconds: u64, key: &str) -> RateLimit {
         RateLimit {
-            requests: c.requests,
-            window_seconds: c.window_seconds,
-            key: c.key.split('|').map(|s| s.trim().to_string()).collect(),
+            requests,
+            window_seconds,
+            key: key.split('|').map(|s| s.trim().to_string()).collect(),
         }
     }
 }
@@ -215,9 +218,59 @@ pub fn check(
     )
 }
 
+/// Where a request was counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountedIn {
+    /// Node-wide, in shared data.
+    Shared,
+    /// In this worker's windows: shared data is switched off or unavailable.
+    Worker,
+    /// In this worker's windows: other workers won the CAS race every time.
+    WorkerContended,
+}
+
+/// Counts requests per bucket (one per worker; see the module docs).
+#[derive(Debug, Default)]
+pub struct Limiter {
+    /// Per-worker windows, used only when shared data cannot be.
+    local: HashMap<String, Window>,
+}
+
+impl Limiter {
+    /// Count one request against `limit` per `window_secs` in `bucket` at `now_ms`.
+    pub fn count(
+        &mut self,
+        store: &mut dyn SharedStore,
+        bucket: &str,
+        now_ms: u64,
+        limit: u64,
+        window_secs: u64,
+    ) -> (Verdict, CountedIn) {
+        let now = now_ms / 1000;
+        let shared = store::cas_update(store, bucket, |cur| {
+            let (verdict, window) = check(cur.and_then(Window::decode), now, limit, window_secs);
+            // Denied requests are not counted: nothing to write.
+            (verdict.allowed.then(|| window.encode().to_vec()), verdict)
+        });
+        let counted_in = match shared {
+            CasOutcome::Written(v) | CasOutcome::Declined(v) => return (v, CountedIn::Shared),
+            CasOutcome::Contended => CountedIn::WorkerContended,
+            CasOutcome::Unavailable => CountedIn::Worker,
+        };
+        let prev = self.local.get(bucket).copied();
+        let (verdict, window) = check(prev, now, limit, window_secs);
+        if verdict.allowed {
+            self.local.insert(bucket.to_string(), window);
+        }
+        (verdict, counted_in)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::KongStore;
+    use crate::store::NoSharedStore;
 
     #[test]
     fn encode_roundtrip_and_garbage() {
@@ -324,11 +377,7 @@ mod tests {
 
     #[test]
     fn keys() {
-        let rl = RateLimit::from_config(&RateLimitConfig {
-            requests: 1,
-            window_seconds: 1,
-            key: "azp|appid".into(),
-        });
+        let rl = RateLimit::new(1, 1, "azp|appid");
         let c: Claims = serde_json::from_str(r#"{"appid":"app-1"}"#).unwrap();
         assert_eq!(caller_key(&rl.key, Some(&c)), "app-1");
         assert_eq!(caller_key(&rl.key, None), ANONYMOUS);
@@ -344,5 +393,62 @@ mod tests {
             bucket_key("r", &rl.key, &empty),
             bucket_key_for_value("r", ANONYMOUS)
         );
+    }
+
+    #[test]
+    fn limiter_counts_node_wide_in_shared_data() {
+        let mut store = KongStore::default();
+        let mut workers = [Limiter::default(), Limiter::default()];
+        let now = 1_000_000;
+        // Two workers share one bucket: 3 allowed in all, then denied without a write.
+        for i in [0, 1, 0] {
+            let (v, at) = workers[i].count(&mut store, "aml-rl:x", now, 3, 60);
+            assert!(v.allowed);
+            assert_eq!(at, CountedIn::Shared);
+        }
+        let sets = store.sets;
+        let (v, at) = workers[1].count(&mut store, "aml-rl:x", now, 3, 60);
+        assert!(!v.allowed && v.retry_after_secs >= 1);
+        assert_eq!(at, CountedIn::Shared);
+        assert_eq!(store.sets, sets, "a denied request is not written");
+        let w = Window::decode(&store.map["aml-rl:x"].0).unwrap();
+        assert_eq!(w.count, 3);
+        // Junk in the bucket is a fresh window.
+        store.map.insert("aml-rl:y".into(), (b"junk".to_vec(), 7));
+        let (v, _) = workers[0].count(&mut store, "aml-rl:y", now, 1, 60);
+        assert!(v.allowed);
+        assert_eq!(Window::decode(&store.map["aml-rl:y"].0).unwrap().count, 1);
+    }
+
+    #[test]
+    fn limiter_counts_per_worker_without_shared_data() {
+        let mut l = Limiter::default();
+        let now = 1_000_000;
+        for _ in 0..2 {
+            assert_eq!(
+                l.count(&mut NoSharedStore, "b", now, 2, 60),
+                (
+                    Verdict {
+                        allowed: true,
+                        retry_after_secs: 0
+                    },
+                    CountedIn::Worker
+                )
+            );
+        }
+        let (v, at) = l.count(&mut NoSharedStore, "b", now, 2, 60);
+        assert!(!v.allowed);
+        assert_eq!(at, CountedIn::Worker);
+        // Contended beyond the retries: counted in the same per-worker windows.
+        let mut store = KongStore {
+            interfere: 100,
+            ..KongStore::default()
+        };
+        let (v, at) = l.count(&mut store, "b", now, 2, 60);
+        assert!(!v.allowed, "the worker's own count still applies");
+        assert_eq!(at, CountedIn::WorkerContended);
+        let (v, at) = l.count(&mut store, "c", now, 2, 60);
+        assert!(v.allowed);
+        assert_eq!(at, CountedIn::WorkerContended);
     }
 }

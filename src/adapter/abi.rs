@@ -22,11 +22,9 @@
 //! `Vec::from_raw_parts(ptr, len, len)`, exactly as the SDK does.
 //!
 //! The wire formats (header maps, property paths) are plain functions, unit-tested
-//! natively. Natively the host-call wrappers compile (and link, unreferenced) but nothing
-//! can call them: hence the `dead_code` allowance off Wasm. `crate::adapter` is compiled
-//! only for wasm32, so these tests run natively only if this file is also reached from a
-//! native build, e.g. in `lib.rs`:
-//! `#[cfg(all(test, not(target_arch = "wasm32")))] #[path = "adapter/abi.rs"] mod abi;`
+//! natively (the adapter is compiled natively for its tests). Natively the host-call
+//! wrappers compile (and link, unreferenced) but nothing calls them: the tests use an
+//! in-memory host (`host::Host`) instead. Hence the `dead_code` allowance off Wasm.
 
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 

@@ -1,23 +1,20 @@
-//! HTTP context: one per request. Collects the request, asks the engine, carries out the
-//! decision — or, when keys are missing, waits for them the way the host allows:
-//! parked with the root context (Envoy), or riding its own fetch (Kong; see `keycache`).
+//! HTTP context callbacks: one context per request. Collects the request, asks the engine,
+//! carries out the decision (`outcome`) — or, when keys are missing, waits for them the
+//! way the host allows: parked with the root context (Envoy), or riding its own fetch
+//! (Kong; see `keycache`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use super::abi;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use super::host;
-use super::keys::WaitMode;
-use super::root::{Pending, State, Waiter};
-use crate::audit::AuditRecord;
-use crate::config::LogLevel;
+use super::host::Host;
+use super::keys::{Cx, WaitMode};
+use super::outcome::{self, KongProps, Publish};
+use super::state::{Pending, State, Waiter};
 use crate::engine::Decision;
 use crate::keycache::{FetchRequest, Step};
-use crate::reason::Reason;
-use crate::respond;
 
 /// nginx's `$request_uri`: the raw request target, as Kong routes and forwards it.
 const NGX_REQUEST_URI: [&str; 2] = ["ngx", "request_uri"];
@@ -37,7 +34,8 @@ struct RideCall {
     step: Step,
 }
 
-pub struct Http {
+pub struct Http<H> {
+    host: H,
     context_id: u32,
     state: Rc<RefCell<State>>,
     /// Envoy: parked with the root context.
@@ -45,13 +43,14 @@ pub struct Http {
     /// Kong: riding its own fetch; the request it will decide again on its answer.
     ride: Option<(RideCall, Pending)>,
     /// Kong: identity for `kong.ctx.shared`, kept for the response phase when the decision
-    /// was made in a call's callback (Kong's Lua property setters must run in a phase).
-    deferred: Option<Vec<(&'static str, String)>>,
+    /// was made in a call's callback.
+    deferred: Option<KongProps>,
 }
 
-impl Http {
-    pub fn new(context_id: u32, state: Rc<RefCell<State>>) -> Http {
+impl<H: Host> Http<H> {
+    pub fn new(context_id: u32, state: Rc<RefCell<State>>, host: H) -> Http<H> {
         Http {
+            host,
             context_id,
             state,
             waiting: false,
@@ -61,7 +60,7 @@ impl Http {
     }
 }
 
-impl Context for Http {
+impl<H: Host> Context for Http<H> {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
@@ -76,19 +75,19 @@ impl Context for Http {
             self.ride = Some((call, req));
             return;
         }
-        let now = host::now_ms();
+        let now = self.host.now_ms();
         let next = match self.state.try_borrow_mut() {
             Ok(mut st) => {
                 let st = &mut *st;
-                let seed = st.rng.next();
-                let next = st.keys.on_ride_response(
-                    call.provider,
-                    call.step,
-                    body_size,
-                    now,
-                    seed,
-                    &mut st.metrics,
-                );
+                let mut cx = Cx {
+                    host: &self.host,
+                    now_ms: now,
+                    random: st.rng.next(),
+                    metrics: &mut st.metrics,
+                };
+                let next = st
+                    .keys
+                    .on_ride_response(&mut cx, call.provider, call.step, body_size);
                 if next.is_none() {
                     st.keys.ride_ended(call.provider);
                 }
@@ -127,9 +126,9 @@ impl Context for Http {
     }
 }
 
-impl HttpContext for Http {
+impl<H: Host> HttpContext for Http<H> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let headers = host::request_headers();
+        let headers = self.host.request_headers();
         let is_kong = self.is_kong();
         let req = if is_kong {
             // nginx's `:path` and `:authority` are its decoded URI and server name: the raw
@@ -139,9 +138,9 @@ impl HttpContext for Http {
                 .find(|(k, _)| k.eq_ignore_ascii_case("host"))
                 .map(|(_, v)| v.clone());
             Pending {
-                path: Some(host::property(&NGX_REQUEST_URI).unwrap_or_default()),
+                path: Some(self.host.property_str(&NGX_REQUEST_URI).unwrap_or_default()),
                 host: Some(host.unwrap_or_default()),
-                host_route: host::property(&["kong", "route_name"]),
+                host_route: self.host.property_str(&["kong", "route_name"]),
                 headers,
             }
         } else {
@@ -175,22 +174,24 @@ impl HttpContext for Http {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(props) = self.deferred.take() {
-            publish(&props);
+            outcome::publish(&self.host, &props);
         }
         Action::Continue
     }
 }
 
-impl Http {
+impl<H: Host> Http<H> {
     /// Decide and carry out; returns what the current callback answers the host.
     fn run(&mut self, req: Pending, mut wait: WaitMode, phase: Phase) -> Action {
-        let now = host::now_ms();
+        let now = self.host.now_ms();
         // Kong: at most one ride, plus one more decision when keys arrived meanwhile.
         for _ in 0..2 {
             let (decision, ride) = match self.state.try_borrow_mut() {
-                Ok(mut st) => st.decide(self.context_id, &req, now, wait),
+                Ok(mut st) => st.decide(&self.host, self.context_id, &req, now, wait),
                 // Cannot happen in a single-threaded VM; never forward unverified if it does.
-                Err(_) => return deny_internal(&self.state, ""),
+                Err(_) => {
+                    return outcome::deny_internal(&self.host, &self.state, self.context_id, "")
+                }
             };
             let Decision::WaitForKeys { .. } = decision else {
                 let publish = if phase == Phase::CallResponse {
@@ -198,7 +199,14 @@ impl Http {
                 } else {
                     Publish::Now
                 };
-                return finish(&self.state, self.context_id, decision, false, publish);
+                return outcome::finish(
+                    &self.host,
+                    &self.state,
+                    self.context_id,
+                    decision,
+                    false,
+                    publish,
+                );
             };
             match (wait, ride) {
                 (WaitMode::Park, _) => {
@@ -210,7 +218,7 @@ impl Http {
                         self.waiting = true;
                         return Action::Pause;
                     }
-                    return deny_internal(&self.state, "");
+                    return outcome::deny_internal(&self.host, &self.state, self.context_id, "");
                 }
                 (WaitMode::Ride { .. }, Some((provider, fetch))) => {
                     match self.dispatch_ride(provider, &fetch) {
@@ -228,11 +236,11 @@ impl Http {
                 (WaitMode::Ride { .. }, None) => wait = WaitMode::Ride { allowed: false },
             }
         }
-        deny_internal(&self.state, "")
+        outcome::deny_internal(&self.host, &self.state, self.context_id, "")
     }
 
     fn dispatch_ride(&self, provider: usize, fetch: &FetchRequest) -> Option<RideCall> {
-        match host::dispatch(fetch) {
+        match self.host.dispatch(fetch) {
             Ok(token) => Some(RideCall {
                 token,
                 provider,
@@ -278,130 +286,6 @@ impl Http {
             return false;
         };
         *st.is_kong
-            .get_or_insert_with(|| host::property(&NGX_REQUEST_URI).is_some())
+            .get_or_insert_with(|| self.host.property_str(&NGX_REQUEST_URI).is_some())
     }
-}
-
-/// Identity for Kong's Lua plugins (`kong.ctx.shared.azure_ml_kong_*`, strings), e.g.
-/// `file-log`'s `custom_fields_by_lua`. Only verified values: never the token.
-fn kong_props(audit: &AuditRecord) -> Vec<(&'static str, String)> {
-    let s = |v: &Option<String>| v.clone().unwrap_or_default();
-    vec![
-        (
-            "azure_ml_kong_decision",
-            audit.decision.as_str().to_string(),
-        ),
-        (
-            "azure_ml_kong_reason",
-            audit.reason.map_or("", Reason::code).to_string(),
-        ),
-        ("azure_ml_kong_route", s(&audit.route)),
-        ("azure_ml_kong_request_id", audit.request_id.clone()),
-        ("azure_ml_kong_subject", s(&audit.subject)),
-        ("azure_ml_kong_tid", s(&audit.tid)),
-        ("azure_ml_kong_app", s(&audit.app)),
-    ]
-}
-
-fn publish(props: &[(&'static str, String)]) {
-    for (key, value) in props {
-        let _ = host::set_property(&["kong", "ctx", "shared", key], Some(value.as_bytes()));
-    }
-}
-
-/// When Kong's `kong.ctx.shared` gets the decision.
-pub enum Publish<'a> {
-    Now,
-    /// Kept here for `on_http_response_headers`.
-    Later(&'a mut Option<Vec<(&'static str, String)>>),
-}
-
-impl Publish<'_> {
-    fn run(self, audit: &AuditRecord) {
-        match self {
-            Publish::Now => publish(&kong_props(audit)),
-            Publish::Later(slot) => *slot = Some(kong_props(audit)),
-        }
-    }
-}
-
-/// Carry out a final decision for the effective HTTP context. `resumed`: the request was
-/// paused and is being finished from the root context (Envoy).
-pub fn finish(
-    state: &Rc<RefCell<State>>,
-    context_id: u32,
-    decision: Decision,
-    resumed: bool,
-    kong: Publish<'_>,
-) -> Action {
-    let is_kong = state.try_borrow().ok().and_then(|st| st.is_kong) == Some(true);
-    match decision {
-        Decision::Allow { ops, mut audit } => {
-            // Published after the header operations: if one fails, Lua sees the denial.
-            let applied = host::apply_header_ops(&ops, is_kong).is_ok();
-            if !applied {
-                audit.deny(Reason::Internal, Reason::Internal.status());
-            }
-            if is_kong {
-                kong.run(&audit);
-            }
-            record(state, &audit);
-            if !applied {
-                return deny_internal(state, &audit.request_id);
-            }
-            if resumed {
-                let _ = abi::resume_http_request();
-            }
-            Action::Continue
-        }
-        Decision::Deny { response, audit } => {
-            if is_kong {
-                kong.run(&audit);
-            }
-            record(state, &audit);
-            if let Ok(mut st) = state.try_borrow_mut() {
-                st.denied.push(context_id);
-            }
-            if let Err(e) = host::send_response(&response) {
-                log::error!("azure_ml_kong: cannot send local response: {e:?}");
-            }
-            Action::Pause
-        }
-        // The caller handles waiting; reaching here means a logic error: fail closed.
-        Decision::WaitForKeys { .. } => deny_internal(state, ""),
-    }
-}
-
-fn record(state: &Rc<RefCell<State>>, audit: &AuditRecord) {
-    let Ok(mut st) = state.try_borrow_mut() else {
-        return;
-    };
-    let level = match &st.filter {
-        Ok(f) => f.audit_level(),
-        Err(_) => LogLevel::Error,
-    };
-    let line = audit.to_json_line();
-    match level {
-        LogLevel::Trace => log::trace!("{line}"),
-        LogLevel::Debug => log::debug!("{line}"),
-        LogLevel::Info => log::info!("{line}"),
-        LogLevel::Warn => log::warn!("{line}"),
-        LogLevel::Error => log::error!("{line}"),
-    }
-    st.metrics
-        .increment(&crate::metrics::decision_counter(audit));
-}
-
-/// Fail closed when the filter cannot carry out its decision (503 `internal_error`).
-fn deny_internal(state: &Rc<RefCell<State>>, request_id: &str) -> Action {
-    let realm = state
-        .try_borrow()
-        .ok()
-        .and_then(|st| st.filter.as_ref().ok().map(|f| f.config.realm.clone()))
-        .unwrap_or_else(|| "azure-ml".into());
-    let response = respond::deny(Reason::Internal, &realm, request_id, None);
-    if let Err(e) = host::send_response(&response) {
-        log::error!("azure_ml_kong: cannot send local response: {e:?}");
-    }
-    Action::Pause
 }

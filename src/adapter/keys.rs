@@ -1,23 +1,23 @@
-//! Bridges the sans-IO JWKS caches (`crate::keycache`) to the host: dispatches fetches,
-//! routes call responses back, reads and writes shared data, and gives the engine its
-//! view of keys and rate limits (`engine::Env`). See the contract in `keycache`'s docs.
+//! Bridges the sans-IO JWKS caches (`crate::keycache`) and rate limits
+//! (`crate::ratelimit`) to the host: dispatches fetches, routes call responses back, gives
+//! the core the host's shared data, and gives the engine its view of keys and limits
+//! (`engine::Env`). See the contract in `keycache`'s docs.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::abi;
 use proxy_wasm::types::Status;
 
-use super::host;
+use super::host::Host;
 use super::metrics::Metrics;
-use crate::engine::{Env, KeyState};
+use crate::engine::{CredentialState, Env, KeyState};
 use crate::jwks::KeySet;
-use crate::keycache::shared::Versioned;
 use crate::keycache::{
-    Action, Event, FetchRequest, HttpResponse, Io, JwksSource, KeyCache, Level, NoSharedStore,
-    Refetch, Ride, SharedStore, Step, StoreError, Ticket, WaitDecision, WaiterId,
+    Event, FetchRequest, HttpResponse, Io, JwksSource, KeyAction, KeyCache, Level, Refetch, Ride,
+    Step, Ticket, WaitDecision, WaiterId,
 };
-use crate::ratelimit::{self, Verdict, Window};
+use crate::ratelimit::{CountedIn, Limiter, Verdict};
+use crate::store::{NoSharedStore, SharedStore, StoreError, Versioned};
 
 type Cache = KeyCache<Rc<KeySet>>;
 
@@ -33,13 +33,32 @@ pub enum Wake {
     },
 }
 
+/// How a request that needs keys waits on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Envoy: parked with the root context, which finishes it when keys arrive.
+    Park,
+    /// Kong: the request fetches for itself (a ride; see `keycache`'s docs), or — when
+    /// `allowed` is false, after its ride — takes what the cache holds.
+    Ride { allowed: bool },
+}
+
+/// What a key-cache call needs besides its own arguments: the host, the time, fresh
+/// randomness and the metrics to count in.
+pub struct Cx<'a, H> {
+    pub host: &'a H,
+    pub now_ms: u64,
+    pub random: u64,
+    pub metrics: &'a mut Metrics,
+}
+
 pub struct KeyManager {
     /// One cache per provider (`None`: the provider needs no JWKS).
     caches: Vec<Option<Cache>>,
     calls: HashMap<u32, (usize, Ticket)>,
-    store: HostStore,
-    /// Per-worker rate-limit windows, used only when shared data is unavailable.
-    local_windows: HashMap<String, Window>,
+    /// Shared data is off: configured so, or switched off after its first host error.
+    store_off: bool,
+    limiter: Limiter,
     next_gauges_ms: u64,
 }
 
@@ -48,8 +67,8 @@ impl KeyManager {
         KeyManager {
             caches: Vec::new(),
             calls: HashMap::new(),
-            store: HostStore { disabled: false },
-            local_windows: HashMap::new(),
+            store_off: false,
+            limiter: Limiter::default(),
             next_gauges_ms: 0,
         }
     }
@@ -61,7 +80,7 @@ impl KeyManager {
             log::warn!(
                 "azure_ml_kong: cache.shared_data is false: JWKS and rate limits are per worker"
             );
-            m.store.disabled = true;
+            m.store_off = true;
         }
         m.caches = sources
             .iter()
@@ -74,21 +93,19 @@ impl KeyManager {
         m
     }
 
-    fn cache(&mut self, i: usize) -> Option<&mut Cache> {
-        self.caches.get_mut(i).and_then(Option::as_mut)
-    }
-
     /// The engine's view for one request (`waiter` = its HTTP context id).
-    pub fn env<'a>(
+    pub fn env<'a, H: Host>(
         &'a mut self,
+        host: &'a H,
         now_ms: u64,
         random: u64,
         waiter: WaiterId,
         wait: WaitMode,
         metrics: &'a mut Metrics,
-    ) -> RequestEnv<'a> {
+    ) -> RequestEnv<'a, H> {
         RequestEnv {
             keys: self,
+            host,
             now_ms,
             random,
             waiter,
@@ -100,23 +117,21 @@ impl KeyManager {
 
     /// The answer to a ride's call (made from the request's own context). `Some`: send
     /// that request next from the same context; `None`: the ride is over.
-    pub fn on_ride_response(
+    pub fn on_ride_response<H: Host>(
         &mut self,
+        cx: &mut Cx<'_, H>,
         provider: usize,
         step: Step,
         body_size: usize,
-        now_ms: u64,
-        random: u64,
-        metrics: &mut Metrics,
     ) -> Option<FetchRequest> {
-        let KeyManager { caches, store, .. } = self;
-        let cache = caches.get_mut(provider).and_then(Option::as_mut)?;
-        let resp = read_call_response(cache.source().max_body_bytes, body_size);
+        let host = cx.host;
         let mut out = Vec::new();
-        let mut io = store.io(now_ms, random);
-        let next = cache.on_ride_response(&mut io.as_io(), step, &resp, parse_keys, &mut out);
-        let name = cache.source().provider.clone();
-        report_all(&name, &out, metrics);
+        let (next, name) = self.with_cache(host, cx.now_ms, cx.random, provider, |c, io| {
+            let resp = read_call_response(host, c.source().max_body_bytes, body_size);
+            let next = c.on_ride_response(io, step, &resp, parse_keys, &mut out);
+            (next, c.source().provider.clone())
+        })?;
+        report_all(host, &name, &out, cx.metrics);
         next
     }
 
@@ -133,101 +148,116 @@ impl KeyManager {
         }
     }
 
-    pub fn on_tick(&mut self, now_ms: u64, random: u64, metrics: &mut Metrics) -> Vec<Wake> {
+    pub fn on_tick<H: Host>(&mut self, cx: &mut Cx<'_, H>) -> Vec<Wake> {
         let mut wakes = Vec::new();
         for i in 0..self.caches.len() {
             let mut out = Vec::new();
-            if let Some(cache) = self.caches.get_mut(i).and_then(Option::as_mut) {
-                let mut io = self.store.io(now_ms, random);
-                cache.on_tick(&mut io.as_io(), parse_keys, &mut out);
-            }
-            self.perform(i, out, now_ms, random, metrics, &mut wakes);
+            self.with_cache(cx.host, cx.now_ms, cx.random, i, |c, io| {
+                c.on_tick(io, parse_keys, &mut out)
+            });
+            self.perform(cx, i, out, &mut wakes);
         }
-        if now_ms >= self.next_gauges_ms {
-            self.next_gauges_ms = now_ms.saturating_add(GAUGE_PERIOD_MS);
-            self.record_gauges(now_ms, metrics);
+        if cx.now_ms >= self.next_gauges_ms {
+            self.next_gauges_ms = cx.now_ms.saturating_add(GAUGE_PERIOD_MS);
+            self.record_gauges(cx);
         }
         wakes
     }
 
-    /// Keys held and their age, per provider (the JWKS health a dashboard wants).
-    fn record_gauges(&self, now_ms: u64, metrics: &mut Metrics) {
-        for cache in self.caches.iter().flatten() {
-            let (keys, age) = crate::metrics::jwks_gauges(&cache.source().provider);
-            let count = cache.keys().map(|k| k.len() as u64).unwrap_or(0);
-            metrics.gauge(&keys, count);
-            if let Some(ms) = cache.keys_age_ms(now_ms) {
-                metrics.gauge(&age, ms / 1000);
-            }
-        }
-    }
-
-    pub fn on_http_call_response(
+    pub fn on_http_call_response<H: Host>(
         &mut self,
+        cx: &mut Cx<'_, H>,
         token: u32,
         body_size: usize,
-        now_ms: u64,
-        random: u64,
-        metrics: &mut Metrics,
     ) -> Vec<Wake> {
         let mut wakes = Vec::new();
         let Some((i, ticket)) = self.calls.remove(&token) else {
             return wakes;
         };
+        let host = cx.host;
         let mut out = Vec::new();
-        if let Some(cache) = self.caches.get_mut(i).and_then(Option::as_mut) {
-            let resp = read_call_response(cache.source().max_body_bytes, body_size);
-            let mut io = self.store.io(now_ms, random);
-            cache.on_response(&mut io.as_io(), ticket, &resp, parse_keys, &mut out);
-        }
-        self.perform(i, out, now_ms, random, metrics, &mut wakes);
+        self.with_cache(host, cx.now_ms, cx.random, i, |c, io| {
+            let resp = read_call_response(host, c.source().max_body_bytes, body_size);
+            c.on_response(io, ticket, &resp, parse_keys, &mut out)
+        });
+        self.perform(cx, i, out, &mut wakes);
         wakes
     }
 
-    /// Carry out cache actions; dispatch failures feed back into the cache.
-    fn perform(
+    fn cache(&mut self, i: usize) -> Option<&mut Cache> {
+        self.caches.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// Run `f` on provider `i`'s cache with the shared data it may use.
+    fn with_cache<H: Host, T>(
         &mut self,
-        i: usize,
-        mut out: Vec<Action>,
+        host: &H,
         now_ms: u64,
         random: u64,
-        metrics: &mut Metrics,
+        i: usize,
+        f: impl FnOnce(&mut Cache, &mut Io<'_>) -> T,
+    ) -> Option<T> {
+        let KeyManager {
+            caches, store_off, ..
+        } = self;
+        let cache = caches.get_mut(i).and_then(Option::as_mut)?;
+        let mut store = HostStore::new(host, store_off);
+        Some(f(cache, &mut store.io(now_ms, random)))
+    }
+
+    /// Keys held and their age, per provider (the JWKS health a dashboard wants).
+    fn record_gauges<H: Host>(&self, cx: &mut Cx<'_, H>) {
+        for cache in self.caches.iter().flatten() {
+            let (keys, age) = crate::metrics::jwks_gauges(&cache.source().provider);
+            let count = cache.keys().map(|k| k.len() as u64).unwrap_or(0);
+            cx.metrics.gauge(cx.host, &keys, count);
+            if let Some(ms) = cache.keys_age_ms(cx.now_ms) {
+                cx.metrics.gauge(cx.host, &age, ms / 1000);
+            }
+        }
+    }
+
+    /// Carry out cache actions; dispatch failures feed back into the cache.
+    fn perform<H: Host>(
+        &mut self,
+        cx: &mut Cx<'_, H>,
+        i: usize,
+        mut out: Vec<KeyAction>,
         wakes: &mut Vec<Wake>,
     ) {
         while !out.is_empty() {
             let mut next = Vec::new();
             for action in out {
                 match action {
-                    Action::Dispatch(req) => match host::dispatch(&req) {
+                    KeyAction::Dispatch(req) => match cx.host.dispatch(&req) {
                         Ok(token) => {
                             self.calls.insert(token, (i, req.ticket));
                         }
                         Err(e) => {
                             log::warn!(
-                                    "azure_ml_kong: dispatch_http_call to upstream {:?} failed: {e:?} (Envoy: is it a defined cluster? Kong: host:port)",
-                                    req.upstream
-                                );
-                            if let Some(cache) = self.caches.get_mut(i).and_then(Option::as_mut) {
-                                let mut io = self.store.io(now_ms, random);
-                                cache.on_dispatch_error(&mut io.as_io(), req.ticket, &mut next);
-                            }
+                                "azure_ml_kong: dispatch_http_call to upstream {:?} failed: {e:?} (Envoy: is it a defined cluster? Kong: host:port)",
+                                req.upstream
+                            );
+                            self.with_cache(cx.host, cx.now_ms, cx.random, i, |c, io| {
+                                c.on_dispatch_error(io, req.ticket, &mut next)
+                            });
                         }
                     },
-                    Action::Resume(w) => wakes.push(Wake::Resume(w)),
-                    Action::Unavailable {
+                    KeyAction::Resume(w) => wakes.push(Wake::Resume(w)),
+                    KeyAction::Unavailable {
                         waiter,
                         retry_after_secs,
                     } => wakes.push(Wake::Unavailable {
                         waiter,
                         retry_after_secs,
                     }),
-                    Action::Event(ev) => {
+                    KeyAction::Event(ev) => {
                         let provider = self
                             .caches
                             .get(i)
                             .and_then(Option::as_ref)
                             .map(|c| c.source().provider.as_str());
-                        report(provider.unwrap_or(""), &ev, metrics)
+                        report(cx.host, provider.unwrap_or(""), &ev, cx.metrics)
                     }
                 }
             }
@@ -237,23 +267,25 @@ impl KeyManager {
 }
 
 /// A dispatched call's answer; the body only when within `cap`.
-fn read_call_response(cap: usize, body_size: usize) -> HttpResponse {
+fn read_call_response(host: &impl Host, cap: usize, body_size: usize) -> HttpResponse {
+    let headers = host.call_response_headers();
+    let body = match body_size {
+        0 => Some(Vec::new()),
+        n if n <= cap => host.call_response_body(n),
+        _ => None,
+    };
     HttpResponse {
-        headers: host::call_response_headers(),
+        headers,
         body_size,
-        body: if body_size <= cap {
-            host::call_response_body(body_size, cap)
-        } else {
-            None
-        },
+        body,
     }
 }
 
 /// Log and count the events among `out` (rides and shared-data polls yield no others).
-fn report_all(provider: &str, out: &[Action], metrics: &mut Metrics) {
+fn report_all(host: &impl Host, provider: &str, out: &[KeyAction], metrics: &mut Metrics) {
     for a in out {
-        if let Action::Event(ev) = a {
-            report(provider, ev, metrics);
+        if let KeyAction::Event(ev) = a {
+            report(host, provider, ev, metrics);
         }
     }
 }
@@ -266,7 +298,7 @@ fn parse_keys(body: &[u8]) -> Result<Rc<KeySet>, crate::jwks::JwksError> {
     Ok(Rc::new(ks))
 }
 
-fn report(provider: &str, ev: &Event, metrics: &mut Metrics) {
+fn report(host: &impl Host, provider: &str, ev: &Event, metrics: &mut Metrics) {
     let msg = format!(
         "azure_ml_kong: provider {provider:?}: {}: {ev:?}",
         ev.name()
@@ -277,23 +309,14 @@ fn report(provider: &str, ev: &Event, metrics: &mut Metrics) {
         Level::Debug => log::debug!("{msg}"),
     }
     if let Some(name) = crate::metrics::jwks_counter(provider, ev) {
-        metrics.increment(&name);
+        metrics.increment(host, &name);
     }
 }
 
-/// How a request that needs keys waits on this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WaitMode {
-    /// Envoy: parked with the root context, which finishes it when keys arrive.
-    Park,
-    /// Kong: the request fetches for itself (a ride; see `keycache`'s docs), or — when
-    /// `allowed` is false, after its ride — takes what the cache holds.
-    Ride { allowed: bool },
-}
-
 /// The engine's view of keys and limits for one request.
-pub struct RequestEnv<'a> {
+pub struct RequestEnv<'a, H> {
     keys: &'a mut KeyManager,
+    host: &'a H,
     now_ms: u64,
     random: u64,
     waiter: WaiterId,
@@ -303,15 +326,16 @@ pub struct RequestEnv<'a> {
     pub ride: Option<(usize, FetchRequest)>,
 }
 
-impl RequestEnv<'_> {
+impl<H: Host> RequestEnv<'_, H> {
     fn ride(&mut self, provider: usize, unknown_kid: bool) -> Option<Ride> {
-        let KeyManager { caches, store, .. } = &mut *self.keys;
-        let cache = caches.get_mut(provider).and_then(Option::as_mut)?;
         let mut out = Vec::new();
-        let mut io = store.io(self.now_ms, self.random);
-        let r = cache.ride(&mut io.as_io(), parse_keys, unknown_kid, &mut out);
-        let name = cache.source().provider.clone();
-        report_all(&name, &out, self.metrics);
+        let (r, name) =
+            self.keys
+                .with_cache(self.host, self.now_ms, self.random, provider, |c, io| {
+                    let r = c.ride(io, parse_keys, unknown_kid, &mut out);
+                    (r, c.source().provider.clone())
+                })?;
+        report_all(self.host, &name, &out, self.metrics);
         if let Ride::Dispatch(req) = &r {
             self.ride = Some((provider, req.clone()));
         }
@@ -328,7 +352,7 @@ impl RequestEnv<'_> {
     }
 }
 
-impl Env for RequestEnv<'_> {
+impl<H: Host> Env for RequestEnv<'_, H> {
     fn keys(&mut self, provider: usize) -> KeyState {
         if let Some(ready) = self.ready(provider) {
             return ready;
@@ -383,82 +407,62 @@ impl Env for RequestEnv<'_> {
         }
     }
 
-    fn rate_limit(&mut self, bucket: &str, limit: u64, window_secs: u64) -> Verdict {
-        let now = self.now_ms / 1000;
-        if !self.keys.store.disabled {
-            for _ in 0..crate::keycache::shared::CAS_RETRIES {
-                let (prev, cas) = match self.keys.store.get(bucket) {
-                    Ok(Some((v, cas))) => (Window::decode(&v), cas),
-                    Ok(None) => (None, None),
-                    Err(_) => break,
-                };
-                let (verdict, window) = ratelimit::check(prev, now, limit, window_secs);
-                if !verdict.allowed {
-                    return verdict;
-                }
-                match self.keys.store.set(bucket, &window.encode(), cas) {
-                    Ok(()) => return verdict,
-                    Err(StoreError::CasMismatch) => continue,
-                    Err(StoreError::Unavailable) => break,
-                }
-            }
-            if !self.keys.store.disabled {
-                // Contention beyond retries: count locally rather than fail open or closed.
-                log::debug!("azure_ml_kong: rate-limit CAS contention on {bucket}");
-            }
+    fn upstream_token(&mut self, _credential: usize) -> CredentialState {
+        CredentialState::Unavailable {
+            retry_after_secs: 30,
         }
-        let prev = self.keys.local_windows.get(bucket).cloned();
-        let (verdict, window) = ratelimit::check(prev, now, limit, window_secs);
-        if verdict.allowed {
-            self.keys.local_windows.insert(bucket.to_string(), window);
+    }
+
+    fn rate_limit(&mut self, bucket: &str, limit: u64, window_secs: u64) -> Verdict {
+        let KeyManager {
+            store_off, limiter, ..
+        } = &mut *self.keys;
+        let mut store = HostStore::new(self.host, store_off);
+        let (verdict, counted_in) =
+            limiter.count(store.as_dyn(), bucket, self.now_ms, limit, window_secs);
+        if counted_in == CountedIn::WorkerContended {
+            log::debug!("azure_ml_kong: rate-limit CAS contention on {bucket}");
         }
         verdict
     }
 }
 
-/// Proxy-Wasm shared data through the raw host calls (the SDK helpers panic on errors).
-/// After the first host error it switches itself off: per-worker caching from then on.
-struct HostStore {
-    disabled: bool,
-}
-
-struct HostIo<'a> {
-    store: &'a mut HostStore,
-    now_ms: u64,
-    random: u64,
+/// Proxy-Wasm shared data for the core. After the first host error it switches shared
+/// data off for good (`off`): per-worker keys and limits from then on.
+struct HostStore<'a, H> {
+    host: &'a H,
+    off: &'a mut bool,
     none: NoSharedStore,
 }
 
-impl HostStore {
-    fn io(&mut self, now_ms: u64, random: u64) -> HostIo<'_> {
-        HostIo {
-            store: self,
-            now_ms,
-            random,
+impl<'a, H: Host> HostStore<'a, H> {
+    fn new(host: &'a H, off: &'a mut bool) -> Self {
+        HostStore {
+            host,
+            off,
             none: NoSharedStore,
         }
     }
-}
 
-impl HostIo<'_> {
-    fn as_io(&mut self) -> Io<'_> {
-        let store: &mut dyn SharedStore = if self.store.disabled {
+    fn as_dyn(&mut self) -> &mut dyn SharedStore {
+        if *self.off {
             &mut self.none
         } else {
-            self.store
-        };
-        Io {
-            now_ms: self.now_ms,
-            random: self.random,
-            store,
+            self
         }
     }
-}
 
-impl HostStore {
+    fn io(&mut self, now_ms: u64, random: u64) -> Io<'_> {
+        Io {
+            now_ms,
+            random,
+            store: self.as_dyn(),
+        }
+    }
+
     fn fail(&mut self, what: &str, e: Status) -> StoreError {
-        if !self.disabled {
-            self.disabled = true;
+        if !*self.off {
+            *self.off = true;
             log::warn!(
                 "azure_ml_kong: shared data unavailable ({what}: {e:?}); caching JWKS and rate limits per worker"
             );
@@ -467,9 +471,9 @@ impl HostStore {
     }
 }
 
-impl SharedStore for HostStore {
+impl<H: Host> SharedStore for HostStore<'_, H> {
     fn get(&mut self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        match abi::get_shared_data(key) {
+        match self.host.get_shared_data(key) {
             Ok((Some(v), cas)) => Ok(Some((v, cas))),
             Ok((None, _)) => Ok(None),
             Err(Status::NotFound) => Ok(None),
@@ -478,7 +482,7 @@ impl SharedStore for HostStore {
     }
 
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        match abi::set_shared_data(key, Some(value), cas) {
+        match self.host.set_shared_data(key, value, cas) {
             Ok(()) => Ok(()),
             Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
             Err(e) => Err(self.fail("set", e)),

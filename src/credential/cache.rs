@@ -28,7 +28,8 @@
 //! for itself.
 
 use crate::keycache::response::{classify, FailReason, HttpResponse};
-use crate::keycache::shared::{cas_update, CasOutcome, Lease, SharedFailure, SharedStore};
+use crate::keycache::shared::{Lease, SharedFailure};
+use crate::store::{cas_update, CasOutcome, SharedStore};
 
 use super::grant::{parse_grant, refusal_code, GrantError, MAX_GRANT_BODY_BYTES};
 use super::schedule::{retry_after_secs, retry_at_ms, Lifetime};

@@ -1,28 +1,8 @@
 use super::*;
 use crate::config::UpstreamCredentialConfig;
 use crate::credential::spec::compile;
-use crate::keycache::shared::{NoSharedStore, StoreError, Versioned};
-use std::collections::HashMap;
-
-/// Shared data with Kong's CAS rules (a set without cas on an existing key fails).
-#[derive(Default)]
-struct KongStore(HashMap<String, (Vec<u8>, u32)>);
-
-impl SharedStore for KongStore {
-    fn get(&mut self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        Ok(self.0.get(key).map(|(v, c)| (v.clone(), Some(*c))))
-    }
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        let cur = self.0.get(key).map(|(_, c)| *c);
-        if cur.is_some() && cur != cas {
-            return Err(StoreError::CasMismatch);
-        }
-        self.0
-            .insert(key.into(), (value.to_vec(), cur.unwrap_or(0) + 1));
-        Ok(())
-    }
-}
-
+use crate::store::testing::KongStore;
+use crate::store::NoSharedStore;
 fn spec() -> CredentialSpec {
     let cfg: UpstreamCredentialConfig =
         serde_json::from_str(r#"{"name":"aml","managed_identity":{}}"#).unwrap();

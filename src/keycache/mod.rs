@@ -1,7 +1,7 @@
 //! The sans-IO JWKS lifecycle: one [`KeyCache`] per provider holds the last known
 //! good key set and decides when to fetch, whom to wake, and what to share with the
 //! other workers. Time (`now_ms`), randomness and HTTP responses come in as values;
-//! what to do comes out as [`Action`]s. No Proxy-Wasm calls here.
+//! what to do comes out as [`KeyAction`]s. No Proxy-Wasm calls here.
 //!
 //! # Adapter contract
 //!
@@ -12,22 +12,22 @@
 //!
 //! Every call that can do I/O takes an [`Io`]: `now_ms` (`get_current_time()` in ms),
 //! a fresh random `u64`, and a [`SharedStore`] (the host's shared data, or
-//! [`NoSharedStore`] when shared data is not configured: per-worker fetching). It
-//! appends [`Action`]s to `out`; perform them in order:
+//! [`NoSharedStore`](crate::store::NoSharedStore) when shared data is not configured: per-worker fetching). It
+//! appends [`KeyAction`]s to `out`; perform them in order:
 //!
-//! * [`Action::Dispatch`] → `dispatch_http_call(req.upstream, req.header_refs(), None,
+//! * [`KeyAction::Dispatch`] → `dispatch_http_call(req.upstream, req.header_refs(), None,
 //!   vec![], Duration::from_millis(req.timeout_ms))`. On `Ok(token)` remember
 //!   `token → (provider index, req.ticket)`; on `Err` call
 //!   [`KeyCache::on_dispatch_error`] with the ticket (and perform its actions).
-//! * [`Action::Resume`]`(id)` → keys are present: that paused request re-runs
+//! * [`KeyAction::Resume`]`(id)` → keys are present: that paused request re-runs
 //!   verification with [`KeyCache::keys`] right away (before other cache calls) and
 //!   is then answered or resumed. If its `kid` is still unknown,
 //!   `request_refetch_for_unknown_kid` with the same id answers `Refused` → 401
 //!   `kid_unknown` (a request never waits twice).
-//! * [`Action::Unavailable`] → answer that paused request 503 `jwks_unavailable` with
+//! * [`KeyAction::Unavailable`] → answer that paused request 503 `jwks_unavailable` with
 //!   `Retry-After: retry_after_secs` (no keys and the fetch failed, or the request
 //!   waited out its budget).
-//! * [`Action::Event`] → log at [`Event::level`] and count metrics.
+//! * [`KeyAction::Event`] → log at [`Event::level`] and count metrics.
 //!
 //! Root context (tick of e.g. 200 ms, set once):
 //! * `on_tick`: for every cache, [`KeyCache::on_tick`]. This starts the first fetch,
@@ -88,20 +88,28 @@
 //! dispatches. On success it writes the record (unless a newer one is there) and
 //! releases the lease; on failure it keeps the lease until its backoff ends and stores
 //! the failure in it. Caches with fresh keys poll the record every
-//! [`SHARED_POLL_MS`]. All writes are get → set(cas) → retry ([`shared::cas_update`]).
+//! [`SHARED_POLL_MS`]. All writes are get → set(cas) → retry ([`crate::store::cas_update`]).
+//!
+//! Layout: this file holds the types and the cache's state; `fetch.rs` the fetch cycle
+//! (ticks, responses, sharing), `waiters.rs` the requests waiting for keys, `rides.rs`
+//! Kong's rides, `shared.rs` the shared-data formats and rules, `source.rs` and
+//! `response.rs` the requests sent and the answers classified.
 
+mod fetch;
 pub mod response;
+mod rides;
 pub mod shared;
 pub mod source;
+mod waiters;
 
 #[cfg(test)]
 mod tests;
 
 pub use response::{FailReason, HttpResponse};
-pub use shared::{Lease, NoSharedStore, SharedFailure, SharedRecord, SharedStore, StoreError};
+pub use shared::{Lease, SharedFailure, SharedRecord};
 pub use source::{FetchRequest, HttpUri, JwksSource, Scheme, SourceKind, Step, Ticket};
 
-use shared::CasOutcome;
+use crate::store::SharedStore;
 
 /// A paused request, named by the adapter (e.g. its http context id).
 pub type WaiterId = u32;
@@ -142,7 +150,7 @@ pub struct Io<'a> {
 
 /// Something the adapter must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum KeyAction {
     Dispatch(FetchRequest),
     Resume(WaiterId),
     Unavailable {
@@ -358,8 +366,6 @@ impl<K: KeyCount> KeyCache<K> {
         &self.src
     }
 
-    // ----- request side (no I/O) -----
-
     /// The last known good keys (fresh or stale), if any.
     pub fn keys(&self) -> Option<&K> {
         self.held.as_ref().map(|h| &h.keys)
@@ -408,374 +414,12 @@ impl<K: KeyCount> KeyCache<K> {
         u32::try_from(ms.div_ceil(1000).max(1)).unwrap_or(u32::MAX)
     }
 
-    /// A request needs keys. Registers `waiter` (coalesced onto one fetch) unless
-    /// keys are present or the provider is known to be failing.
-    pub fn wait_for_keys(&mut self, now_ms: u64, waiter: WaiterId) -> WaitDecision {
-        if self.held.is_some() {
-            return WaitDecision::Ready;
-        }
-        if (self.in_flight.is_none() && now_ms < self.next_attempt_ms)
-            || self.waiters.len() >= MAX_WAITERS
-        {
-            return WaitDecision::Unavailable {
-                retry_after_secs: self.retry_after_secs(now_ms),
-            };
-        }
-        self.add_waiter(now_ms, waiter);
-        WaitDecision::Wait
-    }
-
-    /// A token's `kid` is not in the held keys. `Wait` joins (or asks the next tick to
-    /// start) one refetch; `Refused` when the last fetch was less than
-    /// `jwks_min_refetch_seconds` ago or the provider is backing off.
-    pub fn request_refetch_for_unknown_kid(&mut self, now_ms: u64, waiter: WaiterId) -> Refetch {
-        if self.just_resumed.contains(&waiter) {
-            return Refetch::Refused; // it already waited for a fetch
-        }
-        if self.held.is_none() {
-            return match self.wait_for_keys(now_ms, waiter) {
-                WaitDecision::Wait => Refetch::Wait,
-                _ => Refetch::Refused,
-            };
-        }
-        let under_way = self.in_flight.is_some() || self.want_since.is_some();
-        if !under_way {
-            let too_soon = self
-                .last_fetch_ms
-                .is_some_and(|t| now_ms < t.saturating_add(self.src.min_refetch_ms));
-            if too_soon || now_ms < self.next_attempt_ms || self.waiters.len() >= MAX_WAITERS {
-                return Refetch::Refused;
-            }
-        } else if self.waiters.len() >= MAX_WAITERS {
-            return Refetch::Refused;
-        }
-        self.add_waiter(now_ms, waiter);
-        Refetch::Wait
-    }
-
-    /// The paused request is gone (context destroyed): forget it.
-    pub fn cancel_waiter(&mut self, waiter: WaiterId) {
-        self.waiters.retain(|w| w.id != waiter);
-    }
-
-    fn add_waiter(&mut self, now_ms: u64, id: WaiterId) {
-        let deadline_ms = now_ms.saturating_add(self.budget_for(now_ms));
-        self.waiters.retain(|w| w.id != id);
-        self.waiters.push(Waiter { id, deadline_ms });
-        if self.want_since.is_none() {
-            self.want_since = Some(now_ms);
-        }
-    }
-
     fn needs_discovery(&self, now_ms: u64) -> bool {
         self.src.kind == SourceKind::Discovery
             && match &self.discovered {
                 None => true,
                 Some((_, at)) => now_ms >= at.saturating_add(self.src.refresh_ms),
             }
-    }
-
-    // ----- rides (Kong: the request fetches for itself) -----
-
-    pub fn rides(&self) -> usize {
-        self.rides
-    }
-
-    /// A request needs keys (`unknown_kid`: it has keys, not its `kid`) and can only be
-    /// finished from its own context. See "Rides" in the module docs.
-    pub fn ride<E: core::fmt::Display>(
-        &mut self,
-        io: &mut Io<'_>,
-        parse: impl FnOnce(&[u8]) -> Result<K, E>,
-        unknown_kid: bool,
-        out: &mut Vec<Action>,
-    ) -> Ride {
-        let now = io.now_ms;
-        let generation = self.generation;
-        if !unknown_kid && self.held.is_some() {
-            return Ride::Ready;
-        }
-        if self.poll_record(io, parse, out) && (!unknown_kid || self.generation != generation) {
-            return Ride::Ready;
-        }
-        let backing_off = now < self.next_attempt_ms;
-        if unknown_kid {
-            let too_soon = self
-                .last_fetch_ms
-                .is_some_and(|t| now < t.saturating_add(self.src.min_refetch_ms));
-            let joinable = self.rides > 0 && self.rides < MAX_RIDES;
-            if !joinable && (too_soon || backing_off || self.rides >= MAX_RIDES) {
-                return Ride::Refused;
-            }
-        } else if backing_off || self.rides >= MAX_RIDES {
-            return Ride::Unavailable {
-                retry_after_secs: if backing_off {
-                    self.retry_after_secs(now)
-                } else {
-                    1
-                },
-            };
-        }
-        self.rides += 1;
-        let step = if self.needs_discovery(now) {
-            Step::Discovery
-        } else {
-            Step::Jwks
-        };
-        Ride::Dispatch(self.ride_request(now, step))
-    }
-
-    fn ride_request(&mut self, now: u64, step: Step) -> FetchRequest {
-        let ticket = Ticket(self.next_seq);
-        self.next_seq = self.next_seq.wrapping_add(1);
-        let target = match step {
-            Step::Discovery => self.src.uri.clone(),
-            Step::Jwks => self.target().clone(),
-        };
-        if step == Step::Jwks {
-            self.last_fetch_ms = Some(self.last_fetch_ms.map_or(now, |t| t.max(now)));
-        }
-        self.src.request(&target, step, ticket)
-    }
-
-    /// The answer to a ride's call. `Some(req)`: send that next from the same context
-    /// (the key set after a discovery document); `None`: the ride is over, decide again.
-    pub fn on_ride_response<E: core::fmt::Display>(
-        &mut self,
-        io: &mut Io<'_>,
-        step: Step,
-        resp: &HttpResponse,
-        parse: impl FnOnce(&[u8]) -> Result<K, E>,
-        out: &mut Vec<Action>,
-    ) -> Option<FetchRequest> {
-        let now = io.now_ms;
-        let body = match response::classify(resp, self.src.max_body_bytes) {
-            Ok(b) => b,
-            Err((r, d)) => {
-                self.ride_failed(now, io.random, step, r, d, out);
-                return None;
-            }
-        };
-        match step {
-            Step::Discovery => match self.accept_discovery(body, now, out) {
-                Ok(()) => Some(self.ride_request(now, Step::Jwks)),
-                Err((r, detail)) => {
-                    self.ride_failed(now, io.random, step, r, detail, out);
-                    None
-                }
-            },
-            Step::Jwks => {
-                let keys = match usable_keys(parse, body) {
-                    Ok(k) => k,
-                    Err((r, detail)) => {
-                        self.ride_failed(now, io.random, step, r, detail, out);
-                        return None;
-                    }
-                };
-                self.accept(io, resp, body, keys, out);
-                if self.want_since.is_some() && self.in_flight.is_none() {
-                    self.resolve_waiters(now, out);
-                }
-                None
-            }
-        }
-    }
-
-    /// A ride is over (answered, or its request went away): free its slot.
-    pub fn ride_ended(&mut self) {
-        self.rides = self.rides.saturating_sub(1);
-    }
-
-    /// A failed ride backs the provider off like a failed fetch (so an IdP outage is
-    /// not hit once per request), without touching the background fetch in flight.
-    fn ride_failed(
-        &mut self,
-        now: u64,
-        random: u64,
-        step: Step,
-        reason: FailReason,
-        detail: String,
-        out: &mut Vec<Action>,
-    ) {
-        let delay = self.note_failure(now, random, step, reason, detail, out);
-        self.next_attempt_ms = self.next_attempt_ms.max(now.saturating_add(delay));
-    }
-
-    // ----- driver side -----
-
-    /// Call on every root-context tick.
-    pub fn on_tick<E: core::fmt::Display>(
-        &mut self,
-        io: &mut Io<'_>,
-        parse: impl FnOnce(&[u8]) -> Result<K, E>,
-        out: &mut Vec<Action>,
-    ) {
-        let now = io.now_ms;
-        if let Some(f) = self.in_flight {
-            if now >= f.deadline_ms {
-                self.fail(
-                    io,
-                    f.step,
-                    FailReason::Timeout,
-                    "no answer within timeout + margin".into(),
-                    out,
-                );
-            }
-        }
-        self.expire_waiters(now, out);
-        if self.in_flight.is_some() {
-            return;
-        }
-        let needed = self.held.is_none()
-            || self.want_since.is_some()
-            || self.keys_state(now) == KeysState::Stale;
-        if !needed {
-            if now >= self.next_shared_poll_ms {
-                self.next_shared_poll_ms = now.saturating_add(SHARED_POLL_MS);
-                self.poll_record(io, parse, out);
-            }
-            return;
-        }
-        if now < self.next_attempt_ms {
-            return;
-        }
-        self.start_cycle(io, parse, out);
-    }
-
-    /// `dispatch_http_call` returned an error for this ticket.
-    pub fn on_dispatch_error(&mut self, io: &mut Io<'_>, ticket: Ticket, out: &mut Vec<Action>) {
-        if let Some(f) = self.in_flight.filter(|f| f.ticket == ticket) {
-            self.fail(
-                io,
-                f.step,
-                FailReason::DispatchFailed,
-                "dispatch_http_call failed".into(),
-                out,
-            );
-        }
-    }
-
-    /// The response (or the host's failure callback) for a dispatched call.
-    pub fn on_response<E: core::fmt::Display>(
-        &mut self,
-        io: &mut Io<'_>,
-        ticket: Ticket,
-        resp: &HttpResponse,
-        parse: impl FnOnce(&[u8]) -> Result<K, E>,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(f) = self.in_flight.filter(|f| f.ticket == ticket) else {
-            return; // stale (timed out earlier) or unknown
-        };
-        self.in_flight = None;
-        let body = match response::classify(resp, self.src.max_body_bytes) {
-            Ok(b) => b,
-            Err((r, d)) => return self.fail(io, f.step, r, d, out),
-        };
-        match f.step {
-            Step::Discovery => {
-                if let Err((r, detail)) = self.accept_discovery(body, io.now_ms, out) {
-                    self.fail(io, f.step, r, detail, out);
-                }
-                // The key set is fetched on the next tick, not from this callback: Kong's
-                // engine kills the worker when a root context dispatches from a call's
-                // response. The fetch is still needed (cold, stale or wanted), the lease is
-                // still ours, and the cycle budget's margin covers the tick.
-            }
-            Step::Jwks => {
-                let keys = match usable_keys(parse, body) {
-                    Ok(k) => k,
-                    Err((r, detail)) => return self.fail(io, f.step, r, detail, out),
-                };
-                self.accept(io, resp, body, keys, out);
-                self.release_lease(io);
-                self.resolve_waiters(io.now_ms, out);
-            }
-        }
-    }
-
-    // ----- internals -----
-
-    /// A failed fetch or ride: the streak, its backoff delay (returned), rediscovery after
-    /// a failed key set, and the event.
-    fn note_failure(
-        &mut self,
-        now: u64,
-        random: u64,
-        step: Step,
-        reason: FailReason,
-        detail: String,
-        out: &mut Vec<Action>,
-    ) -> u64 {
-        if self.streak == 0 {
-            self.streak_started_ms = now;
-        }
-        self.streak = self.streak.saturating_add(1);
-        let delay = response::backoff_ms(self.streak, random);
-        if step == Step::Jwks && self.src.kind == SourceKind::Discovery {
-            self.discovered = None; // rediscover on the next attempt
-        }
-        out.push(Action::Event(Event::FetchFailed {
-            step,
-            reason,
-            code: reason.code(step),
-            detail,
-            first_of_streak: self.streak == 1,
-            streak: self.streak,
-            retry_in_ms: delay,
-            have_keys: self.held.is_some(),
-        }));
-        delay
-    }
-
-    /// A discovery document: remember its `jwks_uri` and report it (and an issuer that
-    /// fits none of the provider's).
-    fn accept_discovery(
-        &mut self,
-        body: &[u8],
-        now: u64,
-        out: &mut Vec<Action>,
-    ) -> Result<(), (FailReason, String)> {
-        let d = response::parse_discovery(body, &self.src.uri)?;
-        if let Some(iss) = d.issuer.filter(|i| !self.src.issuer_fits(i)) {
-            out.push(Action::Event(Event::DiscoveryIssuerMismatch {
-                discovered_issuer: iss,
-            }));
-        }
-        out.push(Action::Event(Event::DiscoveryOk {
-            jwks_uri: d.jwks_uri.to_string(),
-        }));
-        self.discovered = Some((d.jwks_uri, now));
-        Ok(())
-    }
-
-    /// A fetched, usable key set (background fetch or ride): share it, install it, report.
-    fn accept(
-        &mut self,
-        io: &mut Io<'_>,
-        resp: &HttpResponse,
-        body: &[u8],
-        keys: K,
-        out: &mut Vec<Action>,
-    ) {
-        let now = io.now_ms;
-        let ttl = response::ttl_ms(resp.header("cache-control"), self.src.refresh_ms);
-        let expires = now.saturating_add(ttl);
-        let body = body.to_vec();
-        // Share first, so the record version is known.
-        let version = self.write_record(io, now, expires, &body);
-        let (count, bytes) = (keys.key_count(), body.len());
-        let changed = self.install(keys, body, now, expires, version);
-        out.push(Action::Event(Event::FetchOk {
-            uri: self.target().to_string(),
-            keys: count,
-            bytes,
-            changed,
-            generation: self.generation,
-            ttl_ms: ttl,
-        }));
-        self.recovered(now, out);
-        self.next_shared_poll_ms = now.saturating_add(SHARED_POLL_MS);
     }
 
     fn target(&self) -> &HttpUri {
@@ -789,269 +433,6 @@ impl<K: KeyCount> KeyCache<K> {
         self.held.as_ref().map(|h| (h.fetched_at_ms, h.version))
     }
 
-    /// Replace the key set; returns whether it changed (generation bumped).
-    fn install(
-        &mut self,
-        keys: K,
-        body: Vec<u8>,
-        fetched: u64,
-        expires: u64,
-        version: u64,
-    ) -> bool {
-        let changed = self.held.as_ref().is_none_or(|h| h.body != body);
-        if changed {
-            self.generation = self.generation.wrapping_add(1);
-        }
-        self.held = Some(Held {
-            keys,
-            body,
-            fetched_at_ms: fetched,
-            expires_at_ms: expires,
-            version,
-        });
-        self.last_fetch_ms = Some(self.last_fetch_ms.map_or(fetched, |t| t.max(fetched)));
-        changed
-    }
-
-    fn recovered(&mut self, now: u64, out: &mut Vec<Action>) {
-        if self.streak > 0 {
-            out.push(Action::Event(Event::Recovered {
-                failures: self.streak,
-                outage_ms: now.saturating_sub(self.streak_started_ms),
-            }));
-        }
-        self.streak = 0;
-        self.next_attempt_ms = 0;
-    }
-
-    /// Fetch finished (or keys arrived from shared data): wake every waiter.
-    fn resolve_waiters(&mut self, now: u64, out: &mut Vec<Action>) {
-        self.want_since = None;
-        self.just_resumed.clear();
-        let ra = self.retry_after_secs(now);
-        for w in self.waiters.drain(..) {
-            out.push(match &self.held {
-                Some(_) => {
-                    self.just_resumed.push(w.id);
-                    Action::Resume(w.id)
-                }
-                None => Action::Unavailable {
-                    waiter: w.id,
-                    retry_after_secs: ra,
-                },
-            });
-        }
-    }
-
-    /// Waiting longer than the budget: 503 (the refetch, if any, may still land for
-    /// later requests).
-    fn expire_waiters(&mut self, now: u64, out: &mut Vec<Action>) {
-        if !self.waiters.iter().any(|w| now >= w.deadline_ms) {
-            return;
-        }
-        let ra = self.retry_after_secs(now);
-        self.waiters.retain(|w| {
-            if now < w.deadline_ms {
-                return true;
-            }
-            out.push(Action::Unavailable {
-                waiter: w.id,
-                retry_after_secs: ra,
-            });
-            false
-        });
-        if self.waiters.is_empty() && self.held.is_some() {
-            self.want_since = None;
-        }
-    }
-
-    fn fail(
-        &mut self,
-        io: &mut Io<'_>,
-        step: Step,
-        reason: FailReason,
-        detail: String,
-        out: &mut Vec<Action>,
-    ) {
-        let now = io.now_ms;
-        self.in_flight = None;
-        let delay = self.note_failure(now, io.random, step, reason, detail, out);
-        self.next_attempt_ms = now.saturating_add(delay);
-        let code = reason.code(step);
-        // Node-wide backoff + failure info: keep the lease until the retry time.
-        let me = self.owner_id;
-        let lease = Lease {
-            owner_id: me,
-            until_ms: self.next_attempt_ms,
-            failure: Some(SharedFailure {
-                at_ms: now,
-                reason: code,
-                streak: self.streak,
-            }),
-        };
-        let _ = shared::cas_update(io.store, &self.lease_key, |cur| {
-            let cur = cur.and_then(Lease::decode);
-            (
-                shared::may_take_lease(cur.as_ref(), me, now).then(|| lease.encode()),
-                (),
-            )
-        });
-        self.seen_failure_at_ms = self.seen_failure_at_ms.max(now);
-        self.resolve_waiters(now, out);
-    }
-
-    fn dispatch(&mut self, now: u64, step: Step, out: &mut Vec<Action>) {
-        let ticket = Ticket(self.next_seq);
-        self.next_seq = self.next_seq.wrapping_add(1);
-        let target = match step {
-            Step::Discovery => self.src.uri.clone(),
-            Step::Jwks => self.target().clone(),
-        };
-        let req = self.src.request(&target, step, ticket);
-        self.in_flight = Some(InFlight {
-            ticket,
-            step,
-            deadline_ms: now
-                .saturating_add(self.src.timeout_ms)
-                .saturating_add(MARGIN_MS),
-        });
-        if step == Step::Discovery || self.src.kind == SourceKind::Jwks {
-            self.last_fetch_ms = Some(now);
-        }
-        out.push(Action::Dispatch(req));
-    }
-
-    /// Read the shared record and adopt it if newer. Returns true if adopted.
-    fn poll_record<E: core::fmt::Display>(
-        &mut self,
-        io: &mut Io<'_>,
-        parse: impl FnOnce(&[u8]) -> Result<K, E>,
-        out: &mut Vec<Action>,
-    ) -> bool {
-        let Ok(Some((raw, _))) = io.store.get(&self.record_key) else {
-            return false;
-        };
-        let Some(rec) = SharedRecord::decode(&raw) else {
-            return false;
-        };
-        let stamp = (rec.fetched_at_ms, rec.version);
-        if !shared::should_adopt(&rec, self.mine()) || self.rejected_record == Some(stamp) {
-            return false;
-        }
-        let keys = match parse(&rec.body) {
-            Ok(k) if k.key_count() > 0 => k,
-            _ => {
-                self.rejected_record = Some(stamp);
-                return false;
-            }
-        };
-        let count = keys.key_count();
-        let bytes = rec.body.len();
-        self.install(
-            keys,
-            rec.body,
-            rec.fetched_at_ms,
-            rec.expires_at_ms,
-            rec.version,
-        );
-        out.push(Action::Event(Event::AdoptedFromShared {
-            keys: count,
-            bytes,
-            fetched_at_ms: rec.fetched_at_ms,
-            generation: self.generation,
-        }));
-        self.recovered(io.now_ms, out);
-        true
-    }
-
-    /// A fetch is needed and allowed by my own backoff: coordinate, then dispatch.
-    fn start_cycle<E: core::fmt::Display>(
-        &mut self,
-        io: &mut Io<'_>,
-        parse: impl FnOnce(&[u8]) -> Result<K, E>,
-        out: &mut Vec<Action>,
-    ) {
-        let now = io.now_ms;
-        let me = self.owner_id;
-        let shared_ok = match io.store.get(&self.lease_key) {
-            Err(_) => false,
-            Ok(cur) => {
-                let lease = cur.and_then(|(v, _)| Lease::decode(&v));
-                if let Some(l) = lease.as_ref().filter(|l| l.held_by_other(me, now)) {
-                    if let Some(f) = l
-                        .failure
-                        .as_ref()
-                        .filter(|f| f.at_ms > self.seen_failure_at_ms)
-                    {
-                        // Another worker's fetch failed: back off with the node.
-                        self.seen_failure_at_ms = f.at_ms;
-                        self.next_attempt_ms = self.next_attempt_ms.max(l.until_ms);
-                        if self.streak == 0 {
-                            self.streak_started_ms = f.at_ms;
-                        }
-                        // Continue the node's backoff sequence if I try next.
-                        self.streak = self.streak.max(f.streak);
-                        out.push(Action::Event(Event::SharedFailureSeen {
-                            code: f.reason.clone(),
-                            retry_in_ms: l.until_ms.saturating_sub(now),
-                        }));
-                        self.resolve_waiters(now, out);
-                    }
-                    return; // someone else is fetching (or backing off): wait
-                }
-                true
-            }
-        };
-        if shared_ok {
-            let was_cold = self.held.is_none();
-            if self.poll_record(io, parse, out) {
-                // The adopted keys answer my waiters if they were fetched after the waiters
-                // asked, or — unknown-kid refetches — less than `min_refetch_ms` ago: the
-                // refetch limit is per node, so a worker that had not yet seen another
-                // worker's fresh refetch must not make a second one (a resumed request whose
-                // kid is still unknown gets 401 `kid_unknown`).
-                let min_refetch = self.src.min_refetch_ms;
-                let satisfied = was_cold
-                    || self
-                        .held
-                        .as_ref()
-                        .zip(self.want_since)
-                        .is_some_and(|(h, since)| {
-                            h.fetched_at_ms >= since
-                                || now < h.fetched_at_ms.saturating_add(min_refetch)
-                        });
-                if satisfied {
-                    self.resolve_waiters(now, out);
-                }
-                if self.keys_state(now) == KeysState::Fresh && self.want_since.is_none() {
-                    return;
-                }
-            }
-            let budget = self.budget_for(now);
-            let lease = Lease {
-                owner_id: me,
-                until_ms: now.saturating_add(budget),
-                failure: None,
-            };
-            match shared::cas_update(io.store, &self.lease_key, |cur| {
-                let cur = cur.and_then(Lease::decode);
-                (
-                    shared::may_take_lease(cur.as_ref(), me, now).then(|| lease.encode()),
-                    (),
-                )
-            }) {
-                CasOutcome::Written(()) | CasOutcome::Unavailable => {}
-                CasOutcome::Declined(()) | CasOutcome::Contended => return,
-            }
-        }
-        let step = if self.needs_discovery(now) {
-            Step::Discovery
-        } else {
-            Step::Jwks
-        };
-        self.dispatch(now, step, out);
-    }
-
     /// Time one fetch cycle may take: one or two calls plus the margin.
     fn budget_for(&self, now: u64) -> u64 {
         let steps = if self.needs_discovery(now) { 2 } else { 1 };
@@ -1059,50 +440,5 @@ impl<K: KeyCount> KeyCache<K> {
             .timeout_ms
             .saturating_mul(steps)
             .saturating_add(MARGIN_MS)
-    }
-
-    /// Store my fresh keys unless a newer record is there; returns the version used.
-    fn write_record(&mut self, io: &mut Io<'_>, fetched: u64, expires: u64, body: &[u8]) -> u64 {
-        let mut version = self.mine().map_or(1, |(_, v)| v.wrapping_add(1));
-        let res = shared::cas_update(io.store, &self.record_key, |cur| {
-            let existing = cur.and_then(SharedRecord::decode);
-            match shared::record_to_write(existing.as_ref(), fetched, expires, body) {
-                Some(r) => {
-                    let v = r.version;
-                    (Some(r.encode()), v)
-                }
-                None => (None, 0),
-            }
-        });
-        if let CasOutcome::Written(v) = res {
-            version = v;
-        }
-        version
-    }
-
-    fn release_lease(&mut self, io: &mut Io<'_>) {
-        let me = self.owner_id;
-        let released = Lease {
-            owner_id: me,
-            until_ms: 0,
-            failure: None,
-        };
-        let _ = shared::cas_update(io.store, &self.lease_key, |cur| {
-            let cur = cur.and_then(Lease::decode);
-            let mine = cur.as_ref().is_some_and(|l| l.owner_id == me);
-            (mine.then(|| released.encode()), ())
-        });
-    }
-}
-
-/// A key-set body parsed into keys, refusing sets without usable keys.
-fn usable_keys<K: KeyCount, E: core::fmt::Display>(
-    parse: impl FnOnce(&[u8]) -> Result<K, E>,
-    body: &[u8],
-) -> Result<K, (FailReason, String)> {
-    match parse(body) {
-        Ok(k) if k.key_count() > 0 => Ok(k),
-        Ok(_) => Err((FailReason::Empty, "no usable keys".into())),
-        Err(e) => Err((FailReason::Garbage, e.to_string())),
     }
 }

@@ -1,7 +1,7 @@
 //! Node-wide sharing through Proxy-Wasm shared data: the key-set record, the fetch
 //! lease (which also carries the last failure), their binary encodings, and the
-//! decisions built on them. Everything here is pure except [`SharedStore`], the
-//! three-line trait the adapter implements over `get_shared_data`/`set_shared_data`.
+//! decisions built on them. Everything here is pure; reads and writes go through
+//! [`crate::store`].
 
 /// Record magic + format version. Bump the last byte when the layout changes; an old
 /// or foreign value then decodes to `None` and is simply overwritten.
@@ -196,96 +196,4 @@ pub fn may_take_lease(current: Option<&Lease>, me: u64, now_ms: u64) -> bool {
         None => true,
         Some(l) => !l.held_by_other(me, now_ms),
     }
-}
-
-/// A stored value and its cas (`None` if the host gave none).
-pub type Versioned = (Vec<u8>, Option<u32>);
-
-/// Why a shared-data call did not succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreError {
-    /// The value changed since it was read (or Kong: `cas = None` on an existing key).
-    CasMismatch,
-    /// Shared data cannot be used (full zone, host error): fall back to per-worker.
-    Unavailable,
-}
-
-/// The adapter's shared-data access. Kong adapter:
-///
-/// ```text
-/// get: match get_shared_data(k) { Ok((Some(v), cas)) => Ok(Some((v, cas))),
-///                                 Ok((None, _)) | Err(NotFound) => Ok(None),
-///                                 Err(_) => Err(Unavailable) }
-/// set: set_shared_data(k, Some(v), cas): Ok => Ok, Err(CasMismatch) => Err(CasMismatch),
-///                                        Err(_) => Err(Unavailable)
-/// ```
-///
-/// The cache always does get → set(with the cas just read) → on `CasMismatch` re-read
-/// and retry (at most [`CAS_RETRIES`] times), and sets with `cas = None` only when
-/// the get found no value. Keys have no `zone/` prefix (Kong: the default `*` zone,
-/// which needs `nginx_wasm_shm_kv`). A host where shared data would trap must use
-/// [`NoSharedStore`] instead (per-worker fetching).
-pub trait SharedStore {
-    /// The value and its cas, `Ok(None)` when the key does not exist.
-    fn get(&mut self, key: &str) -> Result<Option<Versioned>, StoreError>;
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
-}
-
-/// Per-worker mode: no shared data; every cache fetches for itself.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoSharedStore;
-
-impl SharedStore for NoSharedStore {
-    fn get(&mut self, _key: &str) -> Result<Option<Versioned>, StoreError> {
-        Err(StoreError::Unavailable)
-    }
-    fn set(&mut self, _key: &str, _value: &[u8], _cas: Option<u32>) -> Result<(), StoreError> {
-        Err(StoreError::Unavailable)
-    }
-}
-
-/// How many times a CAS update re-reads after a mismatch.
-pub const CAS_RETRIES: usize = 4;
-
-/// Outcome of [`cas_update`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CasOutcome<T> {
-    /// Written; carries what `decide` returned alongside the value.
-    Written(T),
-    /// `decide` declined to write, given the current value.
-    Declined(T),
-    /// Lost the race [`CAS_RETRIES`] times in a row.
-    Contended,
-    /// Shared data is unavailable.
-    Unavailable,
-}
-
-/// The exact CAS sequence: get → `decide(current)` → set with the cas just read
-/// (`None` only when absent) → on mismatch start over. `decide` returns
-/// `(Some(value), info)` to write or `(None, info)` to leave the key alone.
-pub fn cas_update<T>(
-    store: &mut dyn SharedStore,
-    key: &str,
-    mut decide: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
-) -> CasOutcome<T> {
-    for _ in 0..CAS_RETRIES {
-        let cur = match store.get(key) {
-            Ok(c) => c,
-            Err(_) => return CasOutcome::Unavailable,
-        };
-        let (cur_val, cas) = match &cur {
-            Some((v, cas)) => (Some(v.as_slice()), *cas),
-            None => (None, None),
-        };
-        let (new, info) = decide(cur_val);
-        let Some(new) = new else {
-            return CasOutcome::Declined(info);
-        };
-        match store.set(key, &new, cas) {
-            Ok(()) => return CasOutcome::Written(info),
-            Err(StoreError::CasMismatch) => continue,
-            Err(StoreError::Unavailable) => return CasOutcome::Unavailable,
-        }
-    }
-    CasOutcome::Contended
 }

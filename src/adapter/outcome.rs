@@ -1,0 +1,213 @@
+//! Carrying out a final decision, the same whether the request is in its own callback or
+//! being finished from the root context: header operations, the local answer, the audit
+//! line and metric, and Kong's `kong.ctx.shared` properties.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::types::{Action, Status};
+
+use super::host::Host;
+use super::state::State;
+use crate::annotate::HeaderOp;
+use crate::audit::AuditRecord;
+use crate::config::LogLevel;
+use crate::engine::Decision;
+use crate::reason::Reason;
+use crate::respond;
+
+/// Kong's properties for the Lua plugins, as (name under `kong.ctx.shared`, value).
+pub type KongProps = Vec<(&'static str, String)>;
+
+/// When Kong's `kong.ctx.shared` gets the decision.
+pub enum Publish<'a> {
+    Now,
+    /// Kept here for `on_http_response_headers`: Kong's Lua property setters need a
+    /// request phase, which a call's callback is not.
+    Later(&'a mut Option<KongProps>),
+}
+
+impl Publish<'_> {
+    fn run(self, host: &impl Host, audit: &AuditRecord) {
+        match self {
+            Publish::Now => publish(host, &kong_props(audit)),
+            Publish::Later(slot) => *slot = Some(kong_props(audit)),
+        }
+    }
+}
+
+/// Carry out a final decision for the current HTTP context. `resumed`: the request was
+/// paused and is being finished from the root context (Envoy).
+pub fn finish(
+    host: &impl Host,
+    state: &Rc<RefCell<State>>,
+    context_id: u32,
+    decision: Decision,
+    resumed: bool,
+    kong: Publish<'_>,
+) -> Action {
+    let is_kong = state.try_borrow().ok().and_then(|st| st.is_kong) == Some(true);
+    match decision {
+        Decision::Allow { ops, mut audit } => {
+            // Published after the header operations: if one fails, Lua sees the denial.
+            let applied = apply_header_ops(host, &ops, is_kong).is_ok();
+            if !applied {
+                audit.deny(Reason::Internal, Reason::Internal.status());
+            }
+            if is_kong {
+                kong.run(host, &audit);
+            }
+            record(host, state, &audit);
+            if !applied {
+                return deny_internal(host, state, context_id, &audit.request_id);
+            }
+            if resumed {
+                let _ = host.resume_request();
+            }
+            Action::Continue
+        }
+        Decision::Deny { response, audit } => {
+            if is_kong {
+                kong.run(host, &audit);
+            }
+            record(host, state, &audit);
+            if let Ok(mut st) = state.try_borrow_mut() {
+                st.denied.push(context_id);
+            }
+            if let Err(e) = host.send_response(&response) {
+                log::error!("azure_ml_kong: cannot send local response: {e:?}");
+            }
+            Action::Pause
+        }
+        // The caller handles waiting; reaching here means a logic error: fail closed.
+        Decision::WaitForKeys { .. } | Decision::WaitForCredential { .. } => {
+            deny_internal(host, state, context_id, "")
+        }
+    }
+}
+
+/// Fail closed when the filter cannot carry out its decision (503 `internal_error`).
+pub fn deny_internal(
+    host: &impl Host,
+    state: &Rc<RefCell<State>>,
+    context_id: u32,
+    request_id: &str,
+) -> Action {
+    let response = match state.try_borrow_mut() {
+        Ok(mut st) => {
+            // Answered locally like any denial: its body must not move either.
+            st.denied.push(context_id);
+            respond::deny(Reason::Internal, st.realm(), request_id, None)
+        }
+        Err(_) => respond::deny(
+            Reason::Internal,
+            &crate::config::default_realm(),
+            request_id,
+            None,
+        ),
+    };
+    if let Err(e) = host.send_response(&response) {
+        log::error!("azure_ml_kong: cannot send local response: {e:?}");
+    }
+    Action::Pause
+}
+
+/// Kong: publish the properties kept for the response phase.
+pub fn publish(host: &impl Host, props: &[(&'static str, String)]) {
+    for (key, value) in props {
+        let _ = host.set_property(&["kong", "ctx", "shared", key], Some(value.as_bytes()));
+    }
+}
+
+/// Identity for Kong's Lua plugins (`kong.ctx.shared.azure_ml_kong_*`, strings), e.g.
+/// `file-log`'s `custom_fields_by_lua`. Only verified values: never the token.
+fn kong_props(audit: &AuditRecord) -> KongProps {
+    let s = |v: &Option<String>| v.clone().unwrap_or_default();
+    vec![
+        (
+            "azure_ml_kong_decision",
+            audit.decision.as_str().to_string(),
+        ),
+        (
+            "azure_ml_kong_reason",
+            audit.reason.map_or("", Reason::code).to_string(),
+        ),
+        ("azure_ml_kong_route", s(&audit.route)),
+        ("azure_ml_kong_request_id", audit.request_id.clone()),
+        ("azure_ml_kong_subject", s(&audit.subject)),
+        ("azure_ml_kong_tid", s(&audit.tid)),
+        ("azure_ml_kong_app", s(&audit.app)),
+    ]
+}
+
+/// The audit line, at the configured level, and the decision metric.
+fn record(host: &impl Host, state: &Rc<RefCell<State>>, audit: &AuditRecord) {
+    let Ok(mut st) = state.try_borrow_mut() else {
+        return;
+    };
+    let level = match &st.filter {
+        Ok(f) => f.audit_level(),
+        Err(_) => LogLevel::Error,
+    };
+    let line = audit.to_json_line();
+    match level {
+        LogLevel::Trace => log::trace!("{line}"),
+        LogLevel::Debug => log::debug!("{line}"),
+        LogLevel::Info => log::info!("{line}"),
+        LogLevel::Warn => log::warn!("{line}"),
+        LogLevel::Error => log::error!("{line}"),
+    }
+    st.metrics
+        .increment(host, &crate::metrics::decision_counter(audit));
+}
+
+/// Carry out header operations following the recipe that is correct on Kong and Envoy:
+/// values are set in place; a header is cleared by setting it empty first (Kong still
+/// forwards removed headers, but forwards the emptied value) and then removing it
+/// (Envoy drops it).
+///
+/// Stops at the first failure: the request must then not be forwarded (the caller's
+/// token or a spoofed identity header might still be in it).
+fn apply_header_ops(host: &impl Host, ops: &[HeaderOp], is_kong: bool) -> Result<(), Status> {
+    for op in ops {
+        let r = match op {
+            HeaderOp::Set { name, value } => host.set_request_header(name, Some(value)),
+            HeaderOp::Clear { name } => host
+                .set_request_header(name, Some(""))
+                .and_then(|_| host.set_request_header(name, None)),
+            // Kong proxies `$upstream_uri` (Kong's router set it, query included), not
+            // `:path`: the token must leave that.
+            HeaderOp::SetPath { strip, .. } if is_kong => strip_upstream_uri(host, strip),
+            HeaderOp::SetPath { path, .. } => host.set_request_header(":path", Some(path)),
+        };
+        if let Err(e) = r {
+            log::error!(
+                "azure_ml_kong: header operation on {:?} failed: {e:?}; the request is refused",
+                op_target(op)
+            );
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// What a header operation changes, for logs (never its value: it may be a secret).
+fn op_target(op: &HeaderOp) -> &str {
+    match op {
+        HeaderOp::Set { name, .. } | HeaderOp::Clear { name } => name,
+        HeaderOp::SetPath { .. } => ":path (query token)",
+    }
+}
+
+fn strip_upstream_uri(host: &impl Host, params: &[String]) -> Result<(), Status> {
+    const UPSTREAM_URI: [&str; 2] = ["ngx", "upstream_uri"];
+    // Kong sets `$upstream_uri`; a bare nginx without it forwards the original target.
+    let uri = host.property_str(&UPSTREAM_URI).ok_or(Status::NotFound)?;
+    let stripped = params
+        .iter()
+        .fold(uri.clone(), |u, p| crate::token::strip_query_param(&u, p));
+    if stripped == uri {
+        return Ok(());
+    }
+    host.set_property(&UPSTREAM_URI, Some(stripped.as_bytes()))
+}

@@ -1,0 +1,169 @@
+//! Per-worker state, shared by the root context and the HTTP contexts it creates, and the
+//! request as the filter decides on it (new, or again after waiting for keys).
+
+use std::rc::Rc;
+
+use super::host::Host;
+use super::keys::{KeyManager, WaitMode};
+use super::metrics::Metrics;
+use crate::engine::{self, Ctx, Decision, Filter};
+use crate::keycache::FetchRequest;
+use crate::request::RequestView;
+use crate::verify::VerifiedCache;
+
+/// A request as the filter decides on it, kept while it waits for keys.
+pub struct Pending {
+    pub headers: Vec<(String, String)>,
+    /// Kong: the raw request target (`ngx.request_uri`); `:path` is
+    /// nginx's decoded, dot-segment-resolved URI there, not what is routed and forwarded.
+    pub path: Option<String>,
+    /// Kong: the client's `host` header; `:authority` is the server block's name there.
+    pub host: Option<String>,
+    /// Kong 3.9 names its route (for audit lines when no filter route matched).
+    pub host_route: Option<String>,
+}
+
+impl Pending {
+    /// The request view: pseudo-headers carry method, path and authority unless the host
+    /// gave better values.
+    pub fn view(&self) -> RequestView<'_> {
+        let get = |n: &str| {
+            self.headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("")
+        };
+        RequestView {
+            method: get(":method"),
+            path: self.path.as_deref().unwrap_or_else(|| get(":path")),
+            authority: self.host.as_deref().unwrap_or_else(|| get(":authority")),
+            headers: &self.headers,
+        }
+    }
+}
+
+/// A request parked with the root context until its provider's keys are usable (Envoy).
+pub struct Waiter {
+    pub context_id: u32,
+    pub req: Pending,
+}
+
+/// A ride the request must send from its own context: (provider, request).
+pub type RideRequest = (usize, FetchRequest);
+
+/// Per-worker (per root context) state.
+pub struct State {
+    pub filter: Result<Rc<Filter>, String>,
+    pub keys: KeyManager,
+    pub cache: VerifiedCache,
+    pub waiters: Vec<Waiter>,
+    pub metrics: Metrics,
+    pub rng: Rng,
+    /// Learned from the first request: Kong's engine (nginx) or Envoy.
+    pub is_kong: Option<bool>,
+    /// Requests answered locally whose stream is still open (their body must not move).
+    pub denied: Vec<u32>,
+    /// The realm while no configuration is loaded: the configuration's default.
+    default_realm: String,
+}
+
+impl State {
+    pub fn new(seed: u64) -> State {
+        State {
+            filter: Err("no configuration received yet".into()),
+            keys: KeyManager::empty(),
+            cache: VerifiedCache::new(1),
+            waiters: Vec::new(),
+            metrics: Metrics::default(),
+            rng: Rng::new(seed),
+            is_kong: None,
+            denied: Vec::new(),
+            default_realm: crate::config::default_realm(),
+        }
+    }
+
+    /// The configured realm (its default when the configuration is missing or invalid).
+    pub fn realm(&self) -> &str {
+        match &self.filter {
+            Ok(f) => &f.config.realm,
+            Err(_) => &self.default_realm,
+        }
+    }
+
+    /// Run the engine for one request (new or resumed). A `WaitForKeys` decision may come
+    /// with a ride to dispatch (`WaitMode::Ride`).
+    pub fn decide(
+        &mut self,
+        host: &impl Host,
+        context_id: u32,
+        req: &Pending,
+        now_ms: u64,
+        wait: WaitMode,
+    ) -> (Decision, Option<RideRequest>) {
+        let view = req.view();
+        let ctx = Ctx {
+            now_ms,
+            random: self.rng.next(),
+            host_route: req.host_route.as_deref(),
+        };
+        let filter = match &self.filter {
+            Ok(f) => f.clone(),
+            Err(_) => return (engine::deny_config_invalid(self.realm(), &view, ctx), None),
+        };
+        let random = self.rng.next();
+        let State {
+            keys,
+            cache,
+            metrics,
+            ..
+        } = self;
+        let mut env = keys.env(host, now_ms, random, context_id, wait, metrics);
+        let d = filter.decide(&view, ctx, &mut env, cache);
+        (d, env.ride.take())
+    }
+
+    /// A parked request whose wait is over without keys: 503 `jwks_unavailable`.
+    pub fn deny_unavailable(
+        &mut self,
+        req: &Pending,
+        now_ms: u64,
+        retry_after_secs: u64,
+    ) -> Decision {
+        let view = req.view();
+        let ctx = Ctx {
+            now_ms,
+            random: self.rng.next(),
+            host_route: req.host_route.as_deref(),
+        };
+        match &self.filter {
+            Ok(f) => f.deny_unavailable(&view, ctx, retry_after_secs),
+            Err(_) => engine::deny_config_invalid(self.realm(), &view, ctx),
+        }
+    }
+}
+
+/// A fast non-cryptographic generator for request ids and jitter (never for secrets).
+pub struct Rng(u64);
+
+impl Rng {
+    /// `seed` mixed with per-VM entropy: std's `RandomState` draws its keys from WASI
+    /// `random_get` (already imported for `HashMap`). The seed alone (time in ms, root
+    /// context id) is the same in Envoy workers whose VMs start in the same millisecond,
+    /// which gave them the same JWKS lease owner id: each took the other's lease for its
+    /// own, so both fetched (and logged each failure streak twice).
+    pub fn new(seed: u64) -> Rng {
+        use std::hash::BuildHasher;
+        let mixed = std::collections::hash_map::RandomState::new().hash_one(seed);
+        Rng(mixed | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        // xorshift64*
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}

@@ -1,0 +1,337 @@
+//! Node-wide sharing: record and lease formats and rules, several workers over one store.
+
+use super::*;
+
+#[test]
+fn shared_record_roundtrip_and_junk() {
+    let r = SharedRecord {
+        version: 7,
+        fetched_at_ms: 1_700_000_000_000,
+        expires_at_ms: 1_700_003_600_000,
+        body: b"{\"keys\":[]}".to_vec(),
+    };
+    let e = r.encode();
+    assert_eq!(e.len(), 5 + 28 + r.body.len());
+    assert_eq!(SharedRecord::decode(&e), Some(r.clone()));
+    assert_eq!(SharedRecord::decode(&[]), None);
+    assert_eq!(SharedRecord::decode(b"hello world"), None);
+    assert_eq!(SharedRecord::decode(&e[..e.len() - 1]), None);
+    let mut extra = e.clone();
+    extra.push(0);
+    assert_eq!(SharedRecord::decode(&extra), None);
+    let mut other_version = e.clone();
+    other_version[4] = 2;
+    assert_eq!(SharedRecord::decode(&other_version), None);
+    for n in 0..e.len() {
+        let _ = SharedRecord::decode(&e[..n]); // never panics
+    }
+    assert_eq!(Lease::decode(&e), None);
+}
+
+#[test]
+fn lease_roundtrip_and_take_decision() {
+    let l = Lease {
+        owner_id: 42,
+        until_ms: 5000,
+        failure: None,
+    };
+    assert_eq!(Lease::decode(&l.encode()), Some(l.clone()));
+    let f = Lease {
+        owner_id: 42,
+        until_ms: 9000,
+        failure: Some(SharedFailure {
+            at_ms: 8000,
+            reason: "jwks_http_500".into(),
+            streak: 3,
+        }),
+    };
+    let e = f.encode();
+    assert_eq!(Lease::decode(&e), Some(f.clone()));
+    assert_eq!(Lease::decode(&e[..e.len() - 1]), None);
+    assert_eq!(Lease::decode(b"AMLL\x01short"), None);
+    assert_eq!(SharedRecord::decode(&e), None);
+
+    assert!(may_take_lease(None, 1, 0));
+    assert!(!may_take_lease(Some(&l), 1, 4999));
+    assert!(may_take_lease(Some(&l), 1, 5000));
+    assert!(may_take_lease(Some(&l), 42, 10));
+}
+
+#[test]
+fn adoption_and_write_rules() {
+    let rec = |v, at| SharedRecord {
+        version: v,
+        fetched_at_ms: at,
+        expires_at_ms: at + 1,
+        body: vec![],
+    };
+    assert!(should_adopt(&rec(1, 100), None));
+    assert!(should_adopt(&rec(1, 101), Some((100, 5))));
+    assert!(should_adopt(&rec(6, 100), Some((100, 5))));
+    assert!(!should_adopt(&rec(5, 100), Some((100, 5))));
+    assert!(!should_adopt(&rec(9, 99), Some((100, 5))));
+
+    assert_eq!(record_to_write(None, 10, 20, b"x").unwrap().version, 1);
+    assert_eq!(
+        record_to_write(Some(&rec(4, 9)), 10, 20, b"x")
+            .unwrap()
+            .version,
+        5
+    );
+    assert_eq!(
+        record_to_write(Some(&rec(4, 10)), 10, 20, b"x")
+            .unwrap()
+            .version,
+        5
+    );
+    assert!(record_to_write(Some(&rec(4, 11)), 10, 20, b"x").is_none());
+}
+
+/// Two caches (two workers) over one store.
+struct Node {
+    store: KongStore,
+}
+
+impl Node {
+    fn io(&mut self, now_ms: u64) -> Io<'_> {
+        Io {
+            now_ms,
+            random: 200,
+            store: &mut self.store,
+        }
+    }
+    fn tick(&mut self, c: &mut KeyCache<Dummy>, now: u64) -> Vec<KeyAction> {
+        let mut out = Vec::new();
+        c.on_tick(&mut self.io(now), parse, &mut out);
+        out
+    }
+    fn respond(
+        &mut self,
+        c: &mut KeyCache<Dummy>,
+        now: u64,
+        t: Ticket,
+        r: &HttpResponse,
+    ) -> Vec<KeyAction> {
+        let mut out = Vec::new();
+        c.on_response(&mut self.io(now), t, r, parse, &mut out);
+        out
+    }
+}
+
+#[test]
+fn one_worker_fetches_others_adopt() {
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    assert_eq!(b.wait_for_keys(0, 7), WaitDecision::Wait);
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    // B sees A's lease: no second fetch.
+    for t in [0, 200, 400] {
+        assert!(dispatches(&n.tick(&mut b, t)).is_empty());
+    }
+    n.respond(&mut a, 500, d.ticket, &ok("keys:a,b"));
+    let rec = SharedRecord::decode(&n.store.map[&a.source().shared_record_key()].0).unwrap();
+    assert_eq!(
+        (rec.version, rec.fetched_at_ms, rec.expires_at_ms),
+        (1, 500, 3_600_500)
+    );
+    let lease = Lease::decode(&n.store.map[&a.source().shared_lease_key()].0).unwrap();
+    assert_eq!(lease.until_ms, 0); // released
+                                   // B adopts on its next tick and wakes its waiter; no fetch.
+    let acts = n.tick(&mut b, 600);
+    assert!(dispatches(&acts).is_empty());
+    assert_eq!(resumed(&acts), vec![7]);
+    assert!(matches!(
+        events(&acts)[0],
+        Event::AdoptedFromShared {
+            keys: 2,
+            fetched_at_ms: 500,
+            ..
+        }
+    ));
+    assert_eq!(b.keys().unwrap().0, vec!["a", "b"]);
+    assert_eq!(b.keys_age_ms(1500), Some(1000));
+    // Both refresh at the same expiry; only one fetches.
+    let t = 3_600_500;
+    let d = one_dispatch(&n.tick(&mut b, t));
+    assert!(dispatches(&n.tick(&mut a, t)).is_empty());
+    n.respond(&mut b, t + 100, d.ticket, &ok("keys:b,c"));
+    // A (fresh-keys poll or refresh) adopts B's newer set.
+    let acts = n.tick(&mut a, t + 200);
+    assert!(dispatches(&acts).is_empty());
+    assert_eq!(a.keys().unwrap().0, vec!["b", "c"]);
+    assert_eq!(a.generation(), 2);
+    // A new instance (e.g. after a trap) starts warm from shared data.
+    let mut c = cache(JWKS, 3);
+    let acts = n.tick(&mut c, t + 300);
+    assert!(dispatches(&acts).is_empty());
+    assert_eq!(c.keys().unwrap().0, vec!["b", "c"]);
+    // Unknown-kid refetch on A is refused: B fetched recently (node-wide).
+    assert_eq!(
+        a.request_refetch_for_unknown_kid(t + 1000, 1),
+        Refetch::Refused
+    );
+}
+
+#[test]
+fn fresh_workers_poll_shared_record() {
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
+    n.tick(&mut b, 200);
+    assert_eq!(b.generation(), 1);
+    // A refetches for an unknown kid later; B picks it up within SHARED_POLL_MS.
+    let t = 400_000;
+    assert_eq!(a.request_refetch_for_unknown_kid(t, 9), Refetch::Wait);
+    let d = one_dispatch(&n.tick(&mut a, t));
+    n.respond(&mut a, t + 100, d.ticket, &ok("keys:a,new"));
+    n.tick(&mut b, t + 200);
+    n.tick(&mut b, t + 200 + SHARED_POLL_MS);
+    assert_eq!(b.keys().unwrap().0, vec!["a", "new"]);
+}
+
+#[test]
+fn unknown_kid_refetch_limit_is_per_node_even_before_the_record_was_seen() {
+    // jwks_min_refetch_seconds = 300 (default).
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
+    n.tick(&mut b, 200);
+    // A refetches for a new kid; B gets the same kid before it polled A's record.
+    let t = 400_000;
+    assert_eq!(a.request_refetch_for_unknown_kid(t, 9), Refetch::Wait);
+    let d = one_dispatch(&n.tick(&mut a, t));
+    n.respond(&mut a, t + 100, d.ticket, &ok("keys:a,new"));
+    assert_eq!(b.request_refetch_for_unknown_kid(t + 150, 5), Refetch::Wait);
+    // B adopts A's refetch (younger than the limit) instead of fetching again.
+    let acts = n.tick(&mut b, t + 200);
+    assert!(dispatches(&acts).is_empty(), "{acts:?}");
+    assert_eq!(resumed(&acts), vec![5]);
+    assert_eq!(b.keys().unwrap().0, vec!["a", "new"]);
+    // Still unknown after resuming: refused, no fetch.
+    assert_eq!(
+        b.request_refetch_for_unknown_kid(t + 200, 5),
+        Refetch::Refused
+    );
+    assert!(dispatches(&n.tick(&mut b, t + 400)).is_empty());
+    // Past the limit, B's own unknown kid fetches again.
+    let later = t + 100 + 300_000;
+    assert_eq!(b.request_refetch_for_unknown_kid(later, 6), Refetch::Wait);
+    one_dispatch(&n.tick(&mut b, later));
+}
+
+#[test]
+fn shared_failure_answers_other_workers_promptly() {
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    assert_eq!(b.wait_for_keys(0, 5), WaitDecision::Wait);
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    assert!(dispatches(&n.tick(&mut b, 100)).is_empty());
+    n.respond(&mut a, 200, d.ticket, &status("502"));
+    let lease = Lease::decode(&n.store.map[&a.source().shared_lease_key()].0).unwrap();
+    assert_eq!(lease.owner_id, 1);
+    assert_eq!(lease.until_ms, 1200);
+    assert_eq!(lease.failure.as_ref().unwrap().reason, "jwks_http_502");
+    // B answers its waiter 503 on the next tick, and doesn't fetch during the backoff.
+    let acts = n.tick(&mut b, 400);
+    assert_eq!(unavailable(&acts), vec![(5, 1)]);
+    assert!(dispatches(&acts).is_empty());
+    assert!(matches!(events(&acts)[0], Event::SharedFailureSeen { .. }));
+    assert_eq!(
+        b.wait_for_keys(500, 6),
+        WaitDecision::Unavailable {
+            retry_after_secs: 1
+        }
+    );
+    // After the backoff exactly one of them takes the lease.
+    let da = dispatches(&n.tick(&mut a, 1200)).len();
+    let acts = n.tick(&mut b, 1200);
+    assert_eq!(da + dispatches(&acts).len(), 1);
+    assert_eq!(da, 1);
+    assert!(dispatches(&acts).is_empty());
+    // If B takes the next attempt (A's lease lapsed), the node's backoff keeps growing
+    // and B's failure is not logged loudly again.
+    let mut b2 = cache(JWKS, 3);
+    n.tick(&mut b2, 1300); // sees the lease held (A is fetching)
+    let lease_key = a.source().shared_lease_key();
+    let lease = Lease {
+        owner_id: 1,
+        until_ms: 2000,
+        failure: Some(SharedFailure {
+            at_ms: 1250,
+            reason: "jwks_http_502".into(),
+            streak: 4,
+        }),
+    };
+    let cas = n.store.map[&lease_key].1;
+    n.store.set(&lease_key, &lease.encode(), Some(cas)).unwrap();
+    n.tick(&mut b2, 1400);
+    assert_eq!(b2.failure_streak(), 4);
+    let d = one_dispatch(&n.tick(&mut b2, 2000));
+    let acts = n.respond(&mut b2, 2100, d.ticket, &status("502"));
+    assert_eq!(failure_codes(&acts), vec![("jwks_http_502".into(), false)]);
+    assert_eq!(b2.failure_streak(), 5);
+    assert_eq!(b2.retry_after_secs(2100), 16);
+}
+
+#[test]
+fn lapsed_lease_is_taken_over() {
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    one_dispatch(&n.tick(&mut a, 0));
+    // A's instance dies; its lease lapses after timeout + margin.
+    assert!(dispatches(&n.tick(&mut b, 3_999)).is_empty());
+    assert_eq!(dispatches(&n.tick(&mut b, 4_000)).len(), 1);
+}
+
+#[test]
+fn junk_in_shared_data_is_ignored_and_overwritten() {
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let rk = a.source().shared_record_key();
+    let lk = a.source().shared_lease_key();
+    n.store.map.insert(rk.clone(), (b"garbage".to_vec(), 3));
+    n.store.map.insert(lk.clone(), (b"garbage".to_vec(), 3));
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    n.respond(&mut a, 10, d.ticket, &ok("keys:a"));
+    assert!(SharedRecord::decode(&n.store.map[&rk].0).is_some());
+    // A decodable record whose body is not a key set is not adopted (and not retried).
+    let bad = SharedRecord {
+        version: 9,
+        fetched_at_ms: 50,
+        expires_at_ms: 9_999_999,
+        body: b"keys:".to_vec(),
+    };
+    n.store.map.insert(rk.clone(), (bad.encode(), 9));
+    let mut b = cache(JWKS, 2);
+    let acts = n.tick(&mut b, 100);
+    assert!(b.keys().is_none());
+    assert_eq!(dispatches(&acts).len(), 1);
+}
+
+#[test]
+fn per_worker_mode_fetches_independently() {
+    let mut env = Env::per_worker();
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    assert_eq!(dispatches(&tick(&mut a, &mut env, 0)).len(), 1);
+    assert_eq!(dispatches(&tick(&mut b, &mut env, 0)).len(), 1);
+}
