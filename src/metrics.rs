@@ -5,6 +5,7 @@
 //! of the patterns, and values must fit them (`[a-z0-9-]` for names, last label anchored).
 
 use crate::audit::{AuditRecord, Outcome};
+use crate::credential::cache::{CredEvent, CredFailure};
 use crate::keycache::{Event, FailReason};
 use crate::reason::Reason;
 
@@ -61,6 +62,30 @@ pub fn jwks_counter(provider: &str, ev: &Event) -> Option<String> {
         "jwks_fetches_total_provider={}_result={result}",
         label(provider)
     ))
+}
+
+/// The counter for a credential event, if it counts as a token-request outcome.
+pub fn credential_counter(credential: &str, ev: &CredEvent) -> Option<String> {
+    let result = match ev {
+        CredEvent::Acquired { fetched: true, .. } => "ok",
+        CredEvent::Acquired { fetched: false, .. } => "adopted_shared",
+        CredEvent::Failed { why, .. } => match why {
+            CredFailure::Timeout => "timeout",
+            CredFailure::DispatchFailed => "dispatch_error",
+            CredFailure::Http(_) => "http_error",
+            CredFailure::TooLarge | CredFailure::BadAnswer(_) => "parse_error",
+        },
+        CredEvent::Recovered { .. } => return None,
+    };
+    Some(format!(
+        "credential_fetches_total_credential={}_result={result}",
+        label(credential)
+    ))
+}
+
+/// Seconds the gateway's current token for `credential` stays in use (0: none).
+pub fn credential_gauge(credential: &str) -> String {
+    format!("credential_valid_seconds_credential={}", label(credential))
 }
 
 /// JWKS health gauges for one provider: usable keys, and age of the key set in seconds.

@@ -9,8 +9,41 @@ use std::time::Duration;
 
 use proxy_wasm::types::{MetricType, Status};
 
+use crate::credential::spec::CredentialSpec;
 use crate::keycache::FetchRequest;
 use crate::respond::LocalResponse;
+
+/// One dispatched HTTP call, as `dispatch_http_call` takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Outbound<'a> {
+    /// Kong: `host:port`; Envoy: a cluster name.
+    pub upstream: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: Option<&'a [u8]>,
+    pub timeout_ms: u64,
+}
+
+impl<'a> Outbound<'a> {
+    /// A key-set or discovery request.
+    pub fn fetch(req: &'a FetchRequest) -> Outbound<'a> {
+        Outbound {
+            upstream: &req.upstream,
+            headers: &req.headers,
+            body: None,
+            timeout_ms: req.timeout_ms,
+        }
+    }
+
+    /// A request for the gateway's own token (its body may hold a client secret).
+    pub fn credential(spec: &'a CredentialSpec) -> Outbound<'a> {
+        Outbound {
+            upstream: &spec.upstream,
+            headers: &spec.headers,
+            body: spec.body.as_deref(),
+            timeout_ms: spec.timeout_ms,
+        }
+    }
+}
 
 pub trait Host {
     /// Host time in milliseconds since the epoch (never `std::time::SystemTime::now`).
@@ -27,8 +60,8 @@ pub trait Host {
     fn resume_request(&self) -> Result<(), Status>;
     /// Envoy: act for that paused request from the root context. A no-op in Kong.
     fn set_effective_context(&self, context_id: u32) -> Result<(), Status>;
-    /// Send a key-set (or discovery) request; the answer comes to the calling context.
-    fn dispatch(&self, req: &FetchRequest) -> Result<u32, Status>;
+    /// Send an HTTP call; the answer comes to the calling context.
+    fn dispatch(&self, call: &Outbound<'_>) -> Result<u32, Status>;
     fn call_response_headers(&self) -> Vec<(String, String)>;
     /// Up to `max` bytes of the answer's body.
     fn call_response_body(&self, max: usize) -> Option<Vec<u8>>;
@@ -101,13 +134,18 @@ impl Host for AbiHost {
         super::abi::set_effective_context(context_id)
     }
 
-    fn dispatch(&self, req: &FetchRequest) -> Result<u32, Status> {
+    fn dispatch(&self, call: &Outbound<'_>) -> Result<u32, Status> {
+        let headers: Vec<(&str, &str)> = call
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         super::abi::dispatch_http_call(
-            &req.upstream,
-            &req.header_refs(),
-            None,
+            call.upstream,
+            &headers,
+            call.body,
             &[],
-            Duration::from_millis(req.timeout_ms),
+            Duration::from_millis(call.timeout_ms),
         )
     }
 

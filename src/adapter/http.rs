@@ -1,7 +1,7 @@
 //! HTTP context callbacks: one context per request. Collects the request, asks the engine,
-//! carries out the decision (`outcome`) — or, when keys are missing, waits for them the
-//! way the host allows: parked with the root context (Envoy), or riding its own fetch
-//! (Kong; see `keycache`).
+//! carries out the decision (`outcome`) — or, when keys or the gateway's own token are
+//! missing, waits for them the way the host allows: parked with the root context (Envoy),
+//! or riding its own fetch (Kong; see `keycache` and `credential::cache`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -9,10 +9,11 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use super::host::Host;
+use super::credentials::CredentialRide;
+use super::host::{Host, Outbound};
 use super::keys::{Cx, WaitMode};
 use super::outcome::{self, KongProps, Publish};
-use super::state::{Pending, State, Waiter};
+use super::state::{Pending, RideRequest, State, Waiter};
 use crate::engine::Decision;
 use crate::keycache::{FetchRequest, Step};
 
@@ -30,8 +31,14 @@ enum Phase {
 /// A ride's call under way from this context.
 struct RideCall {
     token: u32,
-    provider: usize,
-    step: Step,
+    what: Riding,
+}
+
+/// What a ride fetches.
+#[derive(Debug, Clone, Copy)]
+enum Riding {
+    Keys { provider: usize, step: Step },
+    Credential(CredentialRide),
 }
 
 pub struct Http<H> {
@@ -76,8 +83,37 @@ impl<H: Host> Context for Http<H> {
             return;
         }
         let now = self.host.now_ms();
-        let next = match self.state.try_borrow_mut() {
-            Ok(mut st) => {
+        if let Riding::Keys { provider, step } = call.what {
+            let next = match self.state.try_borrow_mut() {
+                Ok(mut st) => {
+                    let st = &mut *st;
+                    let mut cx = Cx {
+                        host: &self.host,
+                        now_ms: now,
+                        random: st.rng.next(),
+                        metrics: &mut st.metrics,
+                    };
+                    let next = st.keys.on_ride_response(&mut cx, provider, step, body_size);
+                    if next.is_none() {
+                        st.keys.ride_ended(provider);
+                    }
+                    next
+                }
+                Err(_) => None,
+            };
+            if let Some(next) = next {
+                // The key set after the discovery document, from this same context.
+                match self.dispatch_keys(provider, &next) {
+                    Some(c) => {
+                        self.ride = Some((c, req));
+                        return;
+                    }
+                    None => self.end_ride(Riding::Keys { provider, step }),
+                }
+            }
+        }
+        if let Riding::Credential(ride) = call.what {
+            if let Ok(mut st) = self.state.try_borrow_mut() {
                 let st = &mut *st;
                 let mut cx = Cx {
                     host: &self.host,
@@ -85,24 +121,7 @@ impl<H: Host> Context for Http<H> {
                     random: st.rng.next(),
                     metrics: &mut st.metrics,
                 };
-                let next = st
-                    .keys
-                    .on_ride_response(&mut cx, call.provider, call.step, body_size);
-                if next.is_none() {
-                    st.keys.ride_ended(call.provider);
-                }
-                next
-            }
-            Err(_) => None,
-        };
-        if let Some(next) = next {
-            // The key set after the discovery document, from this same context.
-            match self.dispatch_ride(call.provider, &next) {
-                Some(c) => {
-                    self.ride = Some((c, req));
-                    return;
-                }
-                None => self.end_ride(call.provider),
+                st.creds.on_ride_response(&mut cx, ride, body_size);
             }
         }
         // Decided again from this, its own, callback: answered here, or resumed by Kong's
@@ -117,8 +136,23 @@ impl<H: Host> Context for Http<H> {
                 st.waiters.retain(|w| w.context_id != self.context_id);
                 st.keys.cancel_waiter(self.context_id);
             }
+            if self.waiting {
+                st.creds.cancel_waiter(self.context_id);
+            }
             if let Some((call, _)) = self.ride.take() {
-                st.keys.ride_ended(call.provider);
+                match call.what {
+                    Riding::Keys { provider, .. } => st.keys.ride_ended(provider),
+                    Riding::Credential(ride) => {
+                        let st = &mut *st;
+                        let mut cx = Cx {
+                            host: &self.host,
+                            now_ms: self.host.now_ms(),
+                            random: st.rng.next(),
+                            metrics: &mut st.metrics,
+                        };
+                        st.creds.ride_ended(&mut cx, ride);
+                    }
+                }
             }
             st.denied.retain(|id| *id != self.context_id);
         }
@@ -193,7 +227,8 @@ impl<H: Host> Http<H> {
                     return outcome::deny_internal(&self.host, &self.state, self.context_id, "")
                 }
             };
-            let Decision::WaitForKeys { .. } = decision else {
+            let (Decision::WaitForKeys { .. } | Decision::WaitForCredential { .. }) = decision
+            else {
                 let publish = if phase == Phase::CallResponse {
                     Publish::Later(&mut self.deferred)
                 } else {
@@ -220,14 +255,26 @@ impl<H: Host> Http<H> {
                     }
                     return outcome::deny_internal(&self.host, &self.state, self.context_id, "");
                 }
-                (WaitMode::Ride { .. }, Some((provider, fetch))) => {
-                    match self.dispatch_ride(provider, &fetch) {
+                (WaitMode::Ride { .. }, Some(ride)) => {
+                    let (sent, what) = match ride {
+                        RideRequest::Keys(provider, fetch) => (
+                            self.dispatch_keys(provider, &fetch),
+                            Riding::Keys {
+                                provider,
+                                step: fetch.step,
+                            },
+                        ),
+                        RideRequest::Credential(c) => {
+                            (self.dispatch_credential(c), Riding::Credential(c))
+                        }
+                    };
+                    match sent {
                         Some(call) => {
                             self.ride = Some((call, req));
                             return Action::Pause;
                         }
                         None => {
-                            self.end_ride(provider);
+                            self.end_ride(what);
                             wait = WaitMode::Ride { allowed: false };
                         }
                     }
@@ -239,12 +286,14 @@ impl<H: Host> Http<H> {
         outcome::deny_internal(&self.host, &self.state, self.context_id, "")
     }
 
-    fn dispatch_ride(&self, provider: usize, fetch: &FetchRequest) -> Option<RideCall> {
-        match self.host.dispatch(fetch) {
+    fn dispatch_keys(&self, provider: usize, fetch: &FetchRequest) -> Option<RideCall> {
+        match self.host.dispatch(&Outbound::fetch(fetch)) {
             Ok(token) => Some(RideCall {
                 token,
-                provider,
-                step: fetch.step,
+                what: Riding::Keys {
+                    provider,
+                    step: fetch.step,
+                },
             }),
             Err(e) => {
                 log::warn!(
@@ -256,9 +305,41 @@ impl<H: Host> Http<H> {
         }
     }
 
-    fn end_ride(&self, provider: usize) {
-        if let Ok(mut st) = self.state.try_borrow_mut() {
-            st.keys.ride_ended(provider);
+    fn dispatch_credential(&self, ride: CredentialRide) -> Option<RideCall> {
+        let st = self.state.try_borrow().ok()?;
+        let spec = st.creds.spec(ride.0)?;
+        match self.host.dispatch(&Outbound::credential(spec)) {
+            Ok(token) => Some(RideCall {
+                token,
+                what: Riding::Credential(ride),
+            }),
+            Err(e) => {
+                log::warn!(
+                    "azure_ml_kong: credential {:?}: dispatch_http_call to upstream {:?} failed: {e:?} (Kong: host:port; Envoy: a defined cluster)",
+                    spec.name,
+                    spec.upstream
+                );
+                None
+            }
+        }
+    }
+
+    fn end_ride(&self, what: Riding) {
+        let Ok(mut st) = self.state.try_borrow_mut() else {
+            return;
+        };
+        match what {
+            Riding::Keys { provider, .. } => st.keys.ride_ended(provider),
+            Riding::Credential(ride) => {
+                let st = &mut *st;
+                let mut cx = Cx {
+                    host: &self.host,
+                    now_ms: self.host.now_ms(),
+                    random: st.rng.next(),
+                    metrics: &mut st.metrics,
+                };
+                st.creds.ride_ended(&mut cx, ride);
+            }
         }
     }
 

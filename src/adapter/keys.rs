@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use proxy_wasm::types::Status;
-
-use super::host::Host;
+use super::credentials::{CredentialManager, CredentialRide};
+use super::host::{Host, Outbound};
 use super::metrics::Metrics;
+use super::store::HostStore;
 use crate::engine::{CredentialState, Env, KeyState};
 use crate::jwks::KeySet;
 use crate::keycache::{
@@ -17,7 +17,7 @@ use crate::keycache::{
     Step, Ticket, WaitDecision, WaiterId,
 };
 use crate::ratelimit::{CountedIn, Limiter, Verdict};
-use crate::store::{NoSharedStore, SharedStore, StoreError, Versioned};
+use crate::reason::Reason;
 
 type Cache = KeyCache<Rc<KeySet>>;
 
@@ -30,6 +30,8 @@ pub enum Wake {
     Unavailable {
         waiter: WaiterId,
         retry_after_secs: u32,
+        /// What it waited for in vain: keys, or the gateway's own token.
+        reason: Reason,
     },
 }
 
@@ -96,22 +98,22 @@ impl KeyManager {
     /// The engine's view for one request (`waiter` = its HTTP context id).
     pub fn env<'a, H: Host>(
         &'a mut self,
-        host: &'a H,
-        now_ms: u64,
-        random: u64,
+        cx: Cx<'a, H>,
         waiter: WaiterId,
         wait: WaitMode,
-        metrics: &'a mut Metrics,
+        creds: &'a mut CredentialManager,
     ) -> RequestEnv<'a, H> {
         RequestEnv {
             keys: self,
-            host,
-            now_ms,
-            random,
+            host: cx.host,
+            now_ms: cx.now_ms,
+            random: cx.random,
             waiter,
             wait,
-            metrics,
+            metrics: cx.metrics,
+            creds,
             ride: None,
+            credential_ride: None,
         }
     }
 
@@ -202,7 +204,7 @@ impl KeyManager {
         } = self;
         let cache = caches.get_mut(i).and_then(Option::as_mut)?;
         let mut store = HostStore::new(host, store_off);
-        Some(f(cache, &mut store.io(now_ms, random)))
+        Some(f(cache, &mut io(&mut store, now_ms, random)))
     }
 
     /// Keys held and their age, per provider (the JWKS health a dashboard wants).
@@ -229,7 +231,7 @@ impl KeyManager {
             let mut next = Vec::new();
             for action in out {
                 match action {
-                    KeyAction::Dispatch(req) => match cx.host.dispatch(&req) {
+                    KeyAction::Dispatch(req) => match cx.host.dispatch(&Outbound::fetch(&req)) {
                         Ok(token) => {
                             self.calls.insert(token, (i, req.ticket));
                         }
@@ -250,6 +252,7 @@ impl KeyManager {
                     } => wakes.push(Wake::Unavailable {
                         waiter,
                         retry_after_secs,
+                        reason: Reason::JwksUnavailable,
                     }),
                     KeyAction::Event(ev) => {
                         let provider = self
@@ -267,7 +270,7 @@ impl KeyManager {
 }
 
 /// A dispatched call's answer; the body only when within `cap`.
-fn read_call_response(host: &impl Host, cap: usize, body_size: usize) -> HttpResponse {
+pub fn read_call_response(host: &impl Host, cap: usize, body_size: usize) -> HttpResponse {
     let headers = host.call_response_headers();
     let body = match body_size {
         0 => Some(Vec::new()),
@@ -322,8 +325,11 @@ pub struct RequestEnv<'a, H> {
     waiter: WaiterId,
     wait: WaitMode,
     metrics: &'a mut Metrics,
+    creds: &'a mut CredentialManager,
     /// A ride the request must dispatch from its own context: (provider, request).
     pub ride: Option<(usize, FetchRequest)>,
+    /// A token request the request must dispatch from its own context (Kong).
+    pub credential_ride: Option<CredentialRide>,
 }
 
 impl<H: Host> RequestEnv<'_, H> {
@@ -407,10 +413,20 @@ impl<H: Host> Env for RequestEnv<'_, H> {
         }
     }
 
-    fn upstream_token(&mut self, _credential: usize) -> CredentialState {
-        CredentialState::Unavailable {
-            retry_after_secs: 30,
-        }
+    fn upstream_token(&mut self, credential: usize) -> CredentialState {
+        let mut cx = Cx {
+            host: self.host,
+            now_ms: self.now_ms,
+            random: self.random,
+            metrics: self.metrics,
+        };
+        self.creds.upstream_token(
+            &mut cx,
+            credential,
+            self.waiter,
+            self.wait,
+            &mut self.credential_ride,
+        )
     }
 
     fn rate_limit(&mut self, bucket: &str, limit: u64, window_secs: u64) -> Verdict {
@@ -427,65 +443,10 @@ impl<H: Host> Env for RequestEnv<'_, H> {
     }
 }
 
-/// Proxy-Wasm shared data for the core. After the first host error it switches shared
-/// data off for good (`off`): per-worker keys and limits from then on.
-struct HostStore<'a, H> {
-    host: &'a H,
-    off: &'a mut bool,
-    none: NoSharedStore,
-}
-
-impl<'a, H: Host> HostStore<'a, H> {
-    fn new(host: &'a H, off: &'a mut bool) -> Self {
-        HostStore {
-            host,
-            off,
-            none: NoSharedStore,
-        }
-    }
-
-    fn as_dyn(&mut self) -> &mut dyn SharedStore {
-        if *self.off {
-            &mut self.none
-        } else {
-            self
-        }
-    }
-
-    fn io(&mut self, now_ms: u64, random: u64) -> Io<'_> {
-        Io {
-            now_ms,
-            random,
-            store: self.as_dyn(),
-        }
-    }
-
-    fn fail(&mut self, what: &str, e: Status) -> StoreError {
-        if !*self.off {
-            *self.off = true;
-            log::warn!(
-                "azure_ml_kong: shared data unavailable ({what}: {e:?}); caching JWKS and rate limits per worker"
-            );
-        }
-        StoreError::Unavailable
-    }
-}
-
-impl<H: Host> SharedStore for HostStore<'_, H> {
-    fn get(&mut self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        match self.host.get_shared_data(key) {
-            Ok((Some(v), cas)) => Ok(Some((v, cas))),
-            Ok((None, _)) => Ok(None),
-            Err(Status::NotFound) => Ok(None),
-            Err(e) => Err(self.fail("get", e)),
-        }
-    }
-
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        match self.host.set_shared_data(key, value, cas) {
-            Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
-            Err(e) => Err(self.fail("set", e)),
-        }
+fn io<'s, H: Host>(store: &'s mut HostStore<'_, H>, now_ms: u64, random: u64) -> Io<'s> {
+    Io {
+        now_ms,
+        random,
+        store: store.as_dyn(),
     }
 }

@@ -6,8 +6,9 @@
 //!   allows: parked with the root context (Envoy) or riding its own fetch (Kong).
 //! * `outcome`: carrying out a final decision (header operations, local answer, audit
 //!   line, Kong's `kong.ctx.shared`).
-//! * `state`: the per-worker state both kinds of context share; `keys`: the key caches,
-//!   rate limits and shared data as the core sees them; `metrics`: host metrics.
+//! * `state`: the per-worker state both kinds of context share; `keys`: the key caches and
+//!   rate limits as the core sees them; `credentials`: the gateway's own tokens; `store`:
+//!   shared data; `metrics`: host metrics.
 //! * `host`: the [`host::Host`] trait the logic above makes its host calls through: `abi`
 //!   on Wasm, an in-memory recorder in the native tests (`tests`). Only the logger and the
 //!   entry point below use `abi` directly.
@@ -17,6 +18,7 @@
 //! engine returns some): a panic traps the VM and kills the worker's filter instance.
 
 mod abi;
+mod credentials;
 mod host;
 mod http;
 mod keys;
@@ -24,6 +26,7 @@ mod metrics;
 mod outcome;
 mod root;
 mod state;
+mod store;
 
 #[cfg(test)]
 mod tests;

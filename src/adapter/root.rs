@@ -1,5 +1,5 @@
-//! Root context callbacks: load the configuration, drive JWKS fetching from ticks, and
-//! finish requests that waited for keys (Envoy).
+//! Root context callbacks: load the configuration, drive JWKS fetching and the gateway's
+//! token requests from ticks, and finish requests that waited for either (Envoy).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
+use super::credentials::CredentialManager;
 use super::host::Host;
 use super::http::Http;
 use super::keys::{Cx, KeyManager, WaitMode, Wake};
@@ -65,12 +66,17 @@ impl<H: Host + Clone> Root<H> {
                 let d = match wake {
                     Wake::Resume(_) => st.decide(host, w.context_id, &w.req, now, WaitMode::Park).0,
                     Wake::Unavailable {
-                        retry_after_secs, ..
-                    } => st.deny_unavailable(&w.req, now, u64::from(retry_after_secs)),
+                        retry_after_secs,
+                        reason,
+                        ..
+                    } => st.deny_waited(&w.req, now, reason, u64::from(retry_after_secs)),
                 };
                 match d {
-                    // Still waiting (a refetch for an unknown kid): park it again.
-                    Decision::WaitForKeys { .. } => st.waiters.push(w),
+                    // Still waiting (a refetch for an unknown kid, or keys came and now the
+                    // gateway's token is missing): park it again.
+                    Decision::WaitForKeys { .. } | Decision::WaitForCredential { .. } => {
+                        st.waiters.push(w)
+                    }
                     d => actions.push((w.context_id, d)),
                 }
             }
@@ -104,7 +110,10 @@ impl<H: Host + Clone> Context for Root<H> {
                     random: st.rng.next(),
                     metrics: &mut st.metrics,
                 };
-                st.keys.on_http_call_response(&mut cx, token_id, body_size)
+                match st.creds.on_http_call_response(&mut cx, token_id, body_size) {
+                    Some(wakes) => wakes,
+                    None => st.keys.on_http_call_response(&mut cx, token_id, body_size),
+                }
             }
             Err(_) => Vec::new(),
         };
@@ -129,6 +138,11 @@ impl<H: Host + Clone + 'static> RootContext for Root<H> {
                 st.cache = VerifiedCache::new(f.config.cache.max_entries);
                 let owner = st.rng.next();
                 st.keys = KeyManager::new(&f.jwks_sources, owner, f.config.cache.shared_data);
+                st.creds = CredentialManager::new(
+                    &f.credentials.specs,
+                    owner ^ 0x00c0_ffee,
+                    f.config.cache.shared_data,
+                );
                 st.filter = Ok(Rc::new(f));
             }
             Err(e) => {
@@ -159,7 +173,9 @@ impl<H: Host + Clone + 'static> RootContext for Root<H> {
                     random: st.rng.next(),
                     metrics: &mut st.metrics,
                 };
-                st.keys.on_tick(&mut cx)
+                let mut wakes = st.keys.on_tick(&mut cx);
+                wakes.extend(st.creds.on_tick(&mut cx));
+                wakes
             }
             Err(_) => Vec::new(),
         };

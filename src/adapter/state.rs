@@ -3,11 +3,13 @@
 
 use std::rc::Rc;
 
+use super::credentials::{CredentialManager, CredentialRide};
 use super::host::Host;
-use super::keys::{KeyManager, WaitMode};
+use super::keys::{Cx, KeyManager, WaitMode};
 use super::metrics::Metrics;
 use crate::engine::{self, Ctx, Decision, Filter};
 use crate::keycache::FetchRequest;
+use crate::reason::Reason;
 use crate::request::RequestView;
 use crate::verify::VerifiedCache;
 
@@ -49,13 +51,19 @@ pub struct Waiter {
     pub req: Pending,
 }
 
-/// A ride the request must send from its own context: (provider, request).
-pub type RideRequest = (usize, FetchRequest);
+/// A call a Kong request must send from its own context while it waits.
+pub enum RideRequest {
+    /// A key set (or discovery document) for provider `.0`.
+    Keys(usize, FetchRequest),
+    /// The gateway's own token.
+    Credential(CredentialRide),
+}
 
 /// Per-worker (per root context) state.
 pub struct State {
     pub filter: Result<Rc<Filter>, String>,
     pub keys: KeyManager,
+    pub creds: CredentialManager,
     pub cache: VerifiedCache,
     pub waiters: Vec<Waiter>,
     pub metrics: Metrics,
@@ -73,6 +81,7 @@ impl State {
         State {
             filter: Err("no configuration received yet".into()),
             keys: KeyManager::empty(),
+            creds: CredentialManager::default(),
             cache: VerifiedCache::new(1),
             waiters: Vec::new(),
             metrics: Metrics::default(),
@@ -91,8 +100,8 @@ impl State {
         }
     }
 
-    /// Run the engine for one request (new or resumed). A `WaitForKeys` decision may come
-    /// with a ride to dispatch (`WaitMode::Ride`).
+    /// Run the engine for one request (new or resumed). A `WaitForKeys` or
+    /// `WaitForCredential` decision may come with a ride to dispatch (`WaitMode::Ride`).
     pub fn decide(
         &mut self,
         host: &impl Host,
@@ -114,20 +123,34 @@ impl State {
         let random = self.rng.next();
         let State {
             keys,
+            creds,
             cache,
             metrics,
             ..
         } = self;
-        let mut env = keys.env(host, now_ms, random, context_id, wait, metrics);
+        let cx = Cx {
+            host,
+            now_ms,
+            random,
+            metrics,
+        };
+        let mut env = keys.env(cx, context_id, wait, creds);
         let d = filter.decide(&view, ctx, &mut env, cache);
-        (d, env.ride.take())
+        let ride = match (env.ride.take(), env.credential_ride.take()) {
+            (Some((p, req)), _) => Some(RideRequest::Keys(p, req)),
+            (None, Some(c)) => Some(RideRequest::Credential(c)),
+            (None, None) => None,
+        };
+        (d, ride)
     }
 
-    /// A parked request whose wait is over without keys: 503 `jwks_unavailable`.
-    pub fn deny_unavailable(
+    /// A parked request whose wait is over in vain (`reason`: 503 `jwks_unavailable` or
+    /// `upstream_credential_unavailable`).
+    pub fn deny_waited(
         &mut self,
         req: &Pending,
         now_ms: u64,
+        reason: Reason,
         retry_after_secs: u64,
     ) -> Decision {
         let view = req.view();
@@ -137,7 +160,7 @@ impl State {
             host_route: req.host_route.as_deref(),
         };
         match &self.filter {
-            Ok(f) => f.deny_unavailable(&view, ctx, retry_after_secs),
+            Ok(f) => f.deny_waited(&view, ctx, reason, retry_after_secs),
             Err(_) => engine::deny_config_invalid(self.realm(), &view, ctx),
         }
     }

@@ -69,13 +69,55 @@ pub enum CredEvent {
     /// A token request failed. `first` marks the start of a failure streak (log it as a
     /// warning; the rest of the streak at debug).
     Failed {
-        code: &'static str,
+        why: CredFailure,
         detail: String,
         streak: u32,
         first: bool,
     },
     /// The first success after a failure streak.
     Recovered { after_failures: u32 },
+}
+
+/// Why a token request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredFailure {
+    /// The host could not send it, or the connection failed.
+    DispatchFailed,
+    /// No answer in time (the host's, or ours: timeout + margin).
+    Timeout,
+    /// A status other than 200 (a refusal's OAuth `error` code goes into the detail).
+    Http(u16),
+    /// An answer above the cap.
+    TooLarge,
+    /// A 200 whose body is not a usable token answer.
+    BadAnswer(&'static str),
+}
+
+impl CredFailure {
+    /// Stable code for log lines.
+    pub fn code(self) -> &'static str {
+        match self {
+            CredFailure::DispatchFailed => "credential_dispatch_failed",
+            CredFailure::Timeout => "credential_timeout",
+            CredFailure::Http(429) => "credential_http_429",
+            CredFailure::Http(s) if (500..600).contains(&s) => "credential_http_5xx",
+            CredFailure::Http(_) => "credential_http_4xx",
+            CredFailure::TooLarge => "credential_too_large",
+            CredFailure::BadAnswer(code) => code,
+        }
+    }
+
+    fn from_fetch(r: FailReason) -> CredFailure {
+        match r {
+            FailReason::Http(s) => CredFailure::Http(s),
+            FailReason::Timeout => CredFailure::Timeout,
+            FailReason::DispatchFailed => CredFailure::DispatchFailed,
+            FailReason::TooLarge => CredFailure::TooLarge,
+            FailReason::Garbage | FailReason::Empty | FailReason::BadJwksUri => {
+                CredFailure::BadAnswer(GrantError::NotJson.code())
+            }
+        }
+    }
 }
 
 /// Answer to [`CredentialCache::wait`].
@@ -451,7 +493,11 @@ impl CredentialCache {
 
     fn fail_grant(&mut self, io: &mut CredIo<'_>, e: &GrantError, out: &mut Vec<CredAction>) {
         self.in_flight = None;
-        self.record_failure(io, e.code(), e.to_string(), out);
+        let why = match e {
+            GrantError::TooLarge => CredFailure::TooLarge,
+            e => CredFailure::BadAnswer(e.code()),
+        };
+        self.record_failure(io, why, e.to_string(), out);
     }
 
     fn fail(
@@ -462,13 +508,13 @@ impl CredentialCache {
         out: &mut Vec<CredAction>,
     ) {
         self.in_flight = None;
-        self.record_failure(io, fail_code(reason), detail, out);
+        self.record_failure(io, CredFailure::from_fetch(reason), detail, out);
     }
 
     fn record_failure(
         &mut self,
         io: &mut CredIo<'_>,
-        code: &'static str,
+        why: CredFailure,
         detail: String,
         out: &mut Vec<CredAction>,
     ) {
@@ -487,7 +533,7 @@ impl CredentialCache {
             until_ms: self.next_attempt_ms,
             failure: Some(SharedFailure {
                 at_ms: now.max(1),
-                reason: code.to_string(),
+                reason: why.code().to_string(),
                 streak: self.streak,
             }),
         };
@@ -498,7 +544,7 @@ impl CredentialCache {
             ((!others).then(|| lease.encode()), ())
         });
         out.push(CredAction::Event(CredEvent::Failed {
-            code,
+            why,
             detail,
             streak: self.streak,
             first: self.streak == 1,
@@ -533,18 +579,6 @@ impl CredentialCache {
                 true
             }
         });
-    }
-}
-
-fn fail_code(r: FailReason) -> &'static str {
-    match r {
-        FailReason::Http(s) if (500..600).contains(&s) => "credential_http_5xx",
-        FailReason::Http(429) => "credential_http_429",
-        FailReason::Http(_) => "credential_http_4xx",
-        FailReason::Timeout => "credential_timeout",
-        FailReason::DispatchFailed => "credential_dispatch_failed",
-        FailReason::TooLarge => "credential_too_large",
-        FailReason::Garbage | FailReason::Empty | FailReason::BadJwksUri => "credential_garbage",
     }
 }
 

@@ -74,7 +74,7 @@ fn dispatched(out: &[CredAction]) -> Vec<CredTicket> {
 fn failures(out: &[CredAction]) -> Vec<(&'static str, bool)> {
     out.iter()
         .filter_map(|a| match a {
-            CredAction::Event(CredEvent::Failed { code, first, .. }) => Some((*code, *first)),
+            CredAction::Event(CredEvent::Failed { why, first, .. }) => Some((why.code(), *first)),
             _ => None,
         })
         .collect()

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use proxy_wasm::types::{MetricType, Status};
 
-use crate::adapter::host::Host;
-use crate::keycache::FetchRequest;
+use crate::adapter::host::{Host, Outbound};
 use crate::respond::LocalResponse;
 
 /// The root context's id; HTTP contexts get others.
@@ -47,6 +46,8 @@ pub struct Mem {
     pub shared_data_fails: bool,
     pub shared_data_calls: usize,
     pub dispatch_fails: bool,
+    /// Every dispatched call's (upstream, body, timeout in ms), in order.
+    pub dispatched: Vec<(String, Option<Vec<u8>>, u64)>,
     pub header_ops_fail: bool,
     next_token: u32,
     metrics: Vec<String>,
@@ -159,7 +160,7 @@ impl Host for MemHost {
         Ok(())
     }
 
-    fn dispatch(&self, req: &FetchRequest) -> Result<u32, Status> {
+    fn dispatch(&self, call: &Outbound<'_>) -> Result<u32, Status> {
         if self.0.borrow().dispatch_fails {
             return Err(Status::InternalFailure);
         }
@@ -168,12 +169,17 @@ impl Host for MemHost {
             m.next_token += 1;
             m.next_token
         };
-        let path = req
+        let path = call
             .headers
             .iter()
             .find(|(k, _)| k == ":path")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
+        self.mem().dispatched.push((
+            call.upstream.to_string(),
+            call.body.map(<[u8]>::to_vec),
+            call.timeout_ms,
+        ));
         self.record(Call::Dispatch { token, path });
         Ok(token)
     }

@@ -3,6 +3,7 @@
 //! a request waits on each host, who answers it, when Kong's `kong.ctx.shared` is
 //! published. The end-to-end tests run the same code in real Kong and Envoy.
 
+mod credentials;
 mod mem_host;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
