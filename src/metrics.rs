@@ -104,6 +104,47 @@ mod tests {
     use crate::request::RequestView;
 
     #[test]
+    fn credential_counters_name_the_credential_and_the_result() {
+        let failed = |why| CredEvent::Failed {
+            why,
+            detail: String::new(),
+            streak: 1,
+            first: true,
+        };
+        let cases = [
+            (failed(CredFailure::Timeout), Some("timeout")),
+            (failed(CredFailure::DispatchFailed), Some("dispatch_error")),
+            (failed(CredFailure::Http(401)), Some("http_error")),
+            (
+                failed(CredFailure::BadAnswer("credential_garbage")),
+                Some("parse_error"),
+            ),
+            (
+                CredEvent::Acquired {
+                    lifetime_secs: 60,
+                    fetched: true,
+                },
+                Some("ok"),
+            ),
+            (
+                CredEvent::Acquired {
+                    lifetime_secs: 60,
+                    fetched: false,
+                },
+                Some("adopted_shared"),
+            ),
+            (CredEvent::Recovered { after_failures: 2 }, None),
+        ];
+        for (ev, want) in cases {
+            assert_eq!(
+                credential_counter("aml_sp", &ev),
+                want.map(|r| format!("credential_fetches_total_credential=aml-sp_result={r}")),
+                "{ev:?}"
+            );
+        }
+    }
+
+    #[test]
     fn labels_fit_kong_patterns() {
         assert_eq!(label("Team_Score v2"), "team-score-v2");
         assert_eq!(label(""), "unnamed");

@@ -1199,6 +1199,16 @@ fn metric_names_yield_the_documented_labels() {
             "pw_azure_ml_kong_jwks_age_seconds",
             l(&[("provider", "entra")]),
         ),
+        (
+            "credential_fetches_total_credential=aml-sp_result=timeout",
+            "pw_azure_ml_kong_credential_fetches_total",
+            l(&[("credential", "aml-sp"), ("result", "timeout")]),
+        ),
+        (
+            "credential_valid_seconds_credential=aml-sp",
+            "pw_azure_ml_kong_credential_valid_seconds",
+            l(&[("credential", "aml-sp")]),
+        ),
     ];
     // The names above are the ones the filter builds (src/metrics.rs).
     let (keys, age) = azure_ml_kong::metrics::jwks_gauges("Entra");
@@ -1206,6 +1216,7 @@ fn metric_names_yield_the_documented_labels() {
         keys,
         age,
         azure_ml_kong::metrics::decision_counter(&denied_audit()),
+        azure_ml_kong::metrics::credential_gauge("aml_sp"),
     ];
     for name in &filter_names {
         assert!(
