@@ -296,6 +296,15 @@ pub enum LogLevel {
 pub struct AuditConfig {
     #[serde(default)]
     pub log_level: LogLevel,
+    /// Kong only: read `kong.route_name` (for audit lines) and publish the decision in
+    /// `kong.ctx.shared.azure_ml_kong_*`. Off by default: Kong's `kong.*` properties run a Lua
+    /// handler through a LuaJIT FFI callback that, in Kong 3.9 (ngx_wasm_module 9136e463,
+    /// `lib/resty/wasmx/proxy_wasm.lua`), executes on whatever Lua thread last made an FFI
+    /// call and re-points that thread at the current request (`thread.exdata`). A suspended
+    /// timer or request coroutine then resumes with this request: worker SIGSEGV or a double
+    /// free once the request is freed, or Lua code of one request acting on another.
+    #[serde(default)]
+    pub kong_lua_properties: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

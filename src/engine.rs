@@ -149,6 +149,12 @@ impl Filter {
         self.config.audit.log_level
     }
 
+    /// Kong: whether to touch Kong's Lua-backed `kong.*` properties at all (see
+    /// `AuditConfig::kong_lua_properties`).
+    pub fn kong_lua_properties(&self) -> bool {
+        self.config.audit.kong_lua_properties
+    }
+
     /// Decide on one request. Re-entrant: after `WaitForKeys`, call again with the same
     /// request once keys changed.
     pub fn decide(

@@ -10,6 +10,14 @@ use aml_harness::{
 };
 use serde_json::{json, Value};
 
+/// `teams_filter_config` with Kong's Lua-backed properties switched on
+/// (`audit.kong_lua_properties`: `kong.route_name`, `kong.ctx.shared`).
+fn with_kong_lua_properties(idp_port: u16) -> Value {
+    let mut c = teams_filter_config(idp_port);
+    c["audit"]["kong_lua_properties"] = json!(true);
+    c
+}
+
 fn token(gw: &Gateway, client: &str, team: &str) -> String {
     gw.idp
         .client_credentials(client, "Endpoint.Score", Some(team))
@@ -67,7 +75,7 @@ fn kong_ctx_shared_reaches_a_lua_log_plugin_kong() {
                 .expect("delay");
         })
         .kong(|k| k.route_plugins.push(plugin))
-        .start(teams_filter_config)
+        .start(with_kong_lua_properties)
         .unwrap_or_else(|e| panic!("{e}"));
     let a = token(&gw, "app-a", "a");
     let first = post(&gw, "/teams/a/endpoints/e/score", Some(&a));
@@ -105,9 +113,71 @@ fn kong_ctx_shared_reaches_a_lua_log_plugin_kong() {
     assert!(!text.contains(&a));
 }
 
+/// Regression (issue 9, worker SIGSEGV under an unknown-kid flood): by default the filter
+/// touches none of Kong's Lua-backed `kong.*` properties. Each such call runs Kong's Lua
+/// handler on whatever Lua thread last made an FFI call and re-points that thread at the
+/// request; a timer-ng thread so re-pointed resumed later on the freed request
+/// (`ngx_http_lua_sema_timeout_handler` -> `ngx_http_core_run_phases` on it). Observable here:
+/// no `kong.ctx.shared.azure_ml_kong_*` for a Lua log plugin and no Kong route name in the
+/// audit line, while the decisions themselves are unchanged.
+#[test]
+fn kong_lua_properties_are_off_by_default_kong() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let log_path = out.path().join("file-log.json");
+    let plugin = json!({
+        "name": "file-log",
+        "config": {
+            "path": log_path.display().to_string(),
+            "custom_fields_by_lua": {
+                "amlk_decision": "return kong.ctx.shared.azure_ml_kong_decision",
+                "amlk_subject": "return kong.ctx.shared.azure_ml_kong_subject"
+            }
+        }
+    });
+    let gw = Gateway::builder(Host::Kong)
+        .kong(|k| k.route_plugins.push(plugin))
+        .start(teams_filter_config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let a = token(&gw, "app-a", "a");
+    let allowed = post(&gw, "/teams/a/endpoints/e/score", Some(&a));
+    let denied = post(&gw, "/teams/b/endpoints/e/score", Some(&a));
+    let no_route = post(&gw, "/elsewhere", Some(&a));
+    assert_eq!(
+        (allowed.status, denied.status, no_route.status),
+        (200, 403, 403),
+        "{} / {} / {}",
+        allowed.body,
+        denied.body,
+        no_route.body
+    );
+    let lines = file_log(&log_path, 3);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for l in &lines {
+        for k in ["amlk_decision", "amlk_subject"] {
+            assert!(l.get(k).is_none_or(Value::is_null), "{k} published: {l}");
+        }
+    }
+    let id = no_route.json()["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        if let Some(l) = gw.audit_line(&id) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no audit line for {id}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(line["reason"], "no_route", "{line}");
+    // Kong's route is named `score`: not read without `audit.kong_lua_properties`.
+    assert_ne!(line["route"], "score", "{line}");
+}
+
 #[test]
 fn audit_lines_name_kongs_route_when_no_filter_route_matched_kong() {
-    let gw = Gateway::start_on(Host::Kong, teams_filter_config).unwrap_or_else(|e| panic!("{e}"));
+    let gw =
+        Gateway::start_on(Host::Kong, with_kong_lua_properties).unwrap_or_else(|e| panic!("{e}"));
     let a = token(&gw, "app-a", "a");
     let r = post(&gw, "/elsewhere", Some(&a));
     assert_eq!(r.status, 403, "{}", r.body);

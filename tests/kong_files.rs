@@ -1092,6 +1092,11 @@ fn schema_defaults_are_the_filter_defaults() {
     );
     assert_eq!(cfg.audit.log_level, LogLevel::Warn);
     assert_eq!(d("/properties/audit/properties/log_level"), json!("warn"));
+    assert!(!cfg.audit.kong_lua_properties);
+    assert_eq!(
+        d("/properties/audit/properties/kong_lua_properties"),
+        json!(false)
+    );
 }
 
 // ------------------------------------------------------------------------------------------

@@ -174,7 +174,12 @@ impl<H: Host> HttpContext for Http<H> {
             Pending {
                 path: Some(self.host.property_str(&NGX_REQUEST_URI).unwrap_or_default()),
                 host: Some(host.unwrap_or_default()),
-                host_route: self.host.property_str(&["kong", "route_name"]),
+                // Lua-backed: only when asked for (`State::kong_lua_properties`).
+                host_route: if self.kong_lua_properties() {
+                    self.host.property_str(&["kong", "route_name"])
+                } else {
+                    None
+                },
                 headers,
             }
         } else {
@@ -358,6 +363,12 @@ impl<H: Host> Http<H> {
         } else {
             Action::Continue
         }
+    }
+
+    fn kong_lua_properties(&self) -> bool {
+        self.state
+            .try_borrow()
+            .is_ok_and(|st| st.kong_lua_properties())
     }
 
     /// Kong (or its bare engine, nginx + ngx_wasm_module) rather than Envoy: only nginx

@@ -47,6 +47,8 @@ pub fn finish(
     kong: Publish<'_>,
 ) -> Action {
     let is_kong = state.try_borrow().ok().and_then(|st| st.is_kong) == Some(true);
+    // `kong.ctx.shared` only when the configuration asks for it (`State::kong_lua_properties`).
+    let publish = is_kong && state.try_borrow().is_ok_and(|st| st.kong_lua_properties());
     match decision {
         Decision::Allow { ops, mut audit } => {
             // Published after the header operations: if one fails, Lua sees the denial.
@@ -54,7 +56,7 @@ pub fn finish(
             if !applied {
                 audit.deny(Reason::Internal, Reason::Internal.status());
             }
-            if is_kong {
+            if publish {
                 kong.run(host, &audit);
             }
             record(host, state, &audit);
@@ -67,7 +69,7 @@ pub fn finish(
             Action::Continue
         }
         Decision::Deny { response, audit } => {
-            if is_kong {
+            if publish {
                 kong.run(host, &audit);
             }
             record(host, state, &audit);

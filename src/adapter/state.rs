@@ -100,6 +100,19 @@ impl State {
         }
     }
 
+    /// Whether the filter may touch Kong's Lua-backed `kong.*` properties
+    /// (`kong.route_name`, `kong.ctx.shared.*`): only with `audit.kong_lua_properties`. Each
+    /// such call makes Kong run a Lua handler through a LuaJIT FFI callback
+    /// (ngx_wasm_module's `lib/resty/wasmx/proxy_wasm.lua`, `set_r`) on whatever Lua thread
+    /// last made an FFI call — a suspended timer thread, another request's paused access
+    /// coroutine — and points that thread at this request (`thread.exdata`). When that
+    /// thread resumes, nginx runs this request's phases from it; after the request is freed
+    /// the worker dies (SIGSEGV in `ngx_http_lua_sema_timeout_handler`, or a double free).
+    /// `ngx.*` properties are nginx variables read in C and are safe.
+    pub fn kong_lua_properties(&self) -> bool {
+        self.filter.as_ref().is_ok_and(|f| f.kong_lua_properties())
+    }
+
     /// Run the engine for one request (new or resumed). A `WaitForKeys` or
     /// `WaitForCredential` decision may come with a ride to dispatch (`WaitMode::Ride`).
     pub fn decide(
