@@ -414,11 +414,13 @@ impl Drop for Gateway {
     /// Stops the host, keeps the temp dir when the test panicked, and fails a test during
     /// which a Kong worker crashed.
     fn drop(&mut self) {
-        let crashed = self.crash_lines();
-        // Stop the host before the temp dir (its prefix) goes away.
+        // Stop the host before the temp dir (its prefix) goes away; read the log after the
+        // stop, so that a worker that dies between the test's last check and the stop (e.g.
+        // a Lua timer waking on a freed request) still fails the test.
         if let Proxy::Kong(k) = &mut self.proxy {
             k.stop();
         }
+        let crashed = self.crash_lines();
         let panicking = std::thread::panicking();
         if panicking || !crashed.is_empty() {
             if let Some(d) = self.dir.take() {
