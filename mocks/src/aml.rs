@@ -35,19 +35,21 @@ pub fn start(config: Config, listen: &str) -> Result<Running, String> {
 }
 
 /// Serves in the background until the handle is dropped.
+/// Logs one line per request to stderr unless `quiet`.
 pub fn serve(server: Server, config: Config) -> Result<Running, String> {
+    let server = if config.quiet {
+        server
+    } else {
+        server.log_as("mock-aml")
+    };
     server.spawn(move |req| handle(&config, req).into())
 }
 
-/// Answers one request and logs one line to stderr (unless quiet).
+/// Answers one request.
 pub fn handle(config: &Config, req: &mut Request) -> Reply {
     let method = req.method().clone();
     let path = req.url().split('?').next().unwrap_or("").to_string();
-    let reply = route(config, req, &method, &path);
-    if !config.quiet {
-        eprintln!("mock-aml: {method} {path} -> {}", reply.status);
-    }
-    reply
+    route(config, req, &method, &path)
 }
 
 fn route(config: &Config, req: &mut Request, method: &Method, path: &str) -> Reply {

@@ -139,6 +139,7 @@ impl From<Reply> for Outcome {
 /// A bound listener, not serving yet.
 pub struct Server {
     listener: std::net::TcpListener,
+    log: Option<&'static str>,
 }
 
 /// Binds `listen` (e.g. `127.0.0.1:0`) and returns the server with its address.
@@ -147,10 +148,23 @@ pub fn bind(listen: &str) -> Result<(Server, SocketAddr), String> {
     let listener = std::net::TcpListener::bind(listen).map_err(error)?;
     let addr = listener.local_addr().map_err(error)?;
     listener.set_nonblocking(true).map_err(error)?;
-    Ok((Server { listener }, addr))
+    Ok((
+        Server {
+            listener,
+            log: None,
+        },
+        addr,
+    ))
 }
 
 impl Server {
+    /// Logs one line per request to stderr, `{name}: {method} {path} -> {status}`, when the
+    /// answer is sent (tests read a logged request as answered) or the connection dropped.
+    pub fn log_as(mut self, name: &'static str) -> Server {
+        self.log = Some(name);
+        self
+    }
+
     /// Serves on a runtime of its own (one I/O thread and the blocking pool) until the
     /// returned handle is dropped.
     pub fn spawn<H>(self, handler: H) -> Result<Running, String>
@@ -167,7 +181,7 @@ impl Server {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the server runtime: {e}"))?;
-        runtime.spawn(accept_loop(self.listener, Arc::new(handler)));
+        runtime.spawn(accept_loop(self.listener, Arc::new((handler, self.log))));
         Ok(Running {
             addr,
             runtime: Some(runtime),
@@ -208,7 +222,10 @@ impl Drop for Running {
     }
 }
 
-async fn accept_loop<H>(listener: std::net::TcpListener, handler: Arc<H>)
+/// The handler and the name it logs under.
+type Served<H> = Arc<(H, Option<&'static str>)>;
+
+async fn accept_loop<H>(listener: std::net::TcpListener, handler: Served<H>)
 where
     H: Fn(&mut Request) -> Outcome + Send + Sync + 'static,
 {
@@ -235,8 +252,11 @@ where
     }
 }
 
-async fn serve_connection<H>(http: http1::Builder, stream: tokio::net::TcpStream, handler: Arc<H>)
-where
+async fn serve_connection<H>(
+    http: http1::Builder,
+    stream: tokio::net::TcpStream,
+    handler: Served<H>,
+) where
     H: Fn(&mut Request) -> Outcome + Send + Sync + 'static,
 {
     // hyper's read buffer holds at most MAX_HEAD, so a head it has just parsed is among the
@@ -252,7 +272,7 @@ where
 
 /// Runs the handler for one request; an error drops the connection without an answer.
 async fn answer<H>(
-    handler: Arc<H>,
+    served: Served<H>,
     req: hyper::Request<Incoming>,
     sent: Option<wire::Head>,
 ) -> io::Result<Response<Full<Bytes>>>
@@ -277,8 +297,9 @@ where
         body_touched: false,
         runtime: Handle::current(),
     };
-    let (request, outcome) = tokio::task::spawn_blocking(move || {
-        let outcome = handler(&mut request);
+    let handler = served.clone();
+    let (mut request, outcome) = tokio::task::spawn_blocking(move || {
+        let outcome = (handler.0)(&mut request);
         (request, outcome)
     })
     .await
@@ -286,13 +307,20 @@ where
     // A client still waiting for `100 Continue` may or may not send its body: hyper closes
     // such a connection after the answer. Any other unread body is skipped.
     let mut close = false;
-    if let Some(body) = request.body {
+    if let Some(body) = request.body.take() {
         if request.body_touched || !expect_continue {
             close = !drain(body).await;
         }
     }
     if !outcome.delay.is_zero() {
         tokio::time::sleep(outcome.delay).await;
+    }
+    if let Some(name) = served.1 {
+        let path = request.url.split('?').next().unwrap_or("");
+        match &outcome.reply {
+            Some(reply) => eprintln!("{name}: {} {path} -> {}", request.method, reply.status),
+            None => eprintln!("{name}: {} {path} -> (dropped)", request.method),
+        }
     }
     match outcome.reply {
         Some(reply) => Ok(response(reply, close)),

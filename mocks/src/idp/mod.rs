@@ -151,21 +151,16 @@ impl Idp {
     /// Serves in the background until the handle is dropped. A delayed or hanging JWKS
     /// answer holds up no other request.
     pub fn serve(self: Arc<Self>, server: Server) -> Result<Running, String> {
-        server.spawn(move |req| self.handle(req))
+        server.log_as("mock-idp").spawn(move |req| self.handle(req))
     }
 
-    /// Handles one request and logs one line to stderr. An outcome without a reply drops
-    /// the connection without an answer.
+    /// Handles one request. An outcome without a reply drops the connection without an
+    /// answer.
     pub fn handle(&self, req: &mut Request) -> Outcome {
         let method = req.method().clone();
         let url = req.url().to_string();
         let (path, query) = split_url(&url);
-        let outcome = self.route(req, &method, path, &query);
-        match &outcome.reply {
-            Some(reply) => eprintln!("mock-idp: {method} {path} -> {}", reply.status),
-            None => eprintln!("mock-idp: {method} {path} -> (dropped)"),
-        }
-        outcome
+        self.route(req, &method, path, &query)
     }
 
     fn route(
