@@ -3,11 +3,11 @@
 //! endpoint key (`Authorization: Bearer <key>`).
 
 use std::net::SocketAddr;
-use std::thread;
 
 use serde_json::{json, Value};
 
-use crate::common::{self, BodyError, Method, Reply, Request, Server};
+use crate::common::{self, Reply};
+use crate::http::{self, BodyError, Method, Request, Running, Server};
 
 /// Request bodies above this get 413.
 pub const MAX_BODY: usize = 5 * 1024 * 1024;
@@ -20,31 +20,40 @@ pub struct Config {
     pub quiet: bool,
 }
 
-/// Binds `listen` and serves on background threads (for tests).
+/// Binds `listen` and serves in the background until the process exits (for tests).
 pub fn spawn(config: Config, listen: &str) -> Result<SocketAddr, String> {
-    let (server, addr) = common::bind(listen)?;
-    thread::spawn(move || serve(server, config));
+    let running = start(config, listen)?;
+    let addr = running.addr();
+    running.detach();
     Ok(addr)
 }
 
-/// Serves forever, each connection on its own thread.
-pub fn serve(server: Server, config: Config) {
-    server.serve(move |req| Some(handle(&config, req)));
+/// Binds `listen` and serves in the background until the handle is dropped.
+pub fn start(config: Config, listen: &str) -> Result<Running, String> {
+    let (server, _) = http::bind(listen)?;
+    serve(server, config)
 }
 
-/// Answers one request and logs one line to stderr (unless quiet).
+/// Serves in the background until the handle is dropped.
+/// Logs one line per request to stderr unless `quiet`.
+pub fn serve(server: Server, config: Config) -> Result<Running, String> {
+    let server = if config.quiet {
+        server
+    } else {
+        server.log_as("mock-aml")
+    };
+    server.spawn(move |req| handle(&config, req).into())
+}
+
+/// Answers one request.
 pub fn handle(config: &Config, req: &mut Request) -> Reply {
     let method = req.method().clone();
     let path = req.url().split('?').next().unwrap_or("").to_string();
-    let reply = route(config, req, &method, &path);
-    if !config.quiet {
-        eprintln!("mock-aml: {method} {path} -> {}", reply.status);
-    }
-    reply
+    route(config, req, &method, &path)
 }
 
 fn route(config: &Config, req: &mut Request, method: &Method, path: &str) -> Reply {
-    let is_get = *method == Method::Get || *method == Method::Head;
+    let is_get = *method == Method::GET || *method == Method::HEAD;
     if is_get && (path == "/health" || path == "/") {
         return Reply::json(200, &json!({"status": "ok"}));
     }
@@ -58,7 +67,7 @@ fn route(config: &Config, req: &mut Request, method: &Method, path: &str) -> Rep
             .collect::<Vec<_>>(),
     });
     if let Some(key) = &config.key {
-        let auth = common::header(req, "authorization");
+        let auth = req.header("authorization");
         let expected = format!("Bearer {key}");
         if auth != Some(expected.as_str()) {
             let message = match auth {
@@ -71,7 +80,7 @@ fn route(config: &Config, req: &mut Request, method: &Method, path: &str) -> Rep
             );
         }
     }
-    let body = match common::read_body(req, MAX_BODY) {
+    let body = match req.read_body(MAX_BODY) {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
             return Reply::error(413, "payload_too_large", "request body is over 5 MiB")
@@ -80,7 +89,8 @@ fn route(config: &Config, req: &mut Request, method: &Method, path: &str) -> Rep
             return Reply::error(400, "bad_request", format!("cannot read body: {e}"))
         }
     };
-    let deployment = common::header(req, "azureml-model-deployment")
+    let deployment = req
+        .header("azureml-model-deployment")
         .unwrap_or("blue")
         .to_string();
     let request_id = common::random_hex(16);

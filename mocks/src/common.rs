@@ -1,5 +1,5 @@
-//! Small helpers shared by both servers: flags, binding, replies, bodies, randomness.
-//! The HTTP/1.1 server itself is in `crate::http`.
+//! Small helpers shared by both servers: flags, start-up, replies, query strings,
+//! randomness. The HTTP/1.1 server is in `crate::http`.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -8,8 +8,6 @@ use std::net::SocketAddr;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::Value;
-
-pub use crate::http::{Header, Method, Request, Server};
 
 /// Parsed command-line flags: `--name value`, `--name=value` or a bare `--switch`.
 #[derive(Debug, Default)]
@@ -62,15 +60,6 @@ impl Flags {
     pub fn switch(&self, name: &str) -> bool {
         self.switches.iter().any(|s| s == name)
     }
-}
-
-/// Binds `listen` (e.g. `127.0.0.1:0`) and returns the server with its address.
-pub fn bind(listen: &str) -> Result<(Server, SocketAddr), String> {
-    let server = Server::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let addr = server
-        .local_addr()
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    Ok((server, addr))
 }
 
 /// Prints the single start-up line tests wait for, and flushes stdout.
@@ -147,36 +136,6 @@ pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
-}
-
-/// The first value of header `name` (case-insensitive).
-pub fn header<'a>(req: &'a Request<'_>, name: &str) -> Option<&'a str> {
-    req.headers()
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str())
-}
-
-#[derive(Debug)]
-pub enum BodyError {
-    TooLarge,
-    Io(std::io::Error),
-}
-
-/// Reads the request body, refusing more than `limit` bytes.
-pub fn read_body(req: &mut Request<'_>, limit: usize) -> Result<Vec<u8>, BodyError> {
-    if req.body_length().is_some_and(|n| n > limit) {
-        return Err(BodyError::TooLarge);
-    }
-    let mut body = Vec::with_capacity(req.body_length().unwrap_or(0));
-    req.as_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(BodyError::Io)?;
-    if body.len() > limit {
-        return Err(BodyError::TooLarge);
-    }
-    Ok(body)
 }
 
 /// `n` bytes from the OS random generator.

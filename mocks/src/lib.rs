@@ -1,8 +1,9 @@
 //! Native test programs for azure-ml-kong: a mock Microsoft Entra ID (`mock-idp`)
 //! and a mock Azure ML managed online endpoint (`mock-aml`).
 //!
-//! Both are small synchronous servers on `http` (a thread per connection, keep-alive). The library holds everything so
-//! that tests can run the servers in-process (`idp::spawn`, `aml::spawn`).
+//! Both serve HTTP/1.1 with hyper (`http`: a small tokio runtime per server, synchronous
+//! handlers). The library holds everything so that tests can run the servers in-process
+//! (`idp::start`/`aml::start` stop when their handle drops; `spawn` serves until exit).
 
 pub mod aml;
 pub mod common;

@@ -5,7 +5,7 @@ mod common;
 use std::net::SocketAddr;
 
 use aml_mocks::aml::{self, Config};
-use common::{get, request};
+use common::{get, read_response, request};
 use serde_json::json;
 
 fn start(key: Option<&str>) -> SocketAddr {
@@ -117,6 +117,84 @@ fn echoes_all_headers_in_order_with_duplicates() {
     assert_eq!(r.json()["deployment"], "blue");
 }
 
+/// The echo reports the request target byte for byte (encoded slashes, dot segments,
+/// double slashes, the query as sent) and header names as sent, underscores included.
+#[test]
+fn echoes_the_raw_target_and_header_names() {
+    let addr = start(None);
+    for target in [
+        "/teams/b/..%2Fa/endpoints/e/score",
+        "/teams/b/../a//endpoints/./e/score",
+        "/a%20b/%252e%2e?x=%2F&y=a+b&&z=",
+        "/score?",
+    ] {
+        let r = request(
+            addr,
+            "POST",
+            target,
+            &[("x_caller_oid", "u"), ("X-Mixed-Case", "m")],
+            b"{}",
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{target}");
+        let rec = &r.json()["received"];
+        assert_eq!(rec["path"], target);
+        let headers = rec["headers"].as_array().unwrap();
+        assert!(
+            headers.contains(&json!(["x_caller_oid", "u"])),
+            "{headers:?}"
+        );
+        assert!(
+            headers.contains(&json!(["x-mixed-case", "m"])),
+            "{headers:?}"
+        );
+    }
+}
+
+/// A body that holds something like a request head is not taken for the next request's
+/// head: the echo of the request after it is still exact.
+#[test]
+fn a_head_inside_a_body_is_not_echoed() {
+    use std::io::{BufReader, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+    let addr = start(None);
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let fake = "\r\nPOST /fake HTTP/1.1\r\nHost: x\r\nX-B: 1\r\n\r\n";
+    let second =
+        "POST /real?q HTTP/1.1\r\nX-B: 2\r\nHost: y\r\nX-A: 3\r\nContent-Length: 0\r\n\r\n";
+    w.write_all(
+        format!(
+            "POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{fake}{second}",
+            fake.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (status, body) = read_response(&mut r);
+    assert_eq!(status, 200);
+    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(j["received"]["path"], "/first");
+    let (status, body) = read_response(&mut r);
+    assert_eq!(status, 200);
+    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(j["received"]["path"], "/real?q");
+    assert_eq!(
+        j["received"]["headers"],
+        json!([
+            ["x-b", "2"],
+            ["host", "y"],
+            ["x-a", "3"],
+            ["content-length", "0"]
+        ])
+    );
+}
+
 #[test]
 fn predictions_per_row() {
     assert_eq!(
@@ -190,35 +268,6 @@ fn binary_announces_port_and_exits_on_stdin_eof() {
         assert!(Instant::now() < deadline, "did not exit on stdin EOF");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Reads one response off a keep-alive connection (`Content-Length` framing only).
-fn read_response(s: &mut std::io::BufReader<std::net::TcpStream>) -> (u16, Vec<u8>) {
-    use std::io::{BufRead, Read};
-    let mut status_line = String::new();
-    s.read_line(&mut status_line).expect("status line");
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("status line {status_line:?}"));
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        s.read_line(&mut line).expect("header line");
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().expect("content-length");
-            }
-        }
-    }
-    let mut body = vec![0u8; length];
-    s.read_exact(&mut body).expect("body");
-    (status, body)
 }
 
 /// A burst of keep-alive clients released at once, each sending several requests whose

@@ -511,6 +511,77 @@ fn jwks_fail_modes() {
     assert_eq!(post(addr, "/_control/jwks?max_age=-1", "").status, 400);
 }
 
+/// 200 keep-alive clients at once against a JWKS that answers after 300 ms: a delay
+/// holds up only its own answer, so every request is answered in about one delay, and
+/// the connections stay usable for the next request.
+#[test]
+fn delayed_jwks_burst_on_keep_alive_connections() {
+    use std::io::{BufReader, Write};
+    use std::net::TcpStream;
+    use std::sync::{Arc, Barrier};
+    const CLIENTS: usize = 200;
+    const REQUESTS: usize = 2;
+    const DELAY: Duration = Duration::from_millis(300);
+    let addr = start();
+    let r = post(
+        addr,
+        &format!("/_control/jwks?delay_ms={}", DELAY.as_millis()),
+        "",
+    );
+    assert_eq!(r.status, 200);
+    let barrier = Arc::new(Barrier::new(CLIENTS + 1));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || -> Duration {
+                let stream = TcpStream::connect(addr).expect("connect");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                barrier.wait();
+                let mut slowest = Duration::ZERO;
+                for i in 0..REQUESTS {
+                    let t = Instant::now();
+                    writer
+                        .write_all(
+                            format!("GET /{TENANT}/discovery/v2.0/keys HTTP/1.1\r\nHost: {addr}\r\n\r\n")
+                                .as_bytes(),
+                        )
+                        .expect("write");
+                    let (status, body) = common::read_response(&mut reader);
+                    slowest = slowest.max(t.elapsed());
+                    assert_eq!(status, 200, "client {c} request {i}");
+                    let set: Value = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(set["keys"].as_array().unwrap().len(), 4);
+                }
+                slowest
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    let slowest = clients
+        .into_iter()
+        .map(|h| h.join().expect("client failed"))
+        .max()
+        .unwrap();
+    let total = started.elapsed();
+    println!(
+        "JWKS burst: {CLIENTS} keep-alive clients x {REQUESTS}, delay {DELAY:?}: all 200 in {total:?}, slowest request {slowest:?}"
+    );
+    assert!(slowest >= DELAY);
+    // One request after another would take CLIENTS * REQUESTS * DELAY = 120 s.
+    assert!(slowest < Duration::from_secs(3), "slowest {slowest:?}");
+    assert!(total < Duration::from_secs(6), "total {total:?}");
+    assert_eq!(
+        stats(addr)["jwks_requests"],
+        json!(CLIENTS * REQUESTS),
+        "one JWKS request counted per request sent"
+    );
+}
+
 #[test]
 fn counters_count_and_reset() {
     let addr = start();

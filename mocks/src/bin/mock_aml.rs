@@ -2,6 +2,7 @@
 
 use aml_mocks::aml::{self, Config};
 use aml_mocks::common::{self, Flags};
+use aml_mocks::http;
 
 const USAGE: &str =
     "usage: mock-aml [--listen 127.0.0.1:0] [--key ENDPOINT_KEY] [--quiet] [--exit-on-stdin-eof]";
@@ -30,7 +31,7 @@ fn main() {
         quiet: flags.switch("quiet"),
     };
     let listen = flags.value_or("listen", "127.0.0.1:0");
-    let (server, addr) = match common::bind(&listen) {
+    let (server, addr) = match http::bind(&listen) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("mock-aml: {e}");
@@ -38,7 +39,14 @@ fn main() {
         }
     };
     let mode = if config.key.is_some() { "key" } else { "open" };
-    eprintln!("mock-aml: auth mode {mode}, a thread per connection");
+    let running = match aml::serve(server, config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mock-aml: {e}");
+            std::process::exit(1);
+        }
+    };
+    eprintln!("mock-aml: auth mode {mode}");
     common::announce(addr);
-    aml::serve(server, config);
+    running.wait();
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aml_mocks::common::{self, Flags};
+use aml_mocks::http;
 use aml_mocks::idp::{self, Config, Idp};
 
 const USAGE: &str = "usage: mock-idp [--listen 127.0.0.1:0] [--issuer-template T] \
@@ -44,7 +45,7 @@ fn main() {
         hmac_secret: flags.value_or("hmac-secret", idp::DEFAULT_HMAC_SECRET),
     };
     let listen = flags.value_or("listen", "127.0.0.1:0");
-    let (server, addr) = match common::bind(&listen) {
+    let (server, addr) = match http::bind(&listen) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("mock-idp: {e}");
@@ -63,6 +64,13 @@ fn main() {
         "mock-idp: generated keys (RSA-2048, P-256, P-384, Ed25519) in {} ms",
         started.elapsed().as_millis()
     );
+    let running = match idp.serve(server) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mock-idp: {e}");
+            std::process::exit(1);
+        }
+    };
     common::announce(addr);
-    idp.serve(server);
+    running.wait();
 }

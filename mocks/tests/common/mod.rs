@@ -130,3 +130,32 @@ pub fn post_json(addr: SocketAddr, target: &str, body: &Value) -> Resp {
     )
     .expect("POST failed")
 }
+
+/// Reads one response off a keep-alive connection (`Content-Length` framing only).
+pub fn read_response(s: &mut std::io::BufReader<std::net::TcpStream>) -> (u16, Vec<u8>) {
+    use std::io::{BufRead, Read};
+    let mut status_line = String::new();
+    s.read_line(&mut status_line).expect("status line");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("status line {status_line:?}"));
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        s.read_line(&mut line).expect("header line");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().expect("content-length");
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).expect("body");
+    (status, body)
+}
