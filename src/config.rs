@@ -140,6 +140,13 @@ pub struct RouteConfig {
     pub upstream_credential: Option<String>,
 }
 
+/// `managed_identity.resource` default: the Azure ML data plane.
+pub const DEFAULT_RESOURCE: &str = "https://ml.azure.com";
+/// `managed_identity.endpoint` default: Azure IMDS.
+pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
+/// `client_credentials.scope` default.
+pub const DEFAULT_SCOPE: &str = "https://ml.azure.com/.default";
+
 /// `upstream_credentials[]`: the gateway's own identity towards Azure ML (compiled by
 /// `credential::spec::compile`).
 #[derive(Debug, Clone, Deserialize)]
@@ -191,13 +198,13 @@ impl core::fmt::Debug for ClientCredentialsConfig {
 }
 
 fn default_resource() -> String {
-    crate::credential::spec::DEFAULT_RESOURCE.into()
+    DEFAULT_RESOURCE.into()
 }
 fn default_imds_endpoint() -> String {
-    crate::credential::spec::DEFAULT_IMDS_ENDPOINT.into()
+    DEFAULT_IMDS_ENDPOINT.into()
 }
 fn default_scope() -> String {
-    crate::credential::spec::DEFAULT_SCOPE.into()
+    DEFAULT_SCOPE.into()
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

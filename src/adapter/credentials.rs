@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::host::{Host, Outbound};
-use super::keys::{read_call_response, Cx, WaitMode, Wake};
 use super::store::HostStore;
+use super::waiting::{read_call_response, Cx, WaitMode, Wake};
 use crate::credential::cache::{
     CredAction, CredEvent, CredIo, CredTicket, CredentialCache, RideAnswer, WaitAnswer,
 };

@@ -11,9 +11,9 @@ use proxy_wasm::types::Action;
 
 use super::credentials::CredentialRide;
 use super::host::{Host, Outbound};
-use super::keys::{Cx, WaitMode};
 use super::outcome::{self, KongProps, Publish};
 use super::state::{Pending, RideRequest, State, Waiter};
+use super::waiting::{Cx, WaitMode};
 use crate::engine::Decision;
 use crate::keycache::{FetchRequest, Step};
 

@@ -6,15 +6,14 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::credentials::{CredentialManager, CredentialRide};
 use super::host::{Host, Outbound};
 use super::metrics::Metrics;
 use super::store::HostStore;
-use crate::engine::{CredentialState, Env, KeyState};
+use super::waiting::{read_call_response, Cx, Wake};
+use crate::engine::KeyState;
 use crate::jwks::KeySet;
 use crate::keycache::{
-    Event, FetchRequest, HttpResponse, Io, JwksSource, KeyAction, KeyCache, Level, Refetch, Ride,
-    Step, Ticket, WaitDecision, WaiterId,
+    Event, FetchRequest, Io, JwksSource, KeyAction, KeyCache, Level, Ride, Step, Ticket, WaiterId,
 };
 use crate::ratelimit::{CountedIn, Limiter, Verdict};
 use crate::reason::Reason;
@@ -23,36 +22,6 @@ type Cache = KeyCache<Rc<KeySet>>;
 
 /// How often the JWKS gauges are recorded (each is one host call per provider).
 const GAUGE_PERIOD_MS: u64 = 5_000;
-
-/// What the root context must do for a paused request.
-pub enum Wake {
-    Resume(WaiterId),
-    Unavailable {
-        waiter: WaiterId,
-        retry_after_secs: u32,
-        /// What it waited for in vain: keys, or the gateway's own token.
-        reason: Reason,
-    },
-}
-
-/// How a request that needs keys waits on this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WaitMode {
-    /// Envoy: parked with the root context, which finishes it when keys arrive.
-    Park,
-    /// Kong: the request fetches for itself (a ride; see `keycache`'s docs), or — when
-    /// `allowed` is false, after its ride — takes what the cache holds.
-    Ride { allowed: bool },
-}
-
-/// What a key-cache call needs besides its own arguments: the host, the time, fresh
-/// randomness and the metrics to count in.
-pub struct Cx<'a, H> {
-    pub host: &'a H,
-    pub now_ms: u64,
-    pub random: u64,
-    pub metrics: &'a mut Metrics,
-}
 
 pub struct KeyManager {
     /// One cache per provider (`None`: the provider needs no JWKS).
@@ -93,28 +62,6 @@ impl KeyManager {
             })
             .collect();
         m
-    }
-
-    /// The engine's view for one request (`waiter` = its HTTP context id).
-    pub fn env<'a, H: Host>(
-        &'a mut self,
-        cx: Cx<'a, H>,
-        waiter: WaiterId,
-        wait: WaitMode,
-        creds: &'a mut CredentialManager,
-    ) -> RequestEnv<'a, H> {
-        RequestEnv {
-            keys: self,
-            host: cx.host,
-            now_ms: cx.now_ms,
-            random: cx.random,
-            waiter,
-            wait,
-            metrics: cx.metrics,
-            creds,
-            ride: None,
-            credential_ride: None,
-        }
     }
 
     /// The answer to a ride's call (made from the request's own context). `Some`: send
@@ -186,7 +133,52 @@ impl KeyManager {
         wakes
     }
 
-    fn cache(&mut self, i: usize) -> Option<&mut Cache> {
+    /// Kong: a request that needs provider `i`'s keys rides for them (see `keycache`).
+    pub fn ride<H: Host>(
+        &mut self,
+        cx: &mut Cx<'_, H>,
+        i: usize,
+        unknown_kid: bool,
+    ) -> Option<Ride> {
+        let mut out = Vec::new();
+        let (r, name) = self.with_cache(cx.host, cx.now_ms, cx.random, i, |c, io| {
+            let r = c.ride(io, parse_keys, unknown_kid, &mut out);
+            (r, c.source().provider.clone())
+        })?;
+        report_all(cx.host, &name, &out, cx.metrics);
+        Some(r)
+    }
+
+    /// Provider `i`'s keys, when it has usable ones.
+    pub fn ready(&mut self, i: usize) -> Option<KeyState> {
+        let cache = self.cache(i)?;
+        let generation = cache.generation();
+        cache.keys().map(|k| KeyState::Ready {
+            keys: k.clone(),
+            generation,
+        })
+    }
+
+    /// Count one request against a rate-limit window (node-wide when shared data works).
+    pub fn count<H: Host>(
+        &mut self,
+        host: &H,
+        now_ms: u64,
+        bucket: &str,
+        limit: u64,
+        window_secs: u64,
+    ) -> Verdict {
+        let mut store = HostStore::new(host, &mut self.store_off);
+        let (verdict, counted_in) =
+            self.limiter
+                .count(store.as_dyn(), bucket, now_ms, limit, window_secs);
+        if counted_in == CountedIn::WorkerContended {
+            log::debug!("azure_ml_kong: rate-limit CAS contention on {bucket}");
+        }
+        verdict
+    }
+
+    pub fn cache(&mut self, i: usize) -> Option<&mut Cache> {
         self.caches.get_mut(i).and_then(Option::as_mut)
     }
 
@@ -269,21 +261,6 @@ impl KeyManager {
     }
 }
 
-/// A dispatched call's answer; the body only when within `cap`.
-pub fn read_call_response(host: &impl Host, cap: usize, body_size: usize) -> HttpResponse {
-    let headers = host.call_response_headers();
-    let body = match body_size {
-        0 => Some(Vec::new()),
-        n if n <= cap => host.call_response_body(n),
-        _ => None,
-    };
-    HttpResponse {
-        headers,
-        body_size,
-        body,
-    }
-}
-
 /// Log and count the events among `out` (rides and shared-data polls yield no others).
 fn report_all(host: &impl Host, provider: &str, out: &[KeyAction], metrics: &mut Metrics) {
     for a in out {
@@ -313,133 +290,6 @@ fn report(host: &impl Host, provider: &str, ev: &Event, metrics: &mut Metrics) {
     }
     if let Some(name) = crate::metrics::jwks_counter(provider, ev) {
         metrics.increment(host, &name);
-    }
-}
-
-/// The engine's view of keys and limits for one request.
-pub struct RequestEnv<'a, H> {
-    keys: &'a mut KeyManager,
-    host: &'a H,
-    now_ms: u64,
-    random: u64,
-    waiter: WaiterId,
-    wait: WaitMode,
-    metrics: &'a mut Metrics,
-    creds: &'a mut CredentialManager,
-    /// A ride the request must dispatch from its own context: (provider, request).
-    pub ride: Option<(usize, FetchRequest)>,
-    /// A token request the request must dispatch from its own context (Kong).
-    pub credential_ride: Option<CredentialRide>,
-}
-
-impl<H: Host> RequestEnv<'_, H> {
-    fn ride(&mut self, provider: usize, unknown_kid: bool) -> Option<Ride> {
-        let mut out = Vec::new();
-        let (r, name) =
-            self.keys
-                .with_cache(self.host, self.now_ms, self.random, provider, |c, io| {
-                    let r = c.ride(io, parse_keys, unknown_kid, &mut out);
-                    (r, c.source().provider.clone())
-                })?;
-        report_all(self.host, &name, &out, self.metrics);
-        if let Ride::Dispatch(req) = &r {
-            self.ride = Some((provider, req.clone()));
-        }
-        Some(r)
-    }
-
-    fn ready(&mut self, provider: usize) -> Option<KeyState> {
-        let cache = self.keys.cache(provider)?;
-        let generation = cache.generation();
-        cache.keys().map(|k| KeyState::Ready {
-            keys: k.clone(),
-            generation,
-        })
-    }
-}
-
-impl<H: Host> Env for RequestEnv<'_, H> {
-    fn keys(&mut self, provider: usize) -> KeyState {
-        if let Some(ready) = self.ready(provider) {
-            return ready;
-        }
-        let Some(cache) = self.keys.cache(provider) else {
-            return KeyState::Unavailable {
-                retry_after_secs: 30,
-            };
-        };
-        match self.wait {
-            WaitMode::Park => match cache.wait_for_keys(self.now_ms, self.waiter) {
-                WaitDecision::Wait => KeyState::Loading,
-                WaitDecision::Unavailable { retry_after_secs } => KeyState::Unavailable {
-                    retry_after_secs: u64::from(retry_after_secs),
-                },
-                // Keys appeared between the two calls: cannot happen single-threaded; retry.
-                WaitDecision::Ready => KeyState::Loading,
-            },
-            WaitMode::Ride { allowed: false } => KeyState::Unavailable {
-                retry_after_secs: u64::from(cache.retry_after_secs(self.now_ms)),
-            },
-            WaitMode::Ride { allowed: true } => match self.ride(provider, false) {
-                Some(Ride::Ready) => self.ready(provider).unwrap_or(KeyState::Unavailable {
-                    retry_after_secs: 1,
-                }),
-                Some(Ride::Dispatch(_)) => KeyState::Loading,
-                Some(Ride::Unavailable { retry_after_secs }) => KeyState::Unavailable {
-                    retry_after_secs: u64::from(retry_after_secs),
-                },
-                Some(Ride::Refused) | None => KeyState::Unavailable {
-                    retry_after_secs: 1,
-                },
-            },
-        }
-    }
-
-    fn refetch_for_unknown_kid(&mut self, provider: usize) -> bool {
-        match self.wait {
-            WaitMode::Park => self
-                .keys
-                .cache(provider)
-                .map(|c| {
-                    c.request_refetch_for_unknown_kid(self.now_ms, self.waiter) == Refetch::Wait
-                })
-                .unwrap_or(false),
-            WaitMode::Ride { allowed: false } => false,
-            // `Ready`: newer keys came from shared data; the adapter decides again at once.
-            WaitMode::Ride { allowed: true } => matches!(
-                self.ride(provider, true),
-                Some(Ride::Dispatch(_) | Ride::Ready)
-            ),
-        }
-    }
-
-    fn upstream_token(&mut self, credential: usize) -> CredentialState {
-        let mut cx = Cx {
-            host: self.host,
-            now_ms: self.now_ms,
-            random: self.random,
-            metrics: self.metrics,
-        };
-        self.creds.upstream_token(
-            &mut cx,
-            credential,
-            self.waiter,
-            self.wait,
-            &mut self.credential_ride,
-        )
-    }
-
-    fn rate_limit(&mut self, bucket: &str, limit: u64, window_secs: u64) -> Verdict {
-        let KeyManager {
-            store_off, limiter, ..
-        } = &mut *self.keys;
-        let mut store = HostStore::new(self.host, store_off);
-        let (verdict, counted_in) =
-            limiter.count(store.as_dyn(), bucket, self.now_ms, limit, window_secs);
-        if counted_in == CountedIn::WorkerContended {
-            log::debug!("azure_ml_kong: rate-limit CAS contention on {bucket}");
-        }
-        verdict
     }
 }
 

@@ -6,9 +6,10 @@
 //!   allows: parked with the root context (Envoy) or riding its own fetch (Kong).
 //! * `outcome`: carrying out a final decision (header operations, local answer, audit
 //!   line, Kong's `kong.ctx.shared`).
-//! * `state`: the per-worker state both kinds of context share; `keys`: the key caches and
-//!   rate limits as the core sees them; `credentials`: the gateway's own tokens; `store`:
-//!   shared data; `metrics`: host metrics.
+//! * `state`: the per-worker state both kinds of context share; `env`: the engine's view of
+//!   it for one request; `waiting`: how a request waits on each host; `keys`: the key
+//!   caches and rate limits; `credentials`: the gateway's own tokens; `store`: shared data;
+//!   `metrics`: host metrics.
 //! * `host`: the [`host::Host`] trait the logic above makes its host calls through: `abi`
 //!   on Wasm, an in-memory recorder in the native tests (`tests`). Only the logger and the
 //!   entry point below use `abi` directly.
@@ -19,6 +20,7 @@
 
 mod abi;
 mod credentials;
+mod env;
 mod host;
 mod http;
 mod keys;
@@ -27,6 +29,7 @@ mod outcome;
 mod root;
 mod state;
 mod store;
+mod waiting;
 
 #[cfg(test)]
 mod tests;

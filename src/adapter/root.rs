@@ -11,9 +11,10 @@ use proxy_wasm::types::ContextType;
 use super::credentials::CredentialManager;
 use super::host::Host;
 use super::http::Http;
-use super::keys::{Cx, KeyManager, WaitMode, Wake};
+use super::keys::KeyManager;
 use super::outcome::{self, Publish};
 use super::state::State;
+use super::waiting::{Cx, WaitMode, Wake};
 use crate::engine::{Decision, Filter};
 use crate::verify::VerifiedCache;
 

@@ -4,9 +4,11 @@
 use std::rc::Rc;
 
 use super::credentials::{CredentialManager, CredentialRide};
+use super::env::RequestEnv;
 use super::host::Host;
-use super::keys::{Cx, KeyManager, WaitMode};
+use super::keys::KeyManager;
 use super::metrics::Metrics;
+use super::waiting::{Cx, WaitMode};
 use crate::engine::{self, Ctx, Decision, Filter};
 use crate::keycache::FetchRequest;
 use crate::reason::Reason;
@@ -147,7 +149,7 @@ impl State {
             random,
             metrics,
         };
-        let mut env = keys.env(cx, context_id, wait, creds);
+        let mut env = RequestEnv::new(keys, creds, cx, context_id, wait);
         let d = filter.decide(&view, ctx, &mut env, cache);
         let ride = match (env.ride.take(), env.credential_ride.take()) {
             (Some((p, req)), _) => Some(RideRequest::Keys(p, req)),

@@ -7,9 +7,6 @@ use crate::config::{
 };
 use crate::keycache::source::{HttpUri, Scheme};
 
-pub const DEFAULT_RESOURCE: &str = "https://ml.azure.com";
-pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
-pub const DEFAULT_SCOPE: &str = "https://ml.azure.com/.default";
 pub const IMDS_API_VERSION: &str = "2018-02-01";
 /// Budget for one token request (IMDS answers in milliseconds, Entra in well under 1 s).
 pub const TOKEN_TIMEOUT_MS: u64 = 5000;
