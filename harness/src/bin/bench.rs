@@ -21,6 +21,10 @@
 
 #[path = "bench/loadgen.rs"]
 mod loadgen;
+#[path = "bench/machine.rs"]
+mod machine;
+#[path = "bench/report.rs"]
+mod report;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,6 +39,8 @@ use aml_harness::{
 use serde_json::{json, Value};
 
 use loadgen::{request_bytes, Load, Outcome};
+use machine::{cpu_sample, loadavg};
+use report::{print_table, ratios, to_json};
 
 /// The request every scenario sends (with or without a token). `GET /` on the mock Azure ML
 /// endpoint answers a fixed 15-byte `{"status":"ok"}` without reading a body or echoing the
@@ -465,87 +471,6 @@ fn measure(
     Ok((out, warmup, r))
 }
 
-/// CPU counters from /proc: the whole machine and this process with all its descendants.
-struct CpuSample {
-    total: u64,
-    busy: u64,
-    own: u64,
-}
-
-impl CpuSample {
-    /// Average cores used since `earlier` by processes that are not ours.
-    fn foreign_cores_since(&self, earlier: &CpuSample) -> f64 {
-        let total = self.total.saturating_sub(earlier.total).max(1) as f64;
-        let busy = self.busy.saturating_sub(earlier.busy) as f64;
-        let own = self.own.saturating_sub(earlier.own) as f64;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        ((busy - own).max(0.0) / total) * cores
-    }
-}
-
-/// Linux only; `None` elsewhere. Both counters are in clock ticks.
-fn cpu_sample() -> Option<CpuSample> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    if fields.len() < 8 {
-        return None;
-    }
-    let total: u64 = fields.iter().sum();
-    // user + nice + system + steal. Not irq/softirq: loopback TCP is mostly softirq work
-    // that the kernel charges to no process, and here it is nearly all ours.
-    let busy = fields[0] + fields[1] + fields[2] + fields[7];
-    // pid -> (ppid, utime + stime) for every process.
-    let mut procs = Vec::new();
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(st) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised command name: state ppid ... utime(12) stime(13).
-        let Some(rest) = st.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        procs.push((pid, num(1) as u32, num(11) + num(12)));
-    }
-    let mut ours = vec![std::process::id()];
-    let mut own = 0;
-    let mut i = 0;
-    while i < ours.len() {
-        let parent = ours[i];
-        for (pid, ppid, ticks) in &procs {
-            if *pid == parent {
-                own += ticks;
-            }
-            if *ppid == parent && !ours.contains(pid) {
-                ours.push(*pid);
-            }
-        }
-        i += 1;
-    }
-    Some(CpuSample { total, busy, own })
-}
-
-/// The 1-minute load average (it includes this benchmark's own threads).
-fn loadavg() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 fn flush() {
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -592,176 +517,4 @@ fn mint_pool(idp: &MockIdp, n: usize) -> Result<Vec<String>, String> {
         return Err(format!("minted {} distinct tokens, wanted {n}", pool.len()));
     }
     Ok(pool)
-}
-
-/// (name, numerator id, denominator id, value) for every pair both measured.
-fn ratios(results: &[Measured]) -> Vec<(String, f64)> {
-    let rps = |id: &str| results.iter().find(|m| m.id == id).map(Measured::rps);
-    let pairs = [
-        ("B", "A"),
-        ("B2", "A"),
-        ("C", "A"),
-        ("D", "A"),
-        ("E", "A"),
-        ("C", "B"),
-        ("C", "B2"),
-        ("D", "B"),
-        ("D", "C"),
-    ];
-    pairs
-        .iter()
-        .filter_map(|(n, d)| {
-            let (x, y) = (rps(n)?, rps(d)?);
-            (y > 0.0).then(|| (format!("{n}/{d}"), x / y))
-        })
-        .collect()
-}
-
-fn print_table(s: &Settings, results: &[Measured], ratios: &[(String, f64)]) {
-    println!();
-    println!(
-        "{:<3} {:<32} {:>9} {:>15} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>5}",
-        "id",
-        "scenario",
-        "req/s",
-        "rounds min-max",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "max ms",
-        "errors",
-        "reconn",
-        "other"
-    );
-    println!("{}", "-".repeat(120));
-    for m in results {
-        let (lo, hi) = m.rps_range();
-        println!(
-            "{:<3} {:<32} {:>9.0} {:>15} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>6} {:>5}",
-            m.id,
-            m.title,
-            m.rps(),
-            format!("{lo:.0}-{hi:.0}"),
-            m.pct_ms(0.5),
-            m.pct_ms(0.9),
-            m.pct_ms(0.99),
-            m.out.hist.max() as f64 / 1000.0,
-            m.out.errors(),
-            m.out.reconnects,
-            m.max_foreign().map_or("?".into(), |l| format!("{l:.2}"))
-        );
-    }
-    println!(
-        "\nreq/s = responses with the expected status / measured time, over {} round(s) of {}s;\n\
-         {} closed-loop keep-alive connections; latency percentiles over all rounds;\n\
-         other = most cores' worth of CPU that processes outside the bench used in a round\n\
-         (the machine has {} cores; anything well above 0 means the numbers are disturbed)",
-        s.rounds,
-        s.seconds,
-        s.connections,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    println!("throughput ratios (req/s):");
-    for (name, r) in ratios {
-        println!("  {name:<6} {r:.3}");
-    }
-}
-
-fn git_commit() -> Option<String> {
-    let o = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(repo_root())
-        .output()
-        .ok()?;
-    o.status
-        .success()
-        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
-}
-
-fn envoy_version(a: &Artifacts) -> Option<String> {
-    let o = Command::new(&a.envoy).arg("--version").output().ok()?;
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .rev()
-        .find(|l| l.contains("version"))
-        .map(|l| l.trim().to_string())
-}
-
-fn cpu_model() -> Option<String> {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string())
-}
-
-fn to_json(
-    s: &Settings,
-    a: &Artifacts,
-    cores: usize,
-    results: &[Measured],
-    ratios: &[(String, f64)],
-) -> Value {
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let scen: Vec<Value> = results
-        .iter()
-        .map(|m| {
-            let q = |x: f64| m.out.hist.value_at_quantile(x);
-            json!({
-                "id": m.id,
-                "title": m.title,
-                "detail": m.detail,
-                "expected_status": m.expected_status,
-                "requests_per_second": m.rps(),
-                "ok": m.out.ok,
-                "completed": m.out.completed(),
-                "errors": m.out.errors(),
-                "wrong_status": m.out.wrong_status.iter()
-                    .map(|(st, n)| json!({"status": st, "count": n})).collect::<Vec<_>>(),
-                "io_errors": m.out.io_errors,
-                "reconnects": m.out.reconnects,
-                "first_error": m.out.first_error,
-                "elapsed_seconds": m.out.elapsed.as_secs_f64(),
-                "latency_us": {
-                    "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
-                    "min": m.out.hist.min(), "max": m.out.hist.max(), "mean": m.out.hist.mean()
-                },
-                "warmup": {"ok": m.warmup.ok, "errors": m.warmup.errors(),
-                           "first_error": m.warmup.first_error},
-                "rounds": m.rounds.iter().map(|r| json!({
-                    "requests_per_second": r.rps,
-                    "errors": r.errors,
-                    "other_processes_cores": r.foreign_cores,
-                    "loadavg_1m_after": r.loadavg
-                })).collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    json!({
-        "generated_unix": unix,
-        "git_commit": git_commit(),
-        "machine": {
-            "cores": cores,
-            "cpu": cpu_model(),
-            "note": "load generator, Envoy, mock IdP and mock Azure ML all on this machine"
-        },
-        "envoy": envoy_version(a),
-        "settings": {
-            "seconds": s.seconds,
-            "rounds": s.rounds,
-            "warmup_seconds": s.warmup_seconds,
-            "connections": s.connections,
-            "envoy_concurrency": s.concurrency,
-            "token_pool": s.tokens,
-            "envoy_log_level": s.envoy_log_level,
-            "max_error_rate": s.max_error_rate,
-            "request": {"method": METHOD, "path": PATH, "body_bytes": BODY.len()}
-        },
-        "scenarios": scen,
-        "ratios_rps": ratios.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()
-    })
 }
