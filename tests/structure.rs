@@ -31,11 +31,11 @@ fn code_ahead_of_tests(text: &str) -> String {
     let mut end = lines.len();
     for (i, l) in lines.iter().enumerate() {
         let next = lines.get(i + 1).map(|n| n.trim_start()).unwrap_or("");
-        if l.trim() == "#[cfg(test)]" && !(next.starts_with("mod ") && next.ends_with(';')) {
-            if !next.starts_with("#[path") {
-                end = i;
-                break;
-            }
+        let out_of_line =
+            (next.starts_with("mod ") && next.ends_with(';')) || next.starts_with("#[path");
+        if l.trim() == "#[cfg(test)]" && !out_of_line {
+            end = i;
+            break;
         }
     }
     lines[..end]
@@ -116,6 +116,7 @@ fn import_graph(src_dir: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let known: BTreeSet<String> = code.keys().cloned().collect();
     let path_re = Regex::new(r"\b((?:crate|super)(?:::\w+)+)").unwrap();
     let group_re = Regex::new(r"use\s+((?:crate|super)(?:::\w+)*)::\{([^;]*)\};").unwrap();
+    let nested_re = Regex::new(r"\{[^}]*\}").unwrap();
     let mut graph = BTreeMap::new();
     for (m, text) in &code {
         let mut deps = BTreeSet::new();
@@ -131,7 +132,7 @@ fn import_graph(src_dir: &Path) -> BTreeMap<String, BTreeSet<String>> {
             add(resolve(m, &c[1], &known));
         }
         for c in group_re.captures_iter(text) {
-            let inner = Regex::new(r"\{[^}]*\}").unwrap().replace_all(&c[2], "");
+            let inner = nested_re.replace_all(&c[2], "");
             for item in inner.split(',') {
                 let item = item.split_whitespace().next().unwrap_or("");
                 if !item.is_empty() {
