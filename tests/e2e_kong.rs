@@ -37,11 +37,13 @@ fn post(gw: &Gateway, path: &str, token: Option<&str>) -> Resp {
 fn file_log(path: &std::path::Path, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let lines: Vec<Value> = std::fs::read_to_string(path)
+        let mut lines: Vec<Value> = std::fs::read_to_string(path)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
+        // Each worker appends its own lines: the file's order need not be the requests'.
+        lines.sort_by_key(|l| l["started_at"].as_u64());
         if lines.len() >= n || Instant::now() > deadline {
             return lines;
         }
