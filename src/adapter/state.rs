@@ -7,6 +7,7 @@ use super::credentials::{CredentialManager, CredentialRide};
 use super::host::Host;
 use super::keys::{Cx, KeyManager, WaitMode};
 use super::metrics::Metrics;
+use super::outcome::NgxVars;
 use crate::engine::{self, Ctx, Decision, Filter};
 use crate::keycache::FetchRequest;
 use crate::reason::Reason;
@@ -72,6 +73,8 @@ pub struct State {
     pub is_kong: Option<bool>,
     /// Requests answered locally whose stream is still open (their body must not move).
     pub denied: Vec<u32>,
+    /// Kong: which `$azure_ml_kong_*` nginx variables exist.
+    pub ngx_vars: NgxVars,
     /// The realm while no configuration is loaded: the configuration's default.
     default_realm: String,
 }
@@ -88,6 +91,7 @@ impl State {
             rng: Rng::new(seed),
             is_kong: None,
             denied: Vec::new(),
+            ngx_vars: NgxVars::default(),
             default_realm: crate::config::default_realm(),
         }
     }

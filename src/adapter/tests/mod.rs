@@ -5,6 +5,7 @@
 
 mod credentials;
 mod mem_host;
+mod ngx_vars;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::Action;
@@ -597,7 +598,11 @@ fn a_request_without_a_token_is_denied_and_its_body_held() {
         );
         assert!(dispatches(&calls).is_empty(), "no keys needed to deny");
         // Kong's Lua-backed properties only when asked for: they can crash a worker.
-        assert_eq!(count(&calls, is_publish) > 0, !lua.is_empty(), "{kong} {lua}");
+        assert_eq!(
+            count(&calls, is_publish) > 0,
+            !lua.is_empty(),
+            "{kong} {lua}"
+        );
         assert_eq!(w.body(&mut http, 2), Action::Pause);
         assert!(http.on_done());
     }
