@@ -115,6 +115,130 @@ fn kong_ctx_shared_reaches_a_lua_log_plugin_kong() {
     assert!(!text.contains(&a));
 }
 
+/// `post` with the client's `x-request-id` (the filter keeps a sane one as the request id).
+fn post_as(gw: &Gateway, path: &str, token: &str, request_id: &str) -> Resp {
+    let auth = format!("Bearer {token}");
+    let h = [
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+        ("x-request-id", request_id),
+    ];
+    http("POST", &gw.url(path), &h, Some(r#"{"data": [[1, 2, 3]]}"#)).expect("request")
+}
+
+/// The safe route to Kong's log plugins: the nginx variables `$azure_ml_kong_*`, declared
+/// with the shipped `kong/azure_ml_kong.vars.conf` (`nginx_location_include`), set by the
+/// filter in C and read by `file-log` as `ngx.var.*` — with `audit.kong_lua_properties` off.
+/// For a request decided in its header phase (allowed, denied) and for one decided in the
+/// callback of the key refetch it rode (a rotated kid).
+#[test]
+fn declared_nginx_variables_reach_a_lua_log_plugin_kong() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let log_path = out.path().join("file-log.json");
+    let vars = repo_root().join("kong/azure_ml_kong.vars.conf");
+    let mut fields = serde_json::Map::new();
+    for key in [
+        "decision",
+        "reason",
+        "route",
+        "request_id",
+        "subject",
+        "tid",
+        "app",
+    ] {
+        fields.insert(
+            format!("amlk_{key}"),
+            json!(format!("return ngx.var.azure_ml_kong_{key}")),
+        );
+    }
+    fields.insert(
+        "amlk_shared".into(),
+        json!("return kong.ctx.shared.azure_ml_kong_decision"),
+    );
+    let plugin = json!({
+        "name": "file-log",
+        "config": {"path": log_path.display().to_string(), "custom_fields_by_lua": fields}
+    });
+    let gw = Gateway::builder(Host::Kong)
+        .kong_conf("nginx_location_include", &vars.display().to_string())
+        .kong(|k| k.route_plugins.push(plugin))
+        .start(|port| {
+            let mut c = teams_filter_config(port);
+            c["providers"][0]["jwks_min_refetch_seconds"] = json!(1);
+            c
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let a = token(&gw, "app-a", "a");
+    let path = "/teams/a/endpoints/e/score";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while post_as(&gw, path, &a, "warm").status != 200 {
+        assert!(Instant::now() < deadline, "no keys\n{}", gw.log_tail(40));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let allowed = post_as(&gw, path, &a, "vars-allowed");
+    let denied = post_as(&gw, "/teams/b/endpoints/e/score", &a, "vars-denied");
+    assert_eq!(
+        (allowed.status, denied.status),
+        (200, 403),
+        "{}",
+        denied.body
+    );
+
+    // A new signing key: its kid is unknown to the cached key set, so the request rides a
+    // refetch and is decided in that call's callback.
+    let fetches = || gw.idp.jwks_requests().expect("jwks requests");
+    let before = fetches();
+    gw.idp.control("POST", "rotate?family=rsa").expect("rotate");
+    let rotated = token(&gw, "app-a", "a");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    let ride_id = loop {
+        n += 1;
+        let id = format!("vars-ride-{n}");
+        let r = post_as(&gw, path, &rotated, &id);
+        match r.status {
+            200 => break id,
+            // Within a second of the last fetch, an unknown kid is refused without one.
+            401 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(300)),
+            s => panic!("{s} {}\n{}", r.body, gw.log_tail(40)),
+        }
+    };
+    // Requests are sequential: the one refetch was the passing request's own ride.
+    assert_eq!(fetches() - before, 1, "{}", gw.log_tail(40));
+
+    let wanted = ["vars-allowed", "vars-denied", ride_id.as_str()];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let by_id = |id: &str| -> Option<Value> {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["amlk_request_id"] == id)
+    };
+    while wanted.iter().any(|id| by_id(id).is_none()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let oid = allowed.backend_values("x-caller-oid");
+    let oid = oid.first().map(String::as_str).expect("x-caller-oid");
+    for id in ["vars-allowed", ride_id.as_str()] {
+        let l = by_id(id).unwrap_or_else(|| panic!("no file-log line for {id}"));
+        assert_eq!(l["amlk_decision"], "allow", "{l}");
+        assert_eq!(l["amlk_reason"], "", "{l}");
+        assert_eq!(l["amlk_route"], "team-score", "{l}");
+        assert_eq!(l["amlk_subject"], oid, "{l}");
+        assert_eq!(l["amlk_tid"], TENANT, "{l}");
+        assert!(l["amlk_app"].as_str().is_some_and(|s| !s.is_empty()), "{l}");
+        assert!(l.get("amlk_shared").is_none_or(Value::is_null), "{l}");
+    }
+    let l = by_id("vars-denied").expect("no file-log line for the denial");
+    assert_eq!(l["amlk_decision"], "deny", "{l}");
+    assert_eq!(l["amlk_reason"], "insufficient_scope", "{l}");
+    assert_eq!(l["amlk_route"], "team-score", "{l}");
+    // Never the token.
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!text.contains(&a) && !text.contains(&rotated));
+}
+
 /// Regression (issue 9, worker SIGSEGV under an unknown-kid flood): by default the filter
 /// touches none of Kong's Lua-backed `kong.*` properties. Each such call runs Kong's Lua
 /// handler on whatever Lua thread last made an FFI call and re-points that thread at the

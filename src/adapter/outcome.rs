@@ -1,6 +1,7 @@
 //! Carrying out a final decision, the same whether the request is in its own callback or
 //! being finished from the root context: header operations, the local answer, the audit
-//! line and metric, and Kong's `kong.ctx.shared` properties.
+//! line and metric, and the identity for Kong's log plugins (declared nginx variables, and
+//! `kong.ctx.shared` when asked for).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -8,7 +9,7 @@ use std::rc::Rc;
 use proxy_wasm::types::{Action, Status};
 
 use super::host::Host;
-use super::state::State;
+use super::state::{State, KONG_PROPS};
 use crate::annotate::HeaderOp;
 use crate::audit::AuditRecord;
 use crate::config::LogLevel;
@@ -16,7 +17,8 @@ use crate::engine::Decision;
 use crate::reason::Reason;
 use crate::respond;
 
-/// Kong's properties for the Lua plugins, as (name under `kong.ctx.shared`, value).
+/// Kong's properties for the Lua plugins, as (name under `kong.ctx.shared`, and of the
+/// nginx variable, value).
 pub type KongProps = Vec<(&'static str, String)>;
 
 /// When Kong's `kong.ctx.shared` gets the decision.
@@ -31,7 +33,7 @@ impl Publish<'_> {
     fn run(self, host: &impl Host, audit: &AuditRecord) {
         match self {
             Publish::Now => publish(host, &kong_props(audit)),
-            Publish::Later(slot) => *slot = Some(kong_props(audit)),
+            Publish::Later(slot) => *slot = Some(kong_props(audit).into()),
         }
     }
 }
@@ -56,6 +58,9 @@ pub fn finish(
             if !applied {
                 audit.deny(Reason::Internal, Reason::Internal.status());
             }
+            if is_kong {
+                publish_ngx(host, state, &audit);
+            }
             if publish {
                 kong.run(host, &audit);
             }
@@ -69,6 +74,9 @@ pub fn finish(
             Action::Continue
         }
         Decision::Deny { response, audit } => {
+            if is_kong {
+                publish_ngx(host, state, &audit);
+            }
             if publish {
                 kong.run(host, &audit);
             }
@@ -121,11 +129,37 @@ pub fn publish(host: &impl Host, props: &[(&'static str, String)]) {
     }
 }
 
+/// Kong: set the declared `$azure_ml_kong_*` nginx variables. `ngx.*` properties are set
+/// in C (ngx_wasm_module `ngx_proxy_wasm_properties_set_ngx`: an undeclared variable is
+/// NotFound, a non-changeable one an error), so unlike `kong.*` they run no Lua. Allowed in
+/// the request phase and in the request's own call callback alike.
+fn publish_ngx(host: &impl Host, state: &Rc<RefCell<State>>, audit: &AuditRecord) {
+    let Ok(mut st) = state.try_borrow_mut() else {
+        return;
+    };
+    for ((name, value), known) in kong_props(audit).iter().zip(st.ngx_vars.0.iter_mut()) {
+        if *known == Some(false) {
+            continue;
+        }
+        match host.set_property(&["ngx", name], Some(value.as_bytes())) {
+            Ok(()) => *known = Some(true),
+            // Declared variables stay declared: a later failure is this request's alone.
+            Err(_) if *known == Some(true) => {}
+            Err(e) => {
+                log::debug!(
+                    "azure_ml_kong: nginx variable ${name} not set ({e:?}): not declared in Kong's location / (docs/kong.md); not tried again by this worker"
+                );
+                *known = Some(false);
+            }
+        }
+    }
+}
+
 /// Identity for Kong's Lua plugins (`kong.ctx.shared.azure_ml_kong_*`, strings), e.g.
 /// `file-log`'s `custom_fields_by_lua`. Only verified values: never the token.
-fn kong_props(audit: &AuditRecord) -> KongProps {
+fn kong_props(audit: &AuditRecord) -> [(&'static str, String); KONG_PROPS] {
     let s = |v: &Option<String>| v.clone().unwrap_or_default();
-    vec![
+    [
         (
             "azure_ml_kong_decision",
             audit.decision.as_str().to_string(),

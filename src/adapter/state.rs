@@ -61,6 +61,16 @@ pub enum RideRequest {
     Credential(CredentialRide),
 }
 
+/// How many identity values the filter publishes to Kong (`outcome::kong_props`).
+pub const KONG_PROPS: usize = 7;
+
+/// Which of the nginx variables `$azure_ml_kong_*` this worker's Kong declares (`set
+/// $azure_ml_kong_subject '';` injected into Kong's `location /`): learned from the first set
+/// of each, `None` until then. An undeclared one is never set again, so without them
+/// publishing costs seven failing calls per worker, once.
+#[derive(Debug, Default)]
+pub struct NgxVars(pub [Option<bool>; KONG_PROPS]);
+
 /// Per-worker (per root context) state.
 pub struct State {
     pub filter: Result<Rc<Filter>, String>,
@@ -74,6 +84,8 @@ pub struct State {
     pub is_kong: Option<bool>,
     /// Requests answered locally whose stream is still open (their body must not move).
     pub denied: Vec<u32>,
+    /// Kong: which `$azure_ml_kong_*` nginx variables exist.
+    pub ngx_vars: NgxVars,
     /// The realm while no configuration is loaded: the configuration's default.
     default_realm: String,
 }
@@ -90,6 +102,7 @@ impl State {
             rng: Rng::new(seed),
             is_kong: None,
             denied: Vec::new(),
+            ngx_vars: NgxVars::default(),
             default_realm: crate::config::default_realm(),
         }
     }

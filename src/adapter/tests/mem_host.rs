@@ -49,6 +49,8 @@ pub struct Mem {
     /// Every dispatched call's (upstream, body, timeout in ms), in order.
     pub dispatched: Vec<(String, Option<Vec<u8>>, u64)>,
     pub header_ops_fail: bool,
+    /// Kong: the nginx variables declared besides `upstream_uri` (others are NotFound).
+    pub ngx_declared: Vec<String>,
     next_token: u32,
     metrics: Vec<String>,
     pub calls: Vec<(u32, Call)>,
@@ -134,7 +136,13 @@ impl Host for MemHost {
             m.upstream_uri.insert(ctx, value.clone());
         }
         self.record(Call::SetProperty(path.join("."), value));
-        Ok(())
+        match path {
+            ["ngx", "upstream_uri"] => Ok(()),
+            ["ngx", name] if !self.0.borrow().ngx_declared.iter().any(|d| d == name) => {
+                Err(Status::NotFound)
+            }
+            _ => Ok(()),
+        }
     }
 
     fn send_response(&self, resp: &LocalResponse) -> Result<(), Status> {

@@ -5,6 +5,7 @@
 
 mod credentials;
 mod mem_host;
+mod ngx_vars;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::Action;
