@@ -616,3 +616,30 @@ fn aad_mode_with_the_idp_down_is_401() {
     assert!(message.contains("cannot fetch the JWKS"), "{message}");
     assert!(!message.contains(&token));
 }
+
+#[test]
+fn binary_refuses_incomplete_or_mixed_auth_flags() {
+    use std::process::{Command, Stdio};
+    for args in [
+        &["--aad-app-id", "x"][..],
+        &["--aad-jwks", "http://127.0.0.1:9/keys"][..],
+        &["--aad-audience", "a"][..],
+        &[
+            "--key",
+            "k",
+            "--aad-jwks",
+            "http://127.0.0.1:9/keys",
+            "--aad-audience",
+            "a",
+        ][..],
+    ] {
+        let status = Command::new(env!("CARGO_BIN_EXE_mock-aml"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(2), "{args:?}");
+    }
+}
