@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::kong::tail;
 use crate::{
     Artifacts, Cluster, Envoy, EnvoyOptions, Error, Host, Kong, KongOptions, MockAml, MockIdp,
-    ENDPOINT_KEY,
+    ENDPOINT_KEY, ML_AUDIENCE,
 };
 
 /// Host-neutral knobs of a gateway (each host maps them to its own settings).
@@ -70,9 +70,19 @@ pub struct GatewayBuilder<'a> {
     setup_idp: Option<IdpHook<'a>>,
     envoy: Option<EnvoyHook<'a>>,
     kong: Option<KongHook<'a>>,
+    /// `Some(app id)`: the backend runs in `aad_token` mode (see [`GatewayBuilder::aad_backend`]).
+    aad_app_id: Option<String>,
 }
 
 impl<'a> GatewayBuilder<'a> {
+    /// The backend in Azure ML's `aad_token` mode instead of `key` mode: it wants a token of
+    /// this gateway's mock IdP (its JWKS), for `https://ml.azure.com`, from client app
+    /// `app_id` (e.g. [`crate::MANAGED_IDENTITY_CLIENT_ID`]).
+    pub fn aad_backend(mut self, app_id: &str) -> Self {
+        self.aad_app_id = Some(app_id.to_string());
+        self
+    }
+
     pub fn options(mut self, adjust: impl FnOnce(&mut GatewayOptions)) -> Self {
         adjust(&mut self.options);
         self
@@ -131,6 +141,7 @@ impl<'a> GatewayBuilder<'a> {
             setup_idp,
             envoy,
             kong,
+            aad_app_id,
         } = self;
         let artifacts = Artifacts::locate_for(host)?;
         let dir = tempfile::Builder::new()
@@ -141,7 +152,16 @@ impl<'a> GatewayBuilder<'a> {
         if let Some(f) = setup_idp {
             f(&idp);
         }
-        let aml = MockAml::start(&artifacts, dir.path(), Some(ENDPOINT_KEY))?;
+        let aml = match &aad_app_id {
+            None => MockAml::start(&artifacts, dir.path(), Some(ENDPOINT_KEY))?,
+            Some(app_id) => MockAml::start_aad(
+                &artifacts,
+                dir.path(),
+                &format!("{}/common/discovery/v2.0/keys", idp.base()),
+                ML_AUDIENCE,
+                Some(app_id),
+            )?,
+        };
         let config = make_config(idp.port);
         let started = match host {
             Host::Envoy => {
@@ -226,6 +246,7 @@ impl Gateway {
             setup_idp: None,
             envoy: None,
             kong: None,
+            aad_app_id: None,
         }
     }
 

@@ -39,6 +39,11 @@ pub const OTHER_TENANT: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 pub const AUDIENCE: &str = "api://azureml-gateway";
 /// The Azure ML endpoint key the gateway injects in the demo and tests (not a real secret).
 pub const ENDPOINT_KEY: &str = "demo-endpoint-key-0123456789abcdef";
+/// The audience of Azure ML data-plane tokens (an endpoint in `aad_token` mode wants it).
+pub const ML_AUDIENCE: &str = "https://ml.azure.com";
+/// The client id of the mock IdP's managed identity (`aml_mocks::idp::MANAGED_IDENTITY_CLIENT_ID`):
+/// the `appid` of its IMDS tokens.
+pub const MANAGED_IDENTITY_CLIENT_ID: &str = "9c1e4f3a-2b7d-4e8f-a6c5-0d3b2a1f4e6c";
 /// Where Kong is looked for unless `AMLK_KONG` says otherwise.
 pub const DEFAULT_KONG: &str = "/opt/kong/bin/kong";
 
@@ -520,11 +525,50 @@ impl MockIdp {
     }
 
     pub fn jwks_requests(&self) -> Result<u64, Error> {
+        self.stat("jwks_requests")
+    }
+
+    /// One counter of `/_control/stats` (`jwks_requests`, `imds_requests`,
+    /// `token_endpoint_requests`, ...).
+    pub fn stat(&self, name: &str) -> Result<u64, Error> {
         Ok(self
             .control("GET", "stats")?
-            .get("jwks_requests")
+            .get(name)
             .and_then(Value::as_u64)
             .unwrap_or(0))
+    }
+
+    /// IMDS requests so far, refused ones included.
+    pub fn imds_requests(&self) -> Result<u64, Error> {
+        self.stat("imds_requests")
+    }
+
+    /// Client-credentials token endpoint requests so far (not `/_control/token`).
+    pub fn token_endpoint_requests(&self) -> Result<u64, Error> {
+        self.stat("token_endpoint_requests")
+    }
+
+    /// Sets how IMDS answers: `mode` `ok`, `fail` (500), `hang` or `garbage`; tokens valid
+    /// `lifetime` seconds (`None`: 3599).
+    pub fn imds(&self, mode: &str, lifetime: Option<u64>) -> Result<Value, Error> {
+        self.control("POST", &grant_behaviour("imds", mode, lifetime))
+    }
+
+    /// Sets how the client-credentials token endpoint answers (as [`MockIdp::imds`]).
+    pub fn token_endpoint(&self, mode: &str, lifetime: Option<u64>) -> Result<Value, Error> {
+        self.control("POST", &grant_behaviour("token_endpoint", mode, lifetime))
+    }
+
+    /// The IMDS URL of this IdP (for `managed_identity.endpoint`).
+    pub fn imds_endpoint(&self) -> String {
+        format!("{}/metadata/identity/oauth2/token", self.base())
+    }
+}
+
+fn grant_behaviour(control: &str, mode: &str, lifetime: Option<u64>) -> String {
+    match lifetime {
+        Some(l) => format!("{control}?mode={mode}&lifetime={l}"),
+        None => format!("{control}?mode={mode}"),
     }
 }
 
@@ -543,6 +587,34 @@ impl MockAml {
         }
         let (proc, port) = Proc::spawn("mock-aml", cmd, logs, true)?;
         Ok(MockAml { proc, port })
+    }
+
+    /// In Azure ML's `aad_token` mode: scoring needs an RS256 token of a key in `jwks_url`,
+    /// for `audience`, from client app `app_id` (any app when `None`).
+    pub fn start_aad(
+        a: &Artifacts,
+        logs: &Path,
+        jwks_url: &str,
+        audience: &str,
+        app_id: Option<&str>,
+    ) -> Result<MockAml, Error> {
+        let mut cmd = Command::new(&a.mock_aml);
+        cmd.args(["--listen", "127.0.0.1:0", "--exit-on-stdin-eof"])
+            .args(["--aad-jwks", jwks_url, "--aad-audience", audience]);
+        if let Some(id) = app_id {
+            cmd.args(["--aad-app-id", id]);
+        }
+        let (proc, port) = Proc::spawn("mock-aml", cmd, logs, true)?;
+        Ok(MockAml { proc, port })
+    }
+
+    /// Scoring requests the backend logged (answered or not).
+    pub fn scored_requests(&self) -> usize {
+        self.proc
+            .stderr()
+            .lines()
+            .filter(|l| l.starts_with("mock-aml: ") && l.contains(" /score"))
+            .count()
     }
 }
 

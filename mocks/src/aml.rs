@@ -1,6 +1,9 @@
 //! mock-aml: looks like an Azure ML managed online endpoint. Scores any path, echoes
 //! what it received (method, path, every header in order) and optionally checks the
-//! endpoint key (`Authorization: Bearer <key>`).
+//! endpoint key (`Authorization: Bearer <key>`, `key` mode) or an Entra access token
+//! (`aad_token` mode, `aad`).
+
+mod aad;
 
 use std::net::SocketAddr;
 
@@ -9,6 +12,8 @@ use serde_json::{json, Value};
 use crate::common::{self, Reply};
 use crate::http::{self, BodyError, Method, Request, Running, Server};
 
+pub use aad::{AadConfig, AadVerifier};
+
 /// Request bodies above this get 413.
 pub const MAX_BODY: usize = 5 * 1024 * 1024;
 
@@ -16,6 +21,8 @@ pub const MAX_BODY: usize = 5 * 1024 * 1024;
 pub struct Config {
     /// Endpoint key: when set, requests must carry `Authorization: Bearer <key>`.
     pub key: Option<String>,
+    /// `aad_token` mode: when set, requests must carry an Entra token it accepts.
+    pub aad: Option<AadConfig>,
     /// Don't log each request to stderr (for load benchmarks).
     pub quiet: bool,
 }
@@ -42,17 +49,24 @@ pub fn serve(server: Server, config: Config) -> Result<Running, String> {
     } else {
         server.log_as("mock-aml")
     };
-    server.spawn(move |req| handle(&config, req).into())
+    let aad = config.aad.clone().map(AadVerifier::new);
+    server.spawn(move |req| handle(&config, aad.as_ref(), req).into())
 }
 
-/// Answers one request.
-pub fn handle(config: &Config, req: &mut Request) -> Reply {
+/// Answers one request (`aad`: the verifier of `config.aad`).
+pub fn handle(config: &Config, aad: Option<&AadVerifier>, req: &mut Request) -> Reply {
     let method = req.method().clone();
     let path = req.url().split('?').next().unwrap_or("").to_string();
-    route(config, req, &method, &path)
+    route(config, aad, req, &method, &path)
 }
 
-fn route(config: &Config, req: &mut Request, method: &Method, path: &str) -> Reply {
+fn route(
+    config: &Config,
+    aad: Option<&AadVerifier>,
+    req: &mut Request,
+    method: &Method,
+    path: &str,
+) -> Reply {
     let is_get = *method == Method::GET || *method == Method::HEAD;
     if is_get && (path == "/health" || path == "/") {
         return Reply::json(200, &json!({"status": "ok"}));
@@ -80,6 +94,14 @@ fn route(config: &Config, req: &mut Request, method: &Method, path: &str) -> Rep
             );
         }
     }
+    let caller_appid = match aad.map(|v| v.verify(req.header("authorization"))) {
+        None => None,
+        Some(Ok(app)) => Some(app),
+        // No `received` here: it would echo the token.
+        Some(Err(message)) => {
+            return Reply::json(401, &json!({"error": "unauthorized", "message": message}))
+        }
+    };
     let body = match req.read_body(MAX_BODY) {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
@@ -94,16 +116,17 @@ fn route(config: &Config, req: &mut Request, method: &Method, path: &str) -> Rep
         .unwrap_or("blue")
         .to_string();
     let request_id = common::random_hex(16);
-    Reply::json(
-        200,
-        &json!({
-            "predictions": predictions(&body),
-            "deployment": deployment,
-            "received": received,
-        }),
-    )
-    .with_header("azureml-model-deployment", deployment)
-    .with_header("x-request-id", request_id)
+    let mut answer = json!({
+        "predictions": predictions(&body),
+        "deployment": deployment,
+        "received": received,
+    });
+    if let Some(app) = caller_appid {
+        answer["caller_appid"] = json!(app);
+    }
+    Reply::json(200, &answer)
+        .with_header("azureml-model-deployment", deployment)
+        .with_header("x-request-id", request_id)
 }
 
 /// One number per input row (the row's sum, 4 decimals) for `{"input_data": {"data": rows}}`,

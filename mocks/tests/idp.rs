@@ -595,14 +595,21 @@ fn counters_count_and_reset() {
     let form = "grant_type=client_credentials&client_id=c&scope=api://x/.default";
     assert_eq!(post(addr, "/common/oauth2/v2.0/token", form).status, 200);
     get(addr, "/_control/keys");
+    imds_get(
+        addr,
+        "api-version=2018-02-01&resource=https://ml.azure.com",
+        true,
+    );
     assert_eq!(
         stats(addr),
-        json!({"jwks_requests": 4, "discovery_requests": 2, "token_requests": 2})
+        json!({"jwks_requests": 4, "discovery_requests": 2, "token_requests": 2,
+               "token_endpoint_requests": 1, "imds_requests": 1})
     );
     assert_eq!(post(addr, "/_control/reset", "").status, 200);
     assert_eq!(
         stats(addr),
-        json!({"jwks_requests": 0, "discovery_requests": 0, "token_requests": 0})
+        json!({"jwks_requests": 0, "discovery_requests": 0, "token_requests": 0,
+               "token_endpoint_requests": 0, "imds_requests": 0})
     );
 }
 
@@ -672,4 +679,265 @@ fn binary_announces_port_and_exits_on_stdin_eof() {
         assert!(Instant::now() < deadline, "did not exit on stdin EOF");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+const IMDS: &str = "/metadata/identity/oauth2/token";
+const ML: &str = "https://ml.azure.com";
+
+/// `GET` IMDS with `query`, with or without `Metadata: true`.
+fn imds_get(addr: SocketAddr, query: &str, metadata: bool) -> common::Resp {
+    let headers: &[(&str, &str)] = if metadata {
+        &[("Metadata", "true")]
+    } else {
+        &[]
+    };
+    request(addr, "GET", &format!("{IMDS}?{query}"), headers, b"").expect("IMDS GET")
+}
+
+fn control(addr: SocketAddr, path_and_query: &str) -> Value {
+    let r = post(addr, &format!("/_control/{path_and_query}"), "");
+    assert_eq!(
+        r.status,
+        200,
+        "{path_and_query}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    r.json()
+}
+
+#[test]
+fn imds_answers_like_azure_imds_with_a_verifiable_v1_token() {
+    let addr = start();
+    let before = aml_mocks::common::now();
+    let r = imds_get(
+        addr,
+        "api-version=2018-02-01&resource=https%3A%2F%2Fml.azure.com",
+        true,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let a = r.json();
+    // Every number is a string, as IMDS sends them.
+    for field in ["expires_in", "expires_on", "ext_expires_in", "not_before"] {
+        let v = a[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} is not a string: {a}"));
+        assert!(v.parse::<i64>().is_ok(), "{field}: {v}");
+    }
+    assert_eq!(a["expires_in"], "3599");
+    assert_eq!(a["ext_expires_in"], "3599");
+    let num = |f: &str| a[f].as_str().unwrap().parse::<i64>().unwrap();
+    assert_eq!(num("expires_on") - num("not_before"), 3599);
+    assert!((before..=before + 2).contains(&num("not_before")));
+    assert_eq!(a["resource"], ML);
+    assert_eq!(a["token_type"], "Bearer");
+    assert_eq!(a["client_id"], idp::MANAGED_IDENTITY_CLIENT_ID);
+
+    let token = a["access_token"].as_str().unwrap();
+    let (header, _) = decode(token);
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["kid"], get(addr, "/_control/keys").json()["rsa"]);
+    let c = verify(&jwks(addr), token, b"").expect("IMDS token verifies");
+    assert_eq!(c["iss"], format!("https://sts.windows.net/{TENANT}/"));
+    assert_eq!(c["aud"], ML);
+    assert_eq!(c["appid"], idp::MANAGED_IDENTITY_CLIENT_ID);
+    assert_eq!(c["oid"], idp::stable_uuid(idp::MANAGED_IDENTITY_CLIENT_ID));
+    assert_eq!(c["tid"], TENANT);
+    assert_eq!(c["idtyp"], "app");
+    assert_eq!(c["ver"], "1.0");
+    assert_eq!(c["exp"].as_i64().unwrap(), num("expires_on"));
+
+    // A user-assigned identity: its client id in the answer and the token.
+    let r = imds_get(
+        addr,
+        "api-version=2018-02-01&resource=api://other&client_id=uami-1",
+        true,
+    );
+    let a = r.json();
+    assert_eq!(a["client_id"], "uami-1");
+    assert_eq!(a["resource"], "api://other");
+    let c = verify(&jwks(addr), a["access_token"].as_str().unwrap(), b"").unwrap();
+    assert_eq!(
+        (&c["appid"], &c["aud"]),
+        (&json!("uami-1"), &json!("api://other"))
+    );
+    assert_eq!(c["oid"], idp::stable_uuid("uami-1"));
+    assert_eq!(stats(addr)["imds_requests"], 2);
+}
+
+#[test]
+fn imds_refuses_what_azure_imds_refuses_and_counts_it() {
+    let addr = start();
+    let ok = "api-version=2018-02-01&resource=https://ml.azure.com";
+    let refused = |r: common::Resp, status: u16, description: &str| {
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+        let j = r.json();
+        assert_eq!(j["error"], "invalid_request");
+        assert_eq!(j["error_description"], description);
+        assert!(j.get("access_token").is_none());
+    };
+    refused(
+        imds_get(addr, ok, false),
+        400,
+        "Required metadata header not specified",
+    );
+    let with = |headers: &[(&str, &str)]| {
+        request(addr, "GET", &format!("{IMDS}?{ok}"), headers, b"").unwrap()
+    };
+    refused(
+        with(&[("Metadata", "false")]),
+        400,
+        "Required metadata header not specified",
+    );
+    refused(
+        with(&[("Metadata", "true"), ("X-Forwarded-For", "10.0.0.1")]),
+        400,
+        "Request contains X-Forwarded-For header",
+    );
+    refused(
+        imds_get(addr, "resource=https://ml.azure.com", true),
+        400,
+        "Required query variable 'api-version' is missing",
+    );
+    refused(
+        imds_get(addr, "api-version=2018-02-01", true),
+        400,
+        "Required audience variable missing.",
+    );
+    let r = request(
+        addr,
+        "POST",
+        &format!("{IMDS}?{ok}"),
+        &[("Metadata", "true")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 405);
+    // Header value case does not matter; the request goes through.
+    assert_eq!(with(&[("metadata", "True")]).status, 200);
+    assert_eq!(stats(addr)["imds_requests"], 7);
+}
+
+#[test]
+fn imds_modes_fail_hang_garbage_lifetime_and_reset() {
+    let addr = start();
+    let q = "api-version=2018-02-01&resource=https://ml.azure.com";
+
+    let set = control(addr, "imds?lifetime=30");
+    assert_eq!(set, json!({"mode": "ok", "lifetime": 30, "status": 500}));
+    let a = imds_get(addr, q, true).json();
+    assert_eq!(a["expires_in"], "30");
+    let (_, c) = decode(a["access_token"].as_str().unwrap());
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 30);
+
+    control(addr, "imds?mode=fail");
+    let r = imds_get(addr, q, true);
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["error"], "server_error");
+    assert!(r.json()["error_description"].is_string());
+    control(addr, "imds?mode=fail&status=429");
+    let r = imds_get(addr, q, true);
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (429, json!("temporarily_unavailable"))
+    );
+    // The checks come first: a refused request is refused, whatever the mode.
+    assert_eq!(imds_get(addr, q, false).status, 400);
+
+    control(addr, "imds?mode=garbage");
+    let r = imds_get(addr, q, true);
+    assert_eq!(r.status, 200);
+    assert!(serde_json::from_slice::<Value>(&r.body).is_err());
+
+    control(addr, "imds?mode=hang");
+    let path = format!("{IMDS}?{q}");
+    let t = Instant::now();
+    let hung = request_timeout(
+        addr,
+        "GET",
+        &path,
+        &[("Metadata", "true")],
+        b"",
+        Duration::from_secs(1),
+    );
+    assert!(hung.is_err(), "hang mode answered");
+    assert!(t.elapsed() >= Duration::from_millis(900));
+    // Other requests are served meanwhile.
+    assert_eq!(get(addr, "/_control/stats").status, 200);
+
+    for bad in [
+        "imds?mode=weird",
+        "imds?lifetime=0",
+        "imds?lifetime=x",
+        "imds?status=200",
+        "imds?status=700",
+    ] {
+        assert_eq!(
+            post(addr, &format!("/_control/{bad}"), "").status,
+            400,
+            "{bad}"
+        );
+    }
+    assert_eq!(stats(addr)["imds_requests"], 6);
+
+    // Reset: counters zero, IMDS back to ok with the default lifetime.
+    assert_eq!(control(addr, "reset")["imds_requests"], 0);
+    let r = imds_get(addr, q, true);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["expires_in"], "3599");
+    assert_eq!(stats(addr)["imds_requests"], 1);
+}
+
+#[test]
+fn token_endpoint_modes_and_counter() {
+    let addr = start();
+    let form = "grant_type=client_credentials&client_id=app-1&client_secret=s\
+                &scope=https%3A%2F%2Fml.azure.com%2F.default";
+    let path = format!("/{TENANT}/oauth2/v2.0/token");
+
+    control(addr, "token_endpoint?lifetime=120");
+    let a = post(addr, &path, form).json();
+    assert_eq!(a["expires_in"], 120, "numbers, as Entra sends them");
+    let c = verify(&jwks(addr), a["access_token"].as_str().unwrap(), b"").unwrap();
+    assert_eq!((&c["azp"], &c["aud"]), (&json!("app-1"), &json!(ML)));
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 120);
+
+    control(addr, "token_endpoint?mode=fail&status=401");
+    let r = post(addr, &path, form);
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (401, json!("invalid_client"))
+    );
+    // v1 too; `/_control/token` is not affected.
+    assert_eq!(
+        post(addr, &format!("/{TENANT}/oauth2/token"), form).status,
+        401
+    );
+    control_token(addr, json!({}));
+
+    control(addr, "token_endpoint?mode=garbage");
+    let r = post(addr, &path, form);
+    assert_eq!(r.status, 200);
+    assert!(serde_json::from_slice::<Value>(&r.body).is_err());
+
+    control(addr, "token_endpoint?mode=hang");
+    let hung = request_timeout(
+        addr,
+        "POST",
+        &path,
+        &[],
+        form.as_bytes(),
+        Duration::from_secs(1),
+    );
+    assert!(hung.is_err(), "hang mode answered");
+
+    // IMDS has its own behaviour.
+    let r = imds_get(addr, "api-version=2018-02-01&resource=x", true);
+    assert_eq!(r.status, 200);
+
+    let s = stats(addr);
+    assert_eq!(s["token_endpoint_requests"], 5);
+    assert_eq!(s["token_requests"], 6, "token endpoint + /_control/token");
+    assert_eq!(s["imds_requests"], 1);
+    control(addr, "token_endpoint?mode=ok");
+    assert_eq!(post(addr, &path, form).status, 200);
 }

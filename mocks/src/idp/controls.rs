@@ -114,16 +114,27 @@ impl Idp {
                 "jwks_requests": self.jwks_requests.load(Ordering::Relaxed),
                 "discovery_requests": self.discovery_requests.load(Ordering::Relaxed),
                 "token_requests": self.token_requests.load(Ordering::Relaxed),
+                "token_endpoint_requests": self.token_endpoint_requests.load(Ordering::Relaxed),
+                "imds_requests": self.imds_requests.load(Ordering::Relaxed),
             }),
         )
     }
+    /// Zeroes the counters and puts IMDS and the token endpoint back to `ok` (the JWKS
+    /// behaviour stays).
     pub(super) fn control_reset(&self) -> Reply {
         for c in [
             &self.jwks_requests,
             &self.discovery_requests,
             &self.token_requests,
+            &self.token_endpoint_requests,
+            &self.imds_requests,
         ] {
             c.store(0, Ordering::Relaxed);
+        }
+        {
+            let mut inner = lock(&self.inner);
+            inner.imds = Default::default();
+            inner.token_endpoint = Default::default();
         }
         self.stats()
     }

@@ -1,11 +1,14 @@
 //! mock-idp: an HTTP server that looks like Microsoft Entra ID (discovery, JWKS,
-//! client-credentials token endpoint) plus `/_control/` endpoints for tests.
+//! client-credentials token endpoint), an Azure IMDS look-alike (managed identity tokens)
+//! and `/_control/` endpoints for tests.
 //!
-//! This file holds the state (keys, JWKS behaviour, counters) and the routes;
-//! `jwks` serves discovery and key sets, `tokens` mints tokens, `controls` are the
-//! `/_control/` endpoints that change or report the state.
+//! This file holds the state (keys, JWKS and token-source behaviours, counters) and the
+//! routes; `jwks` serves discovery and key sets, `tokens` mints tokens, `imds` serves IMDS
+//! and the token sources' failure modes, `controls` are the `/_control/` endpoints that
+//! change or report the state.
 
 mod controls;
+mod imds;
 mod jwks;
 mod tokens;
 
@@ -18,6 +21,8 @@ use crate::common::{self, split_url, Reply};
 use crate::http::{self, Method, Outcome, Request, Running, Server};
 use crate::keys::{Family, KeyPair};
 
+use imds::GrantBehaviour;
+pub use imds::GrantMode;
 use jwks::JwksBehaviour;
 pub use jwks::JwksMode;
 pub use tokens::stable_uuid;
@@ -29,6 +34,9 @@ pub const DEFAULT_KID_PREFIX: &str = "mock";
 pub const DEFAULT_HMAC_SECRET: &str = "mock-hmac-secret-change-me-0123456789";
 /// Client id used by `/_control/token` when the request names none.
 pub const DEFAULT_CLIENT_ID: &str = "3f6b5a7e-6a55-4d3c-9a3b-6d1c2e7f8a90";
+/// Client id of the VM's managed identity: IMDS tokens carry it (`appid`) unless the request
+/// names a user-assigned identity (`client_id=`).
+pub const MANAGED_IDENTITY_CLIENT_ID: &str = "9c1e4f3a-2b7d-4e8f-a6c5-0d3b2a1f4e6c";
 /// Audience used when a token request names no scope.
 pub const DEFAULT_AUDIENCE: &str = "api://azureml-gateway";
 pub const TOKEN_LIFETIME: i64 = 3599;
@@ -73,6 +81,9 @@ struct FamilyKeys {
 struct Inner {
     families: Vec<FamilyKeys>,
     jwks: JwksBehaviour,
+    imds: GrantBehaviour,
+    /// The client-credentials endpoints' behaviour.
+    token_endpoint: GrantBehaviour,
 }
 
 /// The mock identity provider's state. Cheap to share: `Arc<Idp>`.
@@ -82,7 +93,11 @@ pub struct Idp {
     inner: Mutex<Inner>,
     jwks_requests: AtomicU64,
     discovery_requests: AtomicU64,
+    /// Client-credentials endpoint and `/_control/token` requests.
     token_requests: AtomicU64,
+    /// Client-credentials endpoint requests only.
+    token_endpoint_requests: AtomicU64,
+    imds_requests: AtomicU64,
 }
 
 /// Binds `listen`, generates the keys and serves in the background until the process
@@ -137,10 +152,14 @@ impl Idp {
             inner: Mutex::new(Inner {
                 families,
                 jwks: JwksBehaviour::default(),
+                imds: GrantBehaviour::default(),
+                token_endpoint: GrantBehaviour::default(),
             }),
             jwks_requests: AtomicU64::new(0),
             discovery_requests: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
+            token_endpoint_requests: AtomicU64::new(0),
+            imds_requests: AtomicU64::new(0),
         })
     }
 
@@ -178,6 +197,8 @@ impl Idp {
             (["_control", "rotate"], _, true) => self.control_rotate(query),
             (["_control", "retire"], _, true) => self.control_retire(),
             (["_control", "jwks"], _, true) => self.control_jwks(query),
+            (["_control", "imds"], _, true) => self.control_imds(query),
+            (["_control", "token_endpoint"], _, true) => self.control_token_endpoint(query),
             (["_control", "stats"], true, _) => self.stats(),
             (["_control", "reset"], _, true) => self.control_reset(),
             (["_control", "keys"], true, _) => self.control_keys(),
@@ -191,8 +212,11 @@ impl Idp {
             ([_, "discovery", "v2.0", "keys"], true, _) | ([_, "discovery", "keys"], true, _) => {
                 return self.jwks();
             }
-            ([tenant, "oauth2", "v2.0", "token"], _, true) => self.oauth_token(req, tenant, 2),
-            ([tenant, "oauth2", "token"], _, true) => self.oauth_token(req, tenant, 1),
+            (["metadata", "identity", "oauth2", "token"], _, _) => return self.imds(req, query),
+            ([tenant, "oauth2", "v2.0", "token"], _, true) => {
+                return self.token_endpoint(req, tenant, 2)
+            }
+            ([tenant, "oauth2", "token"], _, true) => return self.token_endpoint(req, tenant, 1),
             _ => Reply::error(404, "not_found", format!("no route for {method} {path}")),
         };
         reply.into()

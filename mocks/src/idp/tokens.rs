@@ -15,8 +15,15 @@ use crate::keys::{self, AlgKey, Family, KeyPair, Signer};
 const MAX_FORM_BODY: usize = 64 * 1024;
 
 impl Idp {
-    pub(super) fn oauth_token(&self, req: &mut Request, tenant: &str, ver: u8) -> Reply {
-        self.token_requests.fetch_add(1, Ordering::Relaxed);
+    /// A client-credentials answer valid `lifetime` seconds (the endpoint's behaviour, a
+    /// failure mode included, is applied by the caller: `imds::Idp::token_endpoint`).
+    pub(super) fn oauth_token(
+        &self,
+        req: &mut Request,
+        tenant: &str,
+        ver: u8,
+        lifetime: i64,
+    ) -> Reply {
         let body = match req.read_body(MAX_FORM_BODY) {
             Ok(b) => b,
             Err(_) => return oauth_error("invalid_request", "AADSTS900144: unreadable body"),
@@ -78,7 +85,7 @@ impl Idp {
             claims,
             header: Map::new(),
             sign_with: SignWith::Current,
-            expires_in: TOKEN_LIFETIME,
+            expires_in: lifetime,
             omit_kid: false,
         };
         match self.mint(&mint) {
@@ -86,8 +93,8 @@ impl Idp {
                 200,
                 &json!({
                     "token_type": "Bearer",
-                    "expires_in": TOKEN_LIFETIME,
-                    "ext_expires_in": TOKEN_LIFETIME,
+                    "expires_in": lifetime,
+                    "ext_expires_in": lifetime,
                     "access_token": t.token,
                 }),
             ),
@@ -171,7 +178,7 @@ impl Idp {
         Ok((kid, shadow))
     }
 
-    fn mint(&self, m: &Mint) -> Result<Minted, String> {
+    pub(super) fn mint(&self, m: &Mint) -> Result<Minted, String> {
         let now = common::now();
         let exp = now + m.expires_in;
         // An already-expired token looks like one issued an hour before it expired.
@@ -245,29 +252,29 @@ impl Idp {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SignWith {
+pub(super) enum SignWith {
     Current,
     Forged,
     Unpublished,
 }
 
 /// What to mint.
-struct Mint {
-    tenant: String,
-    ver: u8,
-    alg: String,
-    client_id: String,
+pub(super) struct Mint {
+    pub(super) tenant: String,
+    pub(super) ver: u8,
+    pub(super) alg: String,
+    pub(super) client_id: String,
     /// Merged over the default claims; `null` removes a claim.
-    claims: Map<String, Value>,
+    pub(super) claims: Map<String, Value>,
     /// Merged over the default header; `null` removes a field.
-    header: Map<String, Value>,
-    sign_with: SignWith,
-    expires_in: i64,
-    omit_kid: bool,
+    pub(super) header: Map<String, Value>,
+    pub(super) sign_with: SignWith,
+    pub(super) expires_in: i64,
+    pub(super) omit_kid: bool,
 }
 
-struct Minted {
-    token: String,
+pub(super) struct Minted {
+    pub(super) token: String,
     header: Value,
     claims: Value,
 }
