@@ -3,7 +3,10 @@
 //! `DEMO_ONCE=1` exits after the tour; `DEMO_HOST=kong` runs it through Kong Gateway 3.9
 //! (`/opt/kong/bin/kong` or `$AMLK_KONG`) instead of Envoy.
 
-use aml_harness::{teams_filter_config, Gateway, Host, Proxy, Resp, AUDIENCE, OTHER_TENANT};
+use aml_harness::{
+    default_filter_config, teams_filter_config, Gateway, Host, Proxy, Resp, AUDIENCE,
+    MANAGED_IDENTITY_CLIENT_ID, OTHER_TENANT,
+};
 use serde_json::{json, Value};
 
 const BODY: &str = r#"{"input_data": {"data": [[1.0, 2.0, 3.5], [0.5, 0.5, 0.5]]}}"#;
@@ -58,6 +61,74 @@ fn outcome(r: &Resp) -> String {
                 .unwrap_or("no WWW-Authenticate")
         ),
     }
+}
+
+/// The gateway's own identity instead of an endpoint key: a second gateway whose backend is
+/// in `aad_token` mode and accepts only the gateway's managed-identity token (from the mock
+/// IdP's IMDS).
+fn keyless(host: Host, caller_token: &str) -> Result<(), String> {
+    println!("\nAzure ML without endpoint keys: the backend (aad_token mode) accepts only the gateway's own");
+    println!(
+        "Entra token, which the filter gets from (mock) IMDS as the gateway's managed identity ..."
+    );
+    let gw = Gateway::builder(host)
+        .aad_backend(MANAGED_IDENTITY_CLIENT_ID)
+        .start(|idp_port| {
+            let mut c = default_filter_config(idp_port);
+            c["upstream_credentials"] = json!([{"name": "aml", "managed_identity": {
+                "endpoint": format!("http://127.0.0.1:{idp_port}/metadata/identity/oauth2/token"),
+                "upstream": "mock_idp"}}]);
+            let score = &mut c["routes"][1];
+            score["upstream_credential"] = json!("aml");
+            if let Some(o) = score.as_object_mut() {
+                o.remove("set_request_headers");
+            }
+            c
+        })?;
+    let token = gw
+        .idp
+        .client_credentials("fraud-scoring-svc", "Endpoint.Score", Some("fraud"))
+        .unwrap_or_else(|_| caller_token.to_string());
+    // The first token request goes out on the workers' first tick.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let r = loop {
+        let r = aml_harness::post_score(&gw.url("/score"), Some(&token), &[])?;
+        if r.status == 200 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let j = r.json();
+    let auth = r.backend_values("authorization");
+    let caller_token_seen = r.body.contains(&token);
+    println!(
+        "{:<52} POST /score\n    -> {}",
+        "fraud service, route with upstream_credential",
+        if r.status == 200 {
+            format!(
+                "ALLOWED 200  backend verified the caller app {} (the gateway), Authorization: Bearer {}...; caller's token upstream: {}",
+                j["caller_appid"].as_str().unwrap_or("?"),
+                auth.first()
+                    .and_then(|a| a.strip_prefix("Bearer "))
+                    .map(|t| t.chars().take(12).collect::<String>())
+                    .unwrap_or_default(),
+                if caller_token_seen { "YES (bug)" } else { "no" }
+            )
+        } else {
+            outcome(&r)
+        }
+    );
+    let denied = aml_harness::post_score(&gw.url("/score"), None, &[])?;
+    println!(
+        "{:<52} POST /score\n    -> {}",
+        "anonymous caller, same route",
+        outcome(&denied)
+    );
+    println!(
+        "    mock IMDS answered {} token request(s) for the whole node",
+        gw.idp.imds_requests().unwrap_or(0)
+    );
+    Ok(())
 }
 
 fn run() -> Result<(), String> {
@@ -156,6 +227,7 @@ fn run() -> Result<(), String> {
     if let Some(line) = audit.last() {
         println!("    {line}");
     }
+    keyless(host, &fraud)?;
     if std::env::var("DEMO_ONCE")
         .map(|v| v == "1")
         .unwrap_or(false)
