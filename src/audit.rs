@@ -64,6 +64,9 @@ pub struct AuditRecord {
     pub app: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kid: Option<String>,
+    /// The gateway's own credential the request went upstream with (`upstream_credential`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 fn cut(s: &str, max: usize) -> String {
@@ -98,6 +101,7 @@ impl AuditRecord {
             tid: None,
             subject: None,
             app: None,
+            credential: None,
             kid: None,
         }
     }

@@ -462,12 +462,22 @@ pub fn parse(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
     let cfg: FilterConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        ConfigError::new(
-            if path == "." { String::new() } else { path },
-            clean_serde_message(&inner),
-        )
+        let message = if holds_secret(&path) {
+            "invalid value (not shown: the field holds a secret)".to_string()
+        } else {
+            clean_serde_message(&inner)
+        };
+        ConfigError::new(if path == "." { String::new() } else { path }, message)
     })?;
     Ok(cfg)
+}
+
+/// Fields whose values are secrets (serde's messages quote the value): client and HMAC
+/// secrets, and headers set upstream (endpoint keys).
+fn holds_secret(path: &str) -> bool {
+    path.ends_with("client_secret")
+        || path.ends_with("hmac_secret")
+        || path.contains("set_request_headers")
 }
 
 /// serde_json appends " at line X column Y"; keep the message about the value only.
@@ -482,6 +492,32 @@ fn clean_serde_message(e: &serde_json::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_in_secret_fields_never_quote_the_value() {
+        let cases = [
+            (
+                r#"{"upstream_credentials": [{"name": "a", "client_credentials": {"token_endpoint": "https://h/t", "client_id": "c", "client_secret": 987654321}}]}"#,
+                "987654321",
+            ),
+            (
+                r#"{"providers": [{"name": "p", "issuers": ["i"], "audiences": ["a"], "hmac_secret": ["s3cr3t-hmac"]}]}"#,
+                "s3cr3t-hmac",
+            ),
+            (
+                r#"{"routes": [{"name": "r", "set_request_headers": {"authorization": 123456789}}]}"#,
+                "123456789",
+            ),
+        ];
+        for (json, secret) in cases {
+            let e = parse(json.as_bytes()).unwrap_err();
+            assert!(!e.to_string().contains(secret), "{e}");
+            assert!(
+                e.path.contains("secret") || e.path.contains("set_request_headers"),
+                "{e}"
+            );
+        }
+    }
 
     const MINIMAL: &str = r#"{
         "providers": [{"name": "entra", "issuers": ["https://login.microsoftonline.com/{tenantid}/v2.0"],

@@ -253,8 +253,11 @@ impl Filter {
             &request_id,
             audit,
         );
-        if let (Decision::Allow { ops, .. }, Some(t)) = (&mut decision, upstream_token) {
+        if let (Decision::Allow { ops, audit }, Some(t)) = (&mut decision, upstream_token) {
             lend_credential(ops, &t);
+            audit.credential = credential
+                .and_then(|c| self.credentials.specs.get(c))
+                .map(|spec| spec.name.clone());
         }
         decision
     }
@@ -1078,10 +1081,18 @@ mod tests {
             assert!(!format!("{ops:?}").contains(&t));
             assert_eq!(set(&ops, "x-caller-oid"), Some(OID));
             assert_eq!(run.env.credential_asks, vec![0]);
+            if let Decision::Allow { audit, .. } = run.bearer("POST", "/gw/score", &t) {
+                assert_eq!(audit.credential.as_deref(), Some("aml"));
+                let line = serde_json::to_string(&audit).unwrap();
+                assert!(
+                    line.contains(r#""credential":"aml""#) && !line.contains("gw-token"),
+                    "{line}"
+                );
+            }
             // Other routes never touch it.
             let ops = allowed(&run.bearer("GET", "/any/x", &t)).to_vec();
             assert_ne!(set(&ops, "authorization"), Some("Bearer gw-token"));
-            assert_eq!(run.env.credential_asks, vec![0]);
+            assert_eq!(run.env.credential_asks, vec![0, 0]);
         }
     }
 

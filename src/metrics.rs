@@ -88,6 +88,11 @@ pub fn credential_gauge(credential: &str) -> String {
     format!("credential_valid_seconds_credential={}", label(credential))
 }
 
+/// Seconds since the gateway's current token for `credential` arrived.
+pub fn credential_age_gauge(credential: &str) -> String {
+    format!("credential_age_seconds_credential={}", label(credential))
+}
+
 /// JWKS health gauges for one provider: usable keys, and age of the key set in seconds.
 pub fn jwks_gauges(provider: &str) -> (String, String) {
     let p = label(provider);

@@ -1214,6 +1214,11 @@ fn metric_names_yield_the_documented_labels() {
             "pw_azure_ml_kong_credential_valid_seconds",
             l(&[("credential", "aml-sp")]),
         ),
+        (
+            "credential_age_seconds_credential=aml-sp",
+            "pw_azure_ml_kong_credential_age_seconds",
+            l(&[("credential", "aml-sp")]),
+        ),
     ];
     // The names above are the ones the filter builds (src/metrics.rs).
     let (keys, age) = azure_ml_kong::metrics::jwks_gauges("Entra");
@@ -1222,6 +1227,7 @@ fn metric_names_yield_the_documented_labels() {
         age,
         azure_ml_kong::metrics::decision_counter(&denied_audit()),
         azure_ml_kong::metrics::credential_gauge("aml_sp"),
+        azure_ml_kong::metrics::credential_age_gauge("aml_sp"),
     ];
     for name in &filter_names {
         assert!(

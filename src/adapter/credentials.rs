@@ -56,6 +56,10 @@ impl CredentialManager {
                 let name = crate::metrics::credential_gauge(&c.spec().name);
                 cx.metrics
                     .gauge(cx.host, &name, c.usable_for_secs(cx.now_ms));
+                if let Some(age) = c.age_secs(cx.now_ms) {
+                    let name = crate::metrics::credential_age_gauge(&c.spec().name);
+                    cx.metrics.gauge(cx.host, &name, age);
+                }
             }
         }
         wakes

@@ -218,6 +218,13 @@ impl CredentialCache {
         })
     }
 
+    /// Seconds since the current token arrived on this node (`None`: no token).
+    pub fn age_secs(&self, now_ms: u64) -> Option<u64> {
+        self.held
+            .as_ref()
+            .map(|h| now_ms.saturating_sub(h.life.obtained_ms) / 1000)
+    }
+
     /// Envoy: a request needs the token and [`Self::token`] was `None`.
     pub fn wait(&mut self, id: u32, now_ms: u64) -> WaitAnswer {
         if self.token(now_ms).is_some() {
