@@ -135,26 +135,12 @@ impl<H: Host> Context for Http<H> {
             if self.waiting {
                 st.waiters.retain(|w| w.context_id != self.context_id);
                 st.keys.cancel_waiter(self.context_id);
-            }
-            if self.waiting {
                 st.creds.cancel_waiter(self.context_id);
             }
-            if let Some((call, _)) = self.ride.take() {
-                match call.what {
-                    Riding::Keys { provider, .. } => st.keys.ride_ended(provider),
-                    Riding::Credential(ride) => {
-                        let st = &mut *st;
-                        let mut cx = Cx {
-                            host: &self.host,
-                            now_ms: self.host.now_ms(),
-                            random: st.rng.next(),
-                            metrics: &mut st.metrics,
-                        };
-                        st.creds.ride_ended(&mut cx, ride);
-                    }
-                }
-            }
             st.denied.retain(|id| *id != self.context_id);
+        }
+        if let Some((call, _)) = self.ride.take() {
+            self.end_ride(call.what);
         }
         true
     }
