@@ -13,7 +13,7 @@ use super::credentials::CredentialRide;
 use super::host::{Host, Outbound};
 use super::outcome::{self, KongProps, Publish};
 use super::state::{Pending, RideRequest, State, Waiter};
-use super::waiting::{Cx, WaitMode};
+use super::waiting::WaitMode;
 use crate::engine::Decision;
 use crate::keycache::{FetchRequest, Step};
 
@@ -86,16 +86,10 @@ impl<H: Host> Context for Http<H> {
         if let Riding::Keys { provider, step } = call.what {
             let next = match self.state.try_borrow_mut() {
                 Ok(mut st) => {
-                    let st = &mut *st;
-                    let mut cx = Cx {
-                        host: &self.host,
-                        now_ms: now,
-                        random: st.rng.next(),
-                        metrics: &mut st.metrics,
-                    };
-                    let next = st.keys.on_ride_response(&mut cx, provider, step, body_size);
+                    let (mut cx, keys, _) = st.parts(&self.host, now);
+                    let next = keys.on_ride_response(&mut cx, provider, step, body_size);
                     if next.is_none() {
-                        st.keys.ride_ended(provider);
+                        keys.ride_ended(provider);
                     }
                     next
                 }
@@ -114,14 +108,8 @@ impl<H: Host> Context for Http<H> {
         }
         if let Riding::Credential(ride) = call.what {
             if let Ok(mut st) = self.state.try_borrow_mut() {
-                let st = &mut *st;
-                let mut cx = Cx {
-                    host: &self.host,
-                    now_ms: now,
-                    random: st.rng.next(),
-                    metrics: &mut st.metrics,
-                };
-                st.creds.on_ride_response(&mut cx, ride, body_size);
+                let (mut cx, _, creds) = st.parts(&self.host, now);
+                creds.on_ride_response(&mut cx, ride, body_size);
             }
         }
         // Decided again from this, its own, callback: answered here, or resumed by Kong's
@@ -322,14 +310,8 @@ impl<H: Host> Http<H> {
         match what {
             Riding::Keys { provider, .. } => st.keys.ride_ended(provider),
             Riding::Credential(ride) => {
-                let st = &mut *st;
-                let mut cx = Cx {
-                    host: &self.host,
-                    now_ms: self.host.now_ms(),
-                    random: st.rng.next(),
-                    metrics: &mut st.metrics,
-                };
-                st.creds.ride_ended(&mut cx, ride);
+                let (mut cx, _, creds) = st.parts(&self.host, self.host.now_ms());
+                creds.ride_ended(&mut cx, ride);
             }
         }
     }

@@ -14,7 +14,7 @@ use super::http::Http;
 use super::keys::KeyManager;
 use super::outcome::{self, Publish};
 use super::state::State;
-use super::waiting::{Cx, WaitMode, Wake};
+use super::waiting::{WaitMode, Wake};
 use crate::engine::{Decision, Filter};
 use crate::verify::VerifiedCache;
 
@@ -104,16 +104,10 @@ impl<H: Host + Clone> Context for Root<H> {
         let now = self.host.now_ms();
         let wakes = match self.state.try_borrow_mut() {
             Ok(mut st) => {
-                let st = &mut *st;
-                let mut cx = Cx {
-                    host: &self.host,
-                    now_ms: now,
-                    random: st.rng.next(),
-                    metrics: &mut st.metrics,
-                };
-                match st.creds.on_http_call_response(&mut cx, token_id, body_size) {
+                let (mut cx, keys, creds) = st.parts(&self.host, now);
+                match creds.on_http_call_response(&mut cx, token_id, body_size) {
                     Some(wakes) => wakes,
-                    None => st.keys.on_http_call_response(&mut cx, token_id, body_size),
+                    None => keys.on_http_call_response(&mut cx, token_id, body_size),
                 }
             }
             Err(_) => Vec::new(),
@@ -167,15 +161,9 @@ impl<H: Host + Clone + 'static> RootContext for Root<H> {
         let now = self.host.now_ms();
         let wakes = match self.state.try_borrow_mut() {
             Ok(mut st) => {
-                let st = &mut *st;
-                let mut cx = Cx {
-                    host: &self.host,
-                    now_ms: now,
-                    random: st.rng.next(),
-                    metrics: &mut st.metrics,
-                };
-                let mut wakes = st.keys.on_tick(&mut cx);
-                wakes.extend(st.creds.on_tick(&mut cx));
+                let (mut cx, keys, creds) = st.parts(&self.host, now);
+                let mut wakes = keys.on_tick(&mut cx);
+                wakes.extend(creds.on_tick(&mut cx));
                 wakes
             }
             Err(_) => Vec::new(),

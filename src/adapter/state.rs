@@ -107,6 +107,22 @@ impl State {
         }
     }
 
+    /// What a key-cache or credential call needs, borrowed apart from the managers it is
+    /// handed to: the host, the time, fresh randomness and the metrics.
+    pub fn parts<'a, H: Host>(
+        &'a mut self,
+        host: &'a H,
+        now_ms: u64,
+    ) -> (Cx<'a, H>, &'a mut KeyManager, &'a mut CredentialManager) {
+        let cx = Cx {
+            host,
+            now_ms,
+            random: self.rng.next(),
+            metrics: &mut self.metrics,
+        };
+        (cx, &mut self.keys, &mut self.creds)
+    }
+
     /// The configured realm (its default when the configuration is missing or invalid).
     pub fn realm(&self) -> &str {
         match &self.filter {
