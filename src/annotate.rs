@@ -71,6 +71,8 @@ pub struct Annotator {
     token_headers: Vec<String>,
     token_queries: Vec<String>,
     token_cookies: Vec<String>,
+    /// `x-caller-name` is the filter's (the caller registry is in use).
+    caller_header: bool,
 }
 
 impl Annotator {
@@ -123,6 +125,7 @@ impl Annotator {
             token_headers: Vec::new(),
             token_queries: Vec::new(),
             token_cookies: Vec::new(),
+            caller_header: !cfg.callers.is_empty(),
         };
         for s in &cfg.token_sources {
             if let Some(h) = &s.header {
@@ -148,6 +151,7 @@ impl Annotator {
                     .flat_map(|r| r.set_request_headers.iter().map(|(n, _)| n.as_str())),
             )
             .chain([X_REQUEST_ID, X_MS_CLIENT_REQUEST_ID])
+            .chain(self.caller_header.then_some(crate::callers::X_CALLER_NAME))
             .chain(
                 self.token_headers
                     .iter()

@@ -64,6 +64,12 @@ pub struct AuditRecord {
     pub app: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kid: Option<String>,
+    /// The registered caller of a verified token (`callers`), or `unregistered`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// The registered caller's owner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// The gateway's own credential the request went upstream with (`upstream_credential`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
@@ -103,6 +109,8 @@ impl AuditRecord {
             app: None,
             credential: None,
             kid: None,
+            caller: None,
+            owner: None,
         }
     }
 

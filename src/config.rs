@@ -62,6 +62,33 @@ pub struct FilterConfig {
     pub cache: CacheConfig,
     #[serde(default, deserialize_with = "lenient_vec")]
     pub upstream_credentials: Vec<UpstreamCredentialConfig>,
+    /// Who owns which client app (compiled by `callers::Registry::compile`).
+    #[serde(default, deserialize_with = "lenient_vec")]
+    pub callers: Vec<CallerConfig>,
+    #[serde(default)]
+    pub unknown_callers: UnknownCallers,
+}
+
+/// `callers[]`: one registered client application (or several app ids of one caller).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerConfig {
+    pub name: String,
+    #[serde(deserialize_with = "lenient_vec")]
+    pub app_ids: Vec<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub contact: Option<String>,
+}
+
+/// `unknown_callers`: what a verified token from an unregistered app gets.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownCallers {
+    #[default]
+    Allow,
+    Deny,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +165,20 @@ pub struct RouteConfig {
     /// gateway's own token instead of the caller's.
     #[serde(default)]
     pub upstream_credential: Option<String>,
+    #[serde(default)]
+    pub concurrency_limit: Option<ConcurrencyLimitConfig>,
+    /// Allow-list of registered caller names (`callers[].name`).
+    #[serde(default, deserialize_with = "lenient_opt_vec")]
+    pub callers: Option<Vec<String>>,
+}
+
+/// `routes[].concurrency_limit`: requests of one key in flight upstream at once, per node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyLimitConfig {
+    pub max_in_flight: u64,
+    #[serde(default = "default_rate_limit_key")]
+    pub key: String,
 }
 
 /// `managed_identity.resource` default: the Azure ML data plane.

@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use crate::annotate::{self, Annotator, HeaderOp};
 use crate::audit::AuditRecord;
+use crate::callers::{self, Registry};
 use crate::claims::Claims;
 use crate::config::{
     self, AuthMode, ConfigError, CorsPreflight, FilterConfig, LogLevel, OnNoRoute,
@@ -37,6 +38,8 @@ pub struct Filter {
     pub jwks_sources: Vec<Option<JwksSource>>,
     /// The gateway's own credentials and which route uses which.
     pub credentials: credential::spec::Credentials,
+    /// Registered callers and each route's allow-list.
+    pub callers: Registry,
 }
 
 /// What the adapter must do with the request.
@@ -133,9 +136,11 @@ impl Filter {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let credentials = credential::spec::compile_all(&config)?;
+        let callers = Registry::compile(&config)?;
         validate::check(&config)?;
         Ok(Filter {
             credentials,
+            callers,
             config,
             providers,
             tokens,
@@ -211,10 +216,15 @@ impl Filter {
                 return self.deny(reason, &request_id, retry, audit)
             }
         };
+        let caller = self.callers.identify(&verified.claims);
+        self.note_caller(&mut audit, caller);
         if let Some(r) = route {
             if let Err(reason) = r.authorize(&verified.claims, params) {
                 return self.deny(reason, &request_id, None, audit);
             }
+        }
+        if let Err(reason) = self.callers.admit(found.as_ref().map(|m| m.index), caller) {
+            return self.deny(reason, &request_id, None, audit);
         }
         // Before the rate limit, so a request that waits for the token and is decided
         // again is counted once.
@@ -237,11 +247,18 @@ impl Filter {
         };
         if let Some(r) = route {
             if let Some(rl) = &r.rate_limit {
-                let bucket = ratelimit::bucket_key(&r.name, &rl.key, &verified.claims);
+                let value = self.limit_key(&rl.key, &verified.claims, caller);
+                let bucket = ratelimit::bucket_key_for_value(&r.name, &value);
                 let verdict = env.rate_limit(&bucket, rl.requests, rl.window_seconds);
                 if !verdict.allowed {
                     let retry = Some(verdict.retry_after_secs);
-                    return self.deny(Reason::RateLimited, &request_id, retry, audit);
+                    let mut d = self.deny(Reason::RateLimited, &request_id, retry, audit);
+                    if let Decision::Deny { response, .. } = &mut d {
+                        response
+                            .headers
+                            .extend(ratelimit::limit_headers(&r.name, rl, &verdict));
+                    }
+                    return d;
                 }
             }
         }
@@ -354,6 +371,39 @@ impl Filter {
         }
     }
 
+    /// The audit record names the verified token's caller (registered or `unregistered`).
+    fn note_caller(&self, audit: &mut AuditRecord, caller: Option<usize>) {
+        let registered = caller.and_then(|c| self.callers.get(c));
+        audit.caller = Some(self.callers.name_of(caller).to_string());
+        audit.owner = registered.and_then(|c| c.owner.clone());
+    }
+
+    /// The value a limit counts under: the `caller` key is the registered name (else the
+    /// client app id, so unregistered apps do not share one bucket); claim keys as before.
+    fn limit_key<'c>(
+        &self,
+        key: &[String],
+        claims: &'c Claims,
+        caller: Option<usize>,
+    ) -> std::borrow::Cow<'c, str> {
+        if matches!(key, [k] if k == "caller") {
+            if let Some(c) = caller.and_then(|c| self.callers.get(c)) {
+                return std::borrow::Cow::Owned(format!("caller:{}", c.name));
+            }
+            let app: Vec<String> = callers::APP_ID_CLAIMS
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            return match ratelimit::caller_key(&app, Some(claims)) {
+                std::borrow::Cow::Borrowed(ratelimit::ANONYMOUS) => {
+                    std::borrow::Cow::Borrowed(ratelimit::ANONYMOUS)
+                }
+                v => std::borrow::Cow::Owned(format!("app:{v}")),
+            };
+        }
+        ratelimit::caller_key(key, Some(claims))
+    }
+
     fn allow(
         &self,
         route: Option<&Route>,
@@ -363,7 +413,19 @@ impl Filter {
         request_id: &str,
         mut audit: AuditRecord,
     ) -> Decision {
-        let ops = self.annotator.plan(route, claims, token, req, request_id);
+        let mut ops = self.annotator.plan(route, claims, token, req, request_id);
+        if self.callers.is_active() {
+            // Set in place on every allowed request, "" without a registered caller, so a
+            // client's own copy never reaches the backend.
+            let name = match audit.caller.as_deref() {
+                Some(n) if n != callers::UNREGISTERED && claims.is_some() => n.to_string(),
+                _ => String::new(),
+            };
+            ops.push(HeaderOp::Set {
+                name: callers::X_CALLER_NAME.into(),
+                value: name,
+            });
+        }
         audit.allow();
         Decision::Allow { ops, audit }
     }
@@ -607,6 +669,8 @@ mod tests {
             ratelimit::Verdict {
                 allowed: !self.limited,
                 retry_after_secs: if self.limited { 17 } else { 0 },
+                remaining: if self.limited { 0 } else { 3 },
+                reset_secs: if self.limited { 17 } else { 40 },
             }
         }
         fn upstream_token(&mut self, credential: usize) -> CredentialState {
@@ -877,6 +941,139 @@ mod tests {
         );
         assert_deny(&run.call("GET", "/elsewhere", &[]), 403, "no_route");
         assert_eq!(run.env.key_lookups, 0);
+    }
+
+    const CALLERS: &str = r#", "callers": [
+        {"name": "fraud-scoring", "app_ids": ["app-1"], "owner": "fraud-team", "contact": "oncall@x"},
+        {"name": "batch", "app_ids": ["app-2"]}]"#;
+
+    #[track_caller]
+    fn audit_of(d: &Decision) -> &AuditRecord {
+        match d {
+            Decision::Allow { audit, .. } | Decision::Deny { audit, .. } => audit,
+            other => panic!("no audit record in {other:?}"),
+        }
+    }
+
+    #[test]
+    fn registered_callers_are_named_and_admitted_by_route() {
+        let cfg = config(CALLERS).replace(
+            r#"{"name": "any", "match": {"path_prefix": "/any/"}}"#,
+            r#"{"name": "any", "match": {"path_prefix": "/any/"}, "callers": ["batch"]}"#,
+        );
+        let f = Filter::from_json(cfg.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let mut run = Run::new(&f, FakeEnv::ready());
+        // azp app-1 is fraud-scoring: named in the audit line and upstream.
+        let d = run.bearer("POST", "/teams/fraud/score", &good());
+        let ops = allowed(&d);
+        assert_eq!(set(ops, "x-caller-name"), Some("fraud-scoring"));
+        let a = audit_of(&d);
+        assert_eq!(
+            (a.caller.as_deref(), a.owner.as_deref()),
+            (Some("fraud-scoring"), Some("fraud-team"))
+        );
+        assert!(crate::metrics::decision_counter(a).contains("_caller=fraud-scoring_"));
+        // A spoofed x-caller-name is overwritten in place; two copies are refused.
+        let auth = format!("Bearer {}", good());
+        let d = run.call(
+            "POST",
+            "/teams/fraud/score",
+            &[("authorization", &auth), ("x-caller-name", "batch")],
+        );
+        assert_eq!(set(allowed(&d), "x-caller-name"), Some("fraud-scoring"));
+        let d = run.call(
+            "POST",
+            "/teams/fraud/score",
+            &[
+                ("authorization", &auth),
+                ("x-caller-name", "a"),
+                ("x-caller-name", "b"),
+            ],
+        );
+        assert_deny(&d, 400, "duplicate_identity_header");
+        // The route admits only batch.
+        let d = run.bearer("GET", "/any/x", &good());
+        assert_deny(&d, 403, "caller_not_allowed");
+        assert_eq!(audit_of(&d).caller.as_deref(), Some("fraud-scoring"));
+        let batch = token(&with(claims(), "azp", json!("app-2")));
+        allowed(&run.bearer("GET", "/any/x", &batch));
+        // v1 tokens name the app in appid.
+        let mut v1 = claims();
+        v1.as_object_mut().unwrap().remove("azp");
+        v1["appid"] = json!("app-2");
+        allowed(&run.bearer("GET", "/any/x", &token(&v1)));
+        // Unregistered: allowed by default, named so, header blank.
+        let stranger = token(&with(claims(), "azp", json!("app-9")));
+        let d = run.bearer("POST", "/teams/fraud/score", &stranger);
+        assert_eq!(set(allowed(&d), "x-caller-name"), Some(""));
+        assert_eq!(audit_of(&d).caller.as_deref(), Some("unregistered"));
+        assert_eq!(audit_of(&d).owner, None);
+        assert_deny(
+            &run.bearer("GET", "/any/x", &stranger),
+            403,
+            "caller_not_allowed",
+        );
+        // Unauthenticated requests carry a blank x-caller-name too.
+        let d = run.call("GET", "/health", &[("x-caller-name", "fraud-scoring")]);
+        assert_eq!(set(allowed(&d), "x-caller-name"), Some(""));
+        // A denial before verification names no caller.
+        let d = run.bearer("POST", "/teams/fraud/score", "not.a.jwt");
+        assert_eq!(audit_of(&d).caller, None);
+    }
+
+    #[test]
+    fn unknown_callers_deny_refuses_unregistered_apps_everywhere() {
+        let f = filter(&format!(r#"{CALLERS}, "unknown_callers": "deny""#));
+        let mut run = Run::new(&f, FakeEnv::ready());
+        allowed(&run.bearer("POST", "/teams/fraud/score", &good()));
+        let stranger = token(&with(claims(), "azp", json!("app-9")));
+        assert_deny(
+            &run.bearer("POST", "/teams/fraud/score", &stranger),
+            403,
+            "caller_unknown",
+        );
+        assert_deny(
+            &run.bearer("GET", "/optional/x", &stranger),
+            403,
+            "caller_unknown",
+        );
+        // Without a token there is no caller to refuse: auth none / optional stay open.
+        allowed(&run.call("GET", "/optional/x", &[]));
+        allowed(&run.call("GET", "/health", &[]));
+        // Without a registry nothing changes: no header, every app admitted.
+        let plain = filter("");
+        let mut run = Run::new(&plain, FakeEnv::ready());
+        let d = run.bearer("POST", "/teams/fraud/score", &stranger);
+        assert_eq!(set(allowed(&d), "x-caller-name"), None);
+    }
+
+    #[test]
+    fn rate_limits_by_caller_and_limit_headers() {
+        let cfg = config(CALLERS).replace(r#""key": "oid""#, r#""key": "caller""#);
+        let f = Filter::from_json(cfg.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let mut run = Run::new(&f, FakeEnv::ready());
+        allowed(&run.bearer("POST", "/teams/fraud/score", &good()));
+        let other_user = token(&with(claims(), "oid", json!("another-user")));
+        allowed(&run.bearer("POST", "/teams/fraud/score", &other_user));
+        let stranger = token(&with(claims(), "azp", json!("app-9")));
+        allowed(&run.bearer("POST", "/teams/fraud/score", &stranger));
+        let b: Vec<&str> = run.env.rate_calls.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(
+            b[0], b[1],
+            "one bucket per registered caller, whoever the user"
+        );
+        assert_eq!(
+            b[0],
+            ratelimit::bucket_key_for_value("team", "caller:fraud-scoring")
+        );
+        assert_eq!(b[2], ratelimit::bucket_key_for_value("team", "app:app-9"));
+        run.env.limited = true;
+        let d = run.bearer("POST", "/teams/fraud/score", &good());
+        assert_deny(&d, 429, "rate_limited");
+        let r = denied(&d).2;
+        assert_eq!(header(r, "retry-after"), Some("17"));
+        assert_eq!(header(r, "ratelimit-policy"), Some(r#""team";q=5;w=60"#));
+        assert_eq!(header(r, "ratelimit"), Some(r#""team";r=0;t=17"#));
     }
 
     #[test]

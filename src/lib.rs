@@ -19,6 +19,7 @@
 
 pub mod annotate;
 pub mod audit;
+pub mod callers;
 pub mod claims;
 pub mod config;
 pub mod credential;

@@ -1,6 +1,6 @@
 //! Metric names, built so Kong 3.9's `label_patterns` (kong/azure_ml_kong.meta.json) turn
-//! them into labelled Prometheus series: `decisions_total_route=R_decision=D_reason=X`
-//! becomes `pw_azure_ml_kong_decisions_total{route,decision,reason}`. Kong adds the filter
+//! them into labelled Prometheus series: `decisions_total_route=R_caller=C_decision=D_reason=X`
+//! becomes `pw_azure_ml_kong_decisions_total{route,caller,decision,reason}`. Kong adds the filter
 //! prefix itself; Envoy shows them as `wasmcustom.<name>`. Labels must appear in the order
 //! of the patterns, and values must fit them (`[a-z0-9-]` for names, last label anchored).
 
@@ -39,7 +39,12 @@ pub fn decision_counter(audit: &AuditRecord) -> String {
         Outcome::Allow => ("allow", "anonymous"),
         Outcome::Deny => ("deny", audit.reason.map_or("unknown", Reason::code)),
     };
-    format!("decisions_total_route={route}_decision={decision}_reason={reason}")
+    // Bounded: a registered caller's name (already label-safe) or `unregistered`.
+    let caller = audit
+        .caller
+        .as_deref()
+        .unwrap_or(crate::callers::UNREGISTERED);
+    format!("decisions_total_route={route}_caller={caller}_decision={decision}_reason={reason}")
 }
 
 /// The JWKS counter for a key-cache event, if it counts as a fetch outcome.
@@ -170,13 +175,13 @@ mod tests {
         a.deny(Reason::InsufficientScope, 403);
         assert_eq!(
             decision_counter(&a),
-            "decisions_total_route=team-score_decision=deny_reason=insufficient_scope"
+            "decisions_total_route=team-score_caller=unregistered_decision=deny_reason=insufficient_scope"
         );
         let mut b = AuditRecord::new(0, "rid", &req);
         b.allow();
         assert_eq!(
             decision_counter(&b),
-            "decisions_total_route=unmatched_decision=allow_reason=anonymous"
+            "decisions_total_route=unmatched_caller=unregistered_decision=allow_reason=anonymous"
         );
         b.provider = Some("entra".into());
         assert!(decision_counter(&b).ends_with("_reason=authenticated"));

@@ -142,6 +142,11 @@ pub struct Verdict {
     pub allowed: bool,
     /// When denied: seconds until a request would be allowed (≥ 1). 0 when allowed.
     pub retry_after_secs: u64,
+    /// Requests left after this one (the `r` of the `RateLimit` header); 0 when denied.
+    pub remaining: u64,
+    /// Seconds until the quota frees up: the end of the current window when allowed,
+    /// `retry_after_secs` when denied (the `t` of the `RateLimit` header).
+    pub reset_secs: u64,
 }
 
 /// Smallest elapsed time `t` (seconds into a window) at which
@@ -192,10 +197,13 @@ pub fn check(
     let estimate_w = prev_c * (wl - elapsed) + cur_c * wl;
     if estimate_w < ll * wl {
         win.count = win.count.saturating_add(1);
+        let left = (ll * wl).saturating_sub(estimate_w + wl) / wl;
         return (
             Verdict {
                 allowed: true,
                 retry_after_secs: 0,
+                remaining: u64::try_from(left).unwrap_or(u64::MAX),
+                reset_secs: u64::try_from(wl - elapsed).unwrap_or(w),
             },
             win,
         );
@@ -213,9 +221,32 @@ pub fn check(
         Verdict {
             allowed: false,
             retry_after_secs: retry,
+            remaining: 0,
+            reset_secs: retry,
         },
         win,
     )
+}
+
+/// The `RateLimit-Policy` and `RateLimit` response headers
+/// (draft-ietf-httpapi-ratelimit-headers: `"name";q=Q;w=W` and `"name";r=R;t=T`), the
+/// policy named after the route.
+pub fn limit_headers(route: &str, rl: &RateLimit, v: &Verdict) -> [(String, String); 2] {
+    let name: String = route
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
+        .take(64)
+        .collect();
+    [
+        (
+            "ratelimit-policy".into(),
+            format!("\"{name}\";q={};w={}", rl.requests, rl.window_seconds),
+        ),
+        (
+            "ratelimit".into(),
+            format!("\"{name}\";r={};t={}", v.remaining, v.reset_secs),
+        ),
+    ]
 }
 
 /// Where a request was counted.
@@ -424,13 +455,15 @@ mod tests {
     fn limiter_counts_per_worker_without_shared_data() {
         let mut l = Limiter::default();
         let now = 1_000_000;
-        for _ in 0..2 {
+        for left in [1, 0] {
             assert_eq!(
                 l.count(&mut NoSharedStore, "b", now, 2, 60),
                 (
                     Verdict {
                         allowed: true,
-                        retry_after_secs: 0
+                        retry_after_secs: 0,
+                        remaining: left,
+                        reset_secs: 20,
                     },
                     CountedIn::Worker
                 )
@@ -450,5 +483,36 @@ mod tests {
         let (v, at) = l.count(&mut store, "c", now, 2, 60);
         assert!(v.allowed);
         assert_eq!(at, CountedIn::WorkerContended);
+    }
+
+    #[test]
+    fn limit_headers_follow_the_draft_syntax() {
+        let rl = RateLimit::new(600, 60, "oid");
+        let mut state = None;
+        let first = run(&mut state, 1_000_040, 600, 60);
+        assert_eq!((first.remaining, first.reset_secs), (599, 40));
+        let [policy, current] = limit_headers("team-score", &rl, &first);
+        assert_eq!(
+            policy,
+            (
+                "ratelimit-policy".into(),
+                "\"team-score\";q=600;w=60".into()
+            )
+        );
+        assert_eq!(
+            current,
+            ("ratelimit".into(), "\"team-score\";r=599;t=40".into())
+        );
+        // Denied: nothing left, and `t` is when a request would be allowed again.
+        let mut s1 = None;
+        run(&mut s1, 1_000_020, 1, 60);
+        let denied = run(&mut s1, 1_000_020, 1, 60);
+        assert!(!denied.allowed);
+        assert_eq!(
+            (denied.remaining, denied.reset_secs),
+            (0, denied.retry_after_secs)
+        );
+        let [_, current] = limit_headers("a\"b\\c", &rl, &denied);
+        assert!(current.1.starts_with("\"abc\";r=0;t="), "{}", current.1);
     }
 }

@@ -72,6 +72,11 @@ reasons! {
     GroupsOverage => "groups_overage", 403,
         "the token has too many groups to carry them (group overage); use app roles";
     NoRoute => "no_route", 403, "no route matches this request";
+    /// The route's `callers` list does not name the token's registered caller.
+    CallerNotAllowed => "caller_not_allowed", 403,
+        "the calling application is not allowed on this route";
+    /// `unknown_callers: deny` and the token's client app is not in `callers`.
+    CallerUnknown => "caller_unknown", 403, "the calling application is not registered";
     /// The raw request target is not in normal form (`policy::path`): routers and
     /// backends could read it as another path than the one the filter would authorize.
     PathNotNormalized => "path_not_normalized", 400,
@@ -79,6 +84,8 @@ reasons! {
     DuplicateIdentityHeader => "duplicate_identity_header", 400,
         "the request carries duplicate identity headers";
     RateLimited => "rate_limited", 429, "too many requests";
+    /// `concurrency_limit`: this key already has `max_in_flight` requests upstream.
+    ConcurrencyLimited => "concurrency_limited", 429, "too many requests in flight";
     JwksUnavailable => "jwks_unavailable", 503,
         "signing keys are not available yet; retry later";
     /// A route with `upstream_credential`: the gateway holds no usable token of its own.

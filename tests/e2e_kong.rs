@@ -375,14 +375,14 @@ fn shipped_kong_yml_answers_as_documented_kong() {
     assert_eq!(health.status, 200, "{}", health.body);
     // The two team chains are told apart in metrics.
     assert!(
-        gw.metric("decisions_total_route=fraud-score_decision=allow_reason=authenticated")
+        gw.metric("decisions_total_route=fraud-score_caller=unregistered_decision=allow_reason=authenticated")
             .unwrap_or(0.0)
             >= 1.0,
         "{}",
         gw.metrics_text()
     );
     assert!(
-        gw.metric("decisions_total_route=churn-score_decision=deny_reason=insufficient_scope")
+        gw.metric("decisions_total_route=churn-score_caller=unregistered_decision=deny_reason=insufficient_scope")
             .unwrap_or(0.0)
             >= 1.0
     );

@@ -254,9 +254,9 @@ both_hosts! {
         // `pw_azure_ml_kong_decisions_total{route="team-score",decision="allow",...}`.
         let stats = gw.metrics_text();
         let count = |name: &str| -> u64 { gw.metric(name).unwrap_or(0.0) as u64 };
-        let allowed = "decisions_total_route=team-score_decision=allow_reason=authenticated";
-        let denied = "decisions_total_route=team-score_decision=deny_reason=insufficient_scope";
-        let missing = "decisions_total_route=team-score_decision=deny_reason=token_missing";
+        let allowed = "decisions_total_route=team-score_caller=unregistered_decision=allow_reason=authenticated";
+        let denied = "decisions_total_route=team-score_caller=unregistered_decision=deny_reason=insufficient_scope";
+        let missing = "decisions_total_route=team-score_caller=unregistered_decision=deny_reason=token_missing";
         assert_eq!(count(allowed), 1, "{stats}");
         assert_eq!(count(denied), 1, "{stats}");
         assert_eq!(count(missing), 1, "{stats}");

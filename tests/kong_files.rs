@@ -1163,28 +1163,31 @@ fn metric_names_yield_the_documented_labels() {
     };
     let cases = [
         (
-            "decisions_total_route=team-score_decision=deny_reason=insufficient_scope",
+            "decisions_total_route=team-score_caller=unregistered_decision=deny_reason=insufficient_scope",
             "pw_azure_ml_kong_decisions_total",
             l(&[
                 ("route", "team-score"),
+                ("caller", "unregistered"),
                 ("decision", "deny"),
                 ("reason", "insufficient_scope"),
             ]),
         ),
         (
-            "decisions_total_route=health_decision=allow_reason=anonymous",
+            "decisions_total_route=health_caller=unregistered_decision=allow_reason=anonymous",
             "pw_azure_ml_kong_decisions_total",
             l(&[
                 ("route", "health"),
+                ("caller", "unregistered"),
                 ("decision", "allow"),
                 ("reason", "anonymous"),
             ]),
         ),
         (
-            "decisions_total_route=unmatched_decision=deny_reason=no_route",
+            "decisions_total_route=unmatched_caller=unregistered_decision=deny_reason=no_route",
             "pw_azure_ml_kong_decisions_total",
             l(&[
                 ("route", "unmatched"),
+                ("caller", "unregistered"),
                 ("decision", "deny"),
                 ("reason", "no_route"),
             ]),

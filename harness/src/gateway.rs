@@ -349,7 +349,7 @@ impl Gateway {
     }
 
     /// The filter's metric `name` as the filter defines it (e.g.
-    /// `decisions_total_route=score_decision=allow_reason=authenticated`): Envoy's
+    /// `decisions_total_route=score_caller=unregistered_decision=allow_reason=authenticated`): Envoy's
     /// `wasmcustom.<name>` in `/stats`, Kong's `pw_azure_ml_kong_<base>{labels}` in the status
     /// listener's `/metrics`. `None` until the filter defined it.
     pub fn try_metric(&self, name: &str) -> Result<Option<f64>, Error> {

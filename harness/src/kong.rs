@@ -487,7 +487,7 @@ impl Kong {
     }
 
     /// The filter's metric `name` (as the filter defines it, e.g.
-    /// `decisions_total_route=score_decision=allow_reason=authenticated`), read from
+    /// `decisions_total_route=score_caller=unregistered_decision=allow_reason=authenticated`), read from
     /// `/metrics` as Kong exports it (`pw_azure_ml_kong_decisions_total{route=..,...}`).
     pub fn metric(&self, name: &str) -> Result<Option<f64>, Error> {
         let (series, labels) = prometheus_series(name);
@@ -654,13 +654,14 @@ mod tests {
     #[test]
     fn series_follow_kong_label_patterns() {
         let (n, l) = prometheus_series(
-            "decisions_total_route=team-score_decision=allow_reason=authenticated",
+            "decisions_total_route=team-score_caller=unregistered_decision=allow_reason=authenticated",
         );
         assert_eq!(n, "pw_azure_ml_kong_decisions_total");
         assert_eq!(
             l,
             [
                 ("route".to_string(), "team-score".to_string()),
+                ("caller".into(), "unregistered".into()),
                 ("decision".into(), "allow".into()),
                 ("reason".into(), "authenticated".into())
             ]

@@ -173,6 +173,7 @@ fn kong_props(audit: &AuditRecord) -> [(&'static str, String); KONG_PROPS] {
         ("azure_ml_kong_subject", s(&audit.subject)),
         ("azure_ml_kong_tid", s(&audit.tid)),
         ("azure_ml_kong_app", s(&audit.app)),
+        ("azure_ml_kong_caller", s(&audit.caller)),
     ]
 }
 

@@ -62,12 +62,12 @@ pub enum RideRequest {
 }
 
 /// How many identity values the filter publishes to Kong (`outcome::kong_props`).
-pub const KONG_PROPS: usize = 7;
+pub const KONG_PROPS: usize = 8;
 
 /// Which of the nginx variables `$azure_ml_kong_*` this worker's Kong declares (`set
 /// $azure_ml_kong_subject '';` injected into Kong's `location /`): learned from the first set
 /// of each, `None` until then. An undeclared one is never set again, so without them
-/// publishing costs seven failing calls per worker, once.
+/// publishing costs eight failing calls per worker, once.
 #[derive(Debug, Default)]
 pub struct NgxVars(pub [Option<bool>; KONG_PROPS]);
 

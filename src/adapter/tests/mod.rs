@@ -292,7 +292,7 @@ fn envoy_parks_a_request_and_the_root_finishes_it_when_keys_arrive() {
         &calls,
         &(
             2,
-            Call::Count("decisions_total_route=score_decision=allow_reason=authenticated".into()),
+            Call::Count("decisions_total_route=score_caller=unregistered_decision=allow_reason=authenticated".into()),
         ),
     );
     let resumed = position(&calls, &(2, Call::Resume));
@@ -340,7 +340,7 @@ fn kong_a_request_rides_its_own_fetch_and_is_not_resumed_by_the_filter() {
     assert_eq!(p["azure_ml_kong_subject"], OID);
     assert_eq!(p["azure_ml_kong_tid"], T1);
     assert_eq!(p["azure_ml_kong_app"], "app-1");
-    assert_eq!(p.as_object().unwrap().len(), 7);
+    assert_eq!(p.as_object().unwrap().len(), 8);
 }
 
 #[test]

@@ -48,8 +48,8 @@ fn kong_sets_declared_variables_in_the_rides_callback_and_its_header_phase() {
     for d in &declared {
         assert!(sets.contains(d), "{d:?} not in {sets:?}");
     }
-    // Each of the seven tried once: two are not declared.
-    assert_eq!(sets.len(), 7, "{sets:?}");
+    // Each of the eight tried once: three are not declared.
+    assert_eq!(sets.len(), 8, "{sets:?}");
     let header = position(&calls, &(2, model_header()));
     let first = calls
         .iter()
@@ -90,7 +90,7 @@ fn kong_without_declared_variables_tries_each_once_per_worker() {
     let (_, action) = w.request(2, "/score/x", false);
     assert_eq!(action, Action::Pause);
     let calls = w.take();
-    assert_eq!(ngx_sets(&calls).len(), 7, "{calls:?}");
+    assert_eq!(ngx_sets(&calls).len(), 8, "{calls:?}");
     assert_eq!(
         responses(&calls),
         vec![(2, 401, "token_missing".to_string())],
@@ -114,6 +114,7 @@ fn kong_lua_properties_and_nginx_variables_carry_the_same_values() {
             "subject",
             "tid",
             "app",
+            "caller",
         ],
         LUA_PROPERTIES,
     );
@@ -121,7 +122,7 @@ fn kong_lua_properties_and_nginx_variables_carry_the_same_values() {
     let (_, token) = one_dispatch(&w.take());
     w.answer_ride(&mut http, 2, token, 200, &key_set());
     let vars = ngx_sets(&w.take());
-    assert_eq!(vars.len(), 7, "{vars:?}");
+    assert_eq!(vars.len(), 8, "{vars:?}");
     // `kong.ctx.shared` still waits for the response phase.
     w.response_headers(&mut http, 2);
     let shared = published(&w.take());
