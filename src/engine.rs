@@ -10,6 +10,7 @@ use crate::annotate::{self, Annotator, HeaderOp};
 use crate::audit::AuditRecord;
 use crate::callers::{self, Registry};
 use crate::claims::Claims;
+use crate::concurrency;
 use crate::config::{
     self, AuthMode, ConfigError, CorsPreflight, FilterConfig, LogLevel, OnNoRoute,
 };
@@ -40,6 +41,8 @@ pub struct Filter {
     pub credentials: credential::spec::Credentials,
     /// Registered callers and each route's allow-list.
     pub callers: Registry,
+    /// Each route's `concurrency_limit` (by route index).
+    pub concurrency: Vec<Option<concurrency::ConcurrencyLimit>>,
 }
 
 /// What the adapter must do with the request.
@@ -101,6 +104,10 @@ pub trait Env {
     /// The gateway's token for `credential` (an index into `Filter::credentials.specs`).
     /// Asked only for allowed requests on a route with `upstream_credential`.
     fn upstream_token(&mut self, credential: usize) -> CredentialState;
+    /// Take one of `max_in_flight` slots of `bucket` for this request, held until the
+    /// request ends (the adapter releases it). Asked last, only for a request that is
+    /// otherwise allowed; false: all slots are taken.
+    fn acquire_slot(&mut self, bucket: &str, max_in_flight: u64) -> bool;
 }
 
 /// Per-request inputs that are not part of the request itself.
@@ -137,10 +144,12 @@ impl Filter {
             .collect::<Result<Vec<_>, _>>()?;
         let credentials = credential::spec::compile_all(&config)?;
         let callers = Registry::compile(&config)?;
+        let concurrency = concurrency::compile(&config)?;
         validate::check(&config)?;
         Ok(Filter {
             credentials,
             callers,
+            concurrency,
             config,
             providers,
             tokens,
@@ -259,6 +268,18 @@ impl Filter {
                             .extend(ratelimit::limit_headers(&r.name, rl, &verdict));
                     }
                     return d;
+                }
+            }
+            let limit = found
+                .as_ref()
+                .and_then(|m| self.concurrency.get(m.index))
+                .and_then(Option::as_ref);
+            if let Some(cl) = limit {
+                let value = self.limit_key(&cl.key, &verified.claims, caller);
+                let bucket = concurrency::bucket_key(&r.name, &value);
+                if !env.acquire_slot(&bucket, cl.max_in_flight) {
+                    let retry = Some(concurrency::RETRY_AFTER_SECS);
+                    return self.deny(Reason::ConcurrencyLimited, &request_id, retry, audit);
                 }
             }
         }
@@ -624,6 +645,8 @@ mod tests {
         /// `None`: loading; `Some(Ok(t))`: ready; `Some(Err(s))`: unavailable, retry in s.
         credential: Option<Result<&'static str, u64>>,
         credential_asks: Vec<usize>,
+        slot_asks: Vec<(String, u64)>,
+        slots_full: bool,
     }
 
     impl FakeEnv {
@@ -641,6 +664,8 @@ mod tests {
                 rate_calls: Vec::new(),
                 credential: Some(Ok("gw-token")),
                 credential_asks: Vec::new(),
+                slot_asks: Vec::new(),
+                slots_full: false,
             }
         }
     }
@@ -672,6 +697,10 @@ mod tests {
                 remaining: if self.limited { 0 } else { 3 },
                 reset_secs: if self.limited { 17 } else { 40 },
             }
+        }
+        fn acquire_slot(&mut self, bucket: &str, max_in_flight: u64) -> bool {
+            self.slot_asks.push((bucket.to_string(), max_in_flight));
+            !self.slots_full
         }
         fn upstream_token(&mut self, credential: usize) -> CredentialState {
             self.credential_asks.push(credential);
@@ -1074,6 +1103,66 @@ mod tests {
         assert_eq!(header(r, "retry-after"), Some("17"));
         assert_eq!(header(r, "ratelimit-policy"), Some(r#""team";q=5;w=60"#));
         assert_eq!(header(r, "ratelimit"), Some(r#""team";r=0;t=17"#));
+    }
+
+    #[test]
+    fn concurrency_limits_ask_for_a_slot_last_and_answer_429_when_full() {
+        let cfg = config(CALLERS).replace(
+            r#""rate_limit": {"requests": 5, "window_seconds": 60, "key": "oid"}"#,
+            r#""concurrency_limit": {"max_in_flight": 2, "key": "caller"}"#,
+        );
+        let f = Filter::from_json(cfg.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let mut run = Run::new(&f, FakeEnv::ready());
+        allowed(&run.bearer("POST", "/teams/fraud/score", &good()));
+        assert_eq!(
+            run.env.slot_asks,
+            [(concurrency::bucket_key("team", "caller:fraud-scoring"), 2)]
+        );
+        // A denied request never takes a slot.
+        assert_deny(
+            &run.bearer("POST", "/teams/churn/score", &good()),
+            403,
+            "insufficient_scope",
+        );
+        assert_eq!(run.env.slot_asks.len(), 1);
+        run.env.slots_full = true;
+        let d = run.bearer("POST", "/teams/fraud/score", &good());
+        assert_deny(&d, 429, "concurrency_limited");
+        assert_eq!(header(denied(&d).2, "retry-after"), Some("1"));
+        // Load-time checks name the field.
+        for (bad, field) in [
+            (
+                r#"{"max_in_flight": 0}"#,
+                "routes[2].concurrency_limit.max_in_flight",
+            ),
+            (
+                r#"{"max_in_flight": 1001}"#,
+                "routes[2].concurrency_limit.max_in_flight",
+            ),
+            (
+                r#"{"max_in_flight": 1, "key": "a..b"}"#,
+                "routes[2].concurrency_limit.key",
+            ),
+            (
+                r#"{"max_in_flight": 1, "per": "oid"}"#,
+                "routes[2].concurrency_limit.per",
+            ),
+        ] {
+            let cfg = config("").replace(
+                r#""rate_limit": {"requests": 5, "window_seconds": 60, "key": "oid"}"#,
+                &format!(r#""concurrency_limit": {bad}"#),
+            );
+            let e = Filter::from_json(cfg.as_bytes())
+                .err()
+                .unwrap_or_else(|| panic!("{bad}"));
+            assert_eq!(e.path, field, "{bad}: {e}");
+        }
+        let none = config("").replace(
+            r#"{"name": "health", "match": {"path": "/health"}, "auth": "none"}"#,
+            r#"{"name": "health", "match": {"path": "/health"}, "auth": "none", "concurrency_limit": {"max_in_flight": 1}}"#,
+        );
+        let e = Filter::from_json(none.as_bytes()).err().expect("auth none");
+        assert_eq!(e.path, "routes[0].concurrency_limit");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod annotate;
 pub mod audit;
 pub mod callers;
 pub mod claims;
+pub mod concurrency;
 pub mod config;
 pub mod credential;
 pub mod engine;

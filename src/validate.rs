@@ -15,14 +15,6 @@ use crate::config::{ConfigError, FilterConfig};
 /// and the settings no part compiles (`realm`, `cache`).
 pub fn check(cfg: &FilterConfig) -> Result<(), ConfigError> {
     for (i, r) in cfg.routes.iter().enumerate() {
-        if r.concurrency_limit.is_some() {
-            // Refused rather than accepted and not enforced: a limit that silently does
-            // nothing would leave GPU endpoints unprotected.
-            return Err(ConfigError::new(
-                format!("routes[{i}].concurrency_limit"),
-                "not supported by this version of the filter yet",
-            ));
-        }
         for (name, _) in &r.set_request_headers {
             if let Some(j) = cfg.claims_to_headers.iter().position(|c| c.header == *name) {
                 return Err(ConfigError::new(

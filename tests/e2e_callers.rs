@@ -1,9 +1,12 @@
 //! End-to-end on both real hosts (two workers each): the caller registry ("who owns this
-//! token?"), route caller allow-lists, `unknown_callers: deny`, and rate limits keyed by
-//! caller with the `RateLimit-Policy` / `RateLimit` headers. Every test runs twice:
-//! `<name>_envoy` and `<name>_kong`.
+//! token?"), route caller allow-lists, `unknown_callers: deny`, rate limits keyed by
+//! caller with the `RateLimit-Policy` / `RateLimit` headers, and concurrency limits on a
+//! slow backend. Every test runs twice: `<name>_envoy` and `<name>_kong`.
 
-use std::time::Duration;
+use std::io::Write;
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use aml_harness::{both_hosts, http, teams_filter_config, Gateway, Host, Resp, ENDPOINT_KEY};
 use serde_json::{json, Value};
@@ -28,6 +31,15 @@ fn config(idp_port: u16, unknown: &str) -> Value {
             "name": "fraud-only",
             "match": {"path_prefix": "/fraud-only/"},
             "callers": ["fraud-scoring"],
+            "set_request_headers": {"authorization": format!("Bearer {ENDPOINT_KEY}")}
+        }),
+    );
+    routes.insert(
+        0,
+        json!({
+            "name": "gpu",
+            "match": {"path_prefix": "/gpu/"},
+            "concurrency_limit": {"max_in_flight": 2, "key": "caller"},
             "set_request_headers": {"authorization": format!("Bearer {ENDPOINT_KEY}")}
         }),
     );
@@ -151,5 +163,93 @@ both_hosts! {
         // Per node (shared data): both workers count together.
         assert_eq!(statuses, [200, 200, 200, 429]);
         assert_eq!(post(&gw, "/per-caller/score", &churn, &[]).status, 200);
+    }
+}
+
+/// A slow scoring request (the mock answers after `delay_ms`), sent on its own connection
+/// that the caller may drop before the answer.
+fn slow_request(gw: &Gateway, token: &str, delay_ms: u64) -> TcpStream {
+    let addr = gw
+        .url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut s = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    let req = format!(
+        "POST /gpu/score HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         content-type: application/json\r\nx-mock-delay-ms: {delay_ms}\r\n\
+         Content-Length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    s.write_all(req.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    s
+}
+
+/// Quick requests until one is refused with 429 `concurrency_limited` (the slow ones
+/// hold every slot), within `within`.
+fn until_refused(gw: &Gateway, token: &str, within: Duration) -> Resp {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = post(gw, "/gpu/score", token, &[]);
+        if r.status == 429 {
+            return r;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(Instant::now() < deadline, "never refused: {}", gw.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Quick requests until one is admitted, within `within`.
+fn until_admitted(gw: &Gateway, token: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = post(gw, "/gpu/score", token, &[]);
+        if r.status == 200 {
+            return;
+        }
+        assert_eq!(r.json()["error"], "concurrency_limited", "{}", r.body);
+        assert!(
+            Instant::now() < deadline,
+            "slots never came back: {}",
+            gw.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+both_hosts! {
+    fn a_caller_holding_max_in_flight_slow_requests_is_refused_until_one_ends(host: Host) {
+        let gw = start(host, "allow");
+        let fraud = token(&gw, "fraud-svc", "fraud");
+        let churn = token(&gw, "churn-svc", "churn");
+        // Two slow calls in flight (the limit is per node: they may land on either worker).
+        let url = gw.url("/gpu/score");
+        let slow: Vec<_> = (0..2)
+            .map(|_| {
+                let (url, auth) = (url.clone(), format!("Bearer {fraud}"));
+                thread::spawn(move || {
+                    let h = [("authorization", auth.as_str()), ("x-mock-delay-ms", "4000")];
+                    http("POST", &url, &h, Some(BODY)).map(|r| r.status)
+                })
+            })
+            .collect();
+        let r = until_refused(&gw, &fraud, Duration::from_secs(3));
+        assert_eq!(r.json()["error"], "concurrency_limited", "{}", r.body);
+        assert_eq!(r.header("retry-after"), Some("1"));
+        // Another caller has slots of its own.
+        assert_eq!(post(&gw, "/gpu/score", &churn, &[]).status, 200);
+        for h in slow {
+            assert_eq!(h.join().expect("slow request").unwrap_or_else(|e| panic!("{e}")), 200);
+        }
+        // Both ended: admitted again.
+        assert_eq!(post(&gw, "/gpu/score", &fraud, &[]).status, 200);
+
+        // Callers that go away before the answer give their slots back too.
+        let gone: Vec<TcpStream> = (0..2).map(|_| slow_request(&gw, &fraud, 20_000)).collect();
+        until_refused(&gw, &fraud, Duration::from_secs(3));
+        drop(gone);
+        until_admitted(&gw, &fraud, Duration::from_secs(10));
     }
 }

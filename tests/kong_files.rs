@@ -594,6 +594,20 @@ fn invalid_samples_rejected_by_both_with_the_same_path() {
             mutate(|v| v["forward_token"] = json!("yes")),
         ),
         (
+            "unknown field in a caller",
+            mutate(|v| v["callers"] = json!([{"name": "a", "app_ids": ["x"], "team": "t"}])),
+        ),
+        (
+            "unknown_callers not allow/deny",
+            mutate(|v| v["unknown_callers"] = json!("block")),
+        ),
+        (
+            "unknown field in a concurrency limit",
+            mutate(|v| {
+                at(v, "/routes/1")["concurrency_limit"] = json!({"max_in_flight": 2, "per": "oid"})
+            }),
+        ),
+        (
             "wrong type: issuers",
             mutate(|v| {
                 at(v, "/providers/0")["issuers"] = json!("https://sts.windows.net/{tenantid}/")
@@ -694,6 +708,18 @@ fn cross_field_samples_rejected_by_both() {
             }),
         ),
         ("no providers", mutate(|v| v["providers"] = json!([]))),
+        (
+            "a caller name that is no metric label",
+            mutate(|v| v["callers"] = json!([{"name": "Fraud Scoring", "app_ids": ["x"]}])),
+        ),
+        (
+            "a caller without app ids",
+            mutate(|v| v["callers"] = json!([{"name": "a", "app_ids": []}])),
+        ),
+        (
+            "max_in_flight 0",
+            mutate(|v| at(v, "/routes/1")["concurrency_limit"] = json!({"max_in_flight": 0})),
+        ),
         ("no routes", mutate(|v| v["routes"] = json!([]))),
         (
             "no token sources",

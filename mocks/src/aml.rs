@@ -16,6 +16,10 @@ pub use aad::{AadConfig, AadVerifier};
 
 /// Request bodies above this get 413.
 pub const MAX_BODY: usize = 5 * 1024 * 1024;
+/// A scoring request with this header is answered after that many milliseconds (at most
+/// [`MAX_DELAY_MS`]): a slow GPU model, for concurrency-limit tests.
+pub const DELAY_HEADER: &str = "x-mock-delay-ms";
+pub const MAX_DELAY_MS: u64 = 30_000;
 
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -70,6 +74,13 @@ fn route(
     let is_get = *method == Method::GET || *method == Method::HEAD;
     if is_get && (path == "/health" || path == "/") {
         return Reply::json(200, &json!({"status": "ok"}));
+    }
+    if let Some(ms) = req
+        .header(DELAY_HEADER)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        // Handlers run on the blocking pool: a sleep holds one thread, not the server.
+        std::thread::sleep(std::time::Duration::from_millis(ms.min(MAX_DELAY_MS)));
     }
     let received = json!({
         "method": method.as_str(),

@@ -5,6 +5,7 @@ use super::credentials::{CredentialManager, CredentialRide};
 use super::host::Host;
 use super::keys::KeyManager;
 use super::metrics::Metrics;
+use super::slots::SlotManager;
 use super::waiting::{Cx, WaitMode};
 use crate::engine::{CredentialState, Env, KeyState};
 use crate::keycache::{FetchRequest, Refetch, Ride, WaitDecision, WaiterId};
@@ -20,6 +21,7 @@ pub struct RequestEnv<'a, H> {
     wait: WaitMode,
     metrics: &'a mut Metrics,
     creds: &'a mut CredentialManager,
+    slots: &'a mut SlotManager,
     /// A ride the request must dispatch from its own context: (provider, request).
     pub ride: Option<(usize, FetchRequest)>,
     /// A token request the request must dispatch from its own context (Kong).
@@ -31,6 +33,7 @@ impl<'a, H: Host> RequestEnv<'a, H> {
     pub fn new(
         keys: &'a mut KeyManager,
         creds: &'a mut CredentialManager,
+        slots: &'a mut SlotManager,
         cx: Cx<'a, H>,
         waiter: WaiterId,
         wait: WaitMode,
@@ -44,6 +47,7 @@ impl<'a, H: Host> RequestEnv<'a, H> {
             wait,
             metrics: cx.metrics,
             creds,
+            slots,
             ride: None,
             credential_ride: None,
         }
@@ -140,6 +144,11 @@ impl<H: Host> Env for RequestEnv<'_, H> {
             self.wait,
             &mut self.credential_ride,
         )
+    }
+
+    fn acquire_slot(&mut self, bucket: &str, max_in_flight: u64) -> bool {
+        self.slots
+            .acquire(self.host, self.now_ms, self.waiter, bucket, max_in_flight)
     }
 
     fn rate_limit(&mut self, bucket: &str, limit: u64, window_secs: u64) -> Verdict {

@@ -126,6 +126,7 @@ impl<H: Host> Context for Http<H> {
                 st.creds.cancel_waiter(self.context_id);
             }
             st.denied.retain(|id| *id != self.context_id);
+            st.slots.release(&self.host, self.context_id);
         }
         if let Some((call, _)) = self.ride.take() {
             self.end_ride(call.what);

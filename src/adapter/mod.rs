@@ -27,6 +27,7 @@ mod keys;
 mod metrics;
 mod outcome;
 mod root;
+mod slots;
 mod state;
 mod store;
 mod waiting;

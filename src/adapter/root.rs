@@ -138,6 +138,8 @@ impl<H: Host + Clone + 'static> RootContext for Root<H> {
                     owner ^ 0x00c0_ffee,
                     f.config.cache.shared_data,
                 );
+                let limited = f.concurrency.iter().any(Option::is_some);
+                st.slots.configure(limited, f.config.cache.shared_data);
                 st.filter = Ok(Rc::new(f));
             }
             Err(e) => {
@@ -164,6 +166,7 @@ impl<H: Host + Clone + 'static> RootContext for Root<H> {
                 let (mut cx, keys, creds) = st.parts(&self.host, now);
                 let mut wakes = keys.on_tick(&mut cx);
                 wakes.extend(creds.on_tick(&mut cx));
+                st.slots.on_tick(&self.host, now);
                 wakes
             }
             Err(_) => Vec::new(),

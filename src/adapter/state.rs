@@ -8,6 +8,7 @@ use super::env::RequestEnv;
 use super::host::Host;
 use super::keys::KeyManager;
 use super::metrics::Metrics;
+use super::slots::SlotManager;
 use super::waiting::{Cx, WaitMode};
 use crate::engine::{self, Ctx, Decision, Filter};
 use crate::keycache::FetchRequest;
@@ -86,6 +87,8 @@ pub struct State {
     pub denied: Vec<u32>,
     /// Kong: which `$azure_ml_kong_*` nginx variables exist.
     pub ngx_vars: NgxVars,
+    /// Concurrency-limit slots held by this worker's requests.
+    pub slots: SlotManager,
     /// The realm while no configuration is loaded: the configuration's default.
     default_realm: String,
 }
@@ -103,6 +106,7 @@ impl State {
             is_kong: None,
             denied: Vec::new(),
             ngx_vars: NgxVars::default(),
+            slots: SlotManager::new(seed.rotate_left(17) ^ 0x5107_5107),
             default_realm: crate::config::default_realm(),
         }
     }
@@ -170,6 +174,7 @@ impl State {
             creds,
             cache,
             metrics,
+            slots,
             ..
         } = self;
         let cx = Cx {
@@ -178,7 +183,7 @@ impl State {
             random,
             metrics,
         };
-        let mut env = RequestEnv::new(keys, creds, cx, context_id, wait);
+        let mut env = RequestEnv::new(keys, creds, slots, cx, context_id, wait);
         let d = filter.decide(&view, ctx, &mut env, cache);
         let ride = match (env.ride.take(), env.credential_ride.take()) {
             (Some((p, req)), _) => Some(RideRequest::Keys(p, req)),

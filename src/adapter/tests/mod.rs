@@ -6,6 +6,7 @@
 mod credentials;
 mod mem_host;
 mod ngx_vars;
+mod slots;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::Action;

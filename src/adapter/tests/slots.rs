@@ -1,0 +1,55 @@
+//! Concurrency-limit slots on each host: taken when a request is allowed, given back when
+//! it ends (`on_done`), whichever way it ends; a heartbeat on the tick.
+
+use super::*;
+
+fn slots_config() -> String {
+    jwks_config("").replace(
+        r#""rate_limit": {"requests": 1, "window_seconds": 60, "key": "oid"}"#,
+        r#""concurrency_limit": {"max_in_flight": 1, "key": "oid"}"#,
+    )
+}
+
+#[test]
+fn a_slot_is_held_until_the_request_ends_and_then_free_again() {
+    for kong in [false, true] {
+        let mut w = World::new(kong, &slots_config());
+        if kong {
+            w.warm_kong(2);
+        } else {
+            w.warm_envoy(2);
+        }
+        let (mut first, action) = w.request(3, "/limited", true);
+        assert_eq!(action, Action::Continue, "kong={kong}");
+        let (mut second, action) = w.request(4, "/limited", true);
+        assert_eq!(action, Action::Pause);
+        assert_eq!(
+            responses(&w.take()),
+            vec![(4, 429, "concurrency_limited".to_string())]
+        );
+        assert!(w.host.mem().shared.keys().any(|k| k.starts_with("aml-cc:")));
+        // The denied request ends: it held nothing, the first still holds its slot.
+        second.on_done();
+        let (mut third, action) = w.request(5, "/limited", true);
+        assert_eq!(action, Action::Pause);
+        third.on_done();
+        w.take();
+        // The first ends (response sent, upstream error or client gone: all end here).
+        first.on_done();
+        let (mut fourth, action) = w.request(6, "/limited", true);
+        assert_eq!(action, Action::Continue, "kong={kong}: the slot came back");
+        fourth.on_done();
+        // Other routes never take a slot.
+        for id in 7..10 {
+            assert_eq!(w.request(id, "/score", true).1, Action::Continue);
+        }
+        // The tick says this worker is alive, so other workers keep its slots.
+        w.tick();
+        assert!(w
+            .host
+            .mem()
+            .shared
+            .keys()
+            .any(|k| k.starts_with("aml-cc-w:")));
+    }
+}
