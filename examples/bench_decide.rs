@@ -34,6 +34,9 @@ impl Env for FixedKeys {
     fn upstream_token(&mut self, _credential: usize) -> CredentialState {
         unreachable!("no upstream credentials configured")
     }
+    fn acquire_slot(&mut self, _bucket: &str, _max_in_flight: u64) -> bool {
+        unreachable!("no concurrency limits configured")
+    }
 }
 
 fn b64(b: &[u8]) -> String {
