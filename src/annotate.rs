@@ -49,6 +49,9 @@ pub enum HeaderOp {
     /// `set(name, Some(""))` then `set(name, None)`: Kong forwards an empty header,
     /// Envoy removes it. Never remove first.
     Clear { name: String },
+    /// A header for the response to the client (e.g. `RateLimit`), set in its
+    /// response-headers phase; nothing in the request changes.
+    SetResponse { name: String, value: String },
     /// A query-string token was removed: `path` is the new `:path` (what Envoy forwards).
     /// Kong forwards its own `upstream_uri`, not `:path`: the adapter removes the
     /// `strip` parameters from it too (`token::strip_query_param`).

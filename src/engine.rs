@@ -237,6 +237,7 @@ impl Filter {
         }
         // Before the rate limit, so a request that waits for the token and is decided
         // again is counted once.
+        let mut response_headers = Vec::new();
         let credential = found
             .as_ref()
             .and_then(|m| self.credentials.for_route(m.index));
@@ -269,6 +270,7 @@ impl Filter {
                     }
                     return d;
                 }
+                response_headers.extend(ratelimit::limit_headers(&r.name, rl, &verdict));
             }
             let limit = found
                 .as_ref()
@@ -291,6 +293,13 @@ impl Filter {
             &request_id,
             audit,
         );
+        if let Decision::Allow { ops, .. } = &mut decision {
+            ops.extend(
+                response_headers
+                    .into_iter()
+                    .map(|(name, value)| HeaderOp::SetResponse { name, value }),
+            );
+        }
         if let (Decision::Allow { ops, audit }, Some(t)) = (&mut decision, upstream_token) {
             lend_credential(ops, &t);
             audit.credential = credential
@@ -1081,7 +1090,22 @@ mod tests {
         let cfg = config(CALLERS).replace(r#""key": "oid""#, r#""key": "caller""#);
         let f = Filter::from_json(cfg.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
         let mut run = Run::new(&f, FakeEnv::ready());
-        allowed(&run.bearer("POST", "/teams/fraud/score", &good()));
+        let d = run.bearer("POST", "/teams/fraud/score", &good());
+        // Allowed on a limited route: the response carries the quota left.
+        let for_response: Vec<(&str, &str)> = allowed(&d)
+            .iter()
+            .filter_map(|o| match o {
+                HeaderOp::SetResponse { name, value } => Some((name.as_str(), value.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            for_response,
+            [
+                ("ratelimit-policy", r#""team";q=5;w=60"#),
+                ("ratelimit", r#""team";r=3;t=40"#)
+            ]
+        );
         let other_user = token(&with(claims(), "oid", json!("another-user")));
         allowed(&run.bearer("POST", "/teams/fraud/score", &other_user));
         let stranger = token(&with(claims(), "azp", json!("app-9")));

@@ -148,6 +148,12 @@ both_hosts! {
         let mut statuses = Vec::new();
         for t in [&fraud, &fraud_again, &fraud, &fraud_again] {
             let r = post(&gw, "/per-caller/score", t, &[]);
+            if r.status == 200 {
+                // Allowed responses carry the quota too.
+                assert_eq!(r.header("ratelimit-policy"), Some(r#""per-caller";q=3;w=60"#));
+                let left = r.header("ratelimit").unwrap_or_default();
+                assert!(left.starts_with(r#""per-caller";r="#), "{:?}", r.headers);
+            }
             if r.status == 429 {
                 assert_eq!(r.json()["error"], "rate_limited");
                 let retry: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -230,12 +236,12 @@ both_hosts! {
             .map(|_| {
                 let (url, auth) = (url.clone(), format!("Bearer {fraud}"));
                 thread::spawn(move || {
-                    let h = [("authorization", auth.as_str()), ("x-mock-delay-ms", "4000")];
+                    let h = [("authorization", auth.as_str()), ("x-mock-delay-ms", "8000")];
                     http("POST", &url, &h, Some(BODY)).map(|r| r.status)
                 })
             })
             .collect();
-        let r = until_refused(&gw, &fraud, Duration::from_secs(3));
+        let r = until_refused(&gw, &fraud, Duration::from_secs(7));
         assert_eq!(r.json()["error"], "concurrency_limited", "{}", r.body);
         assert_eq!(r.header("retry-after"), Some("1"));
         // Another caller has slots of its own.
@@ -248,7 +254,7 @@ both_hosts! {
 
         // Callers that go away before the answer give their slots back too.
         let gone: Vec<TcpStream> = (0..2).map(|_| slow_request(&gw, &fraud, 20_000)).collect();
-        until_refused(&gw, &fraud, Duration::from_secs(3));
+        until_refused(&gw, &fraud, Duration::from_secs(15));
         drop(gone);
         until_admitted(&gw, &fraud, Duration::from_secs(10));
     }

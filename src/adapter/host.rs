@@ -53,6 +53,8 @@ pub trait Host {
     fn request_headers(&self) -> Vec<(String, String)>;
     /// Set (`Some`) or remove (`None`) a request header.
     fn set_request_header(&self, name: &str, value: Option<&str>) -> Result<(), Status>;
+    /// In the response-headers phase: set a header of the response to the client.
+    fn set_response_header(&self, name: &str, value: &str) -> Result<(), Status>;
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
     fn set_property(&self, path: &[&str], value: Option<&[u8]>) -> Result<(), Status>;
     fn send_response(&self, resp: &LocalResponse) -> Result<(), Status>;
@@ -103,6 +105,14 @@ impl Host for AbiHost {
 
     fn request_headers(&self) -> Vec<(String, String)> {
         super::abi::get_map(proxy_wasm::types::MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+
+    fn set_response_header(&self, name: &str, value: &str) -> Result<(), Status> {
+        super::abi::set_map_value(
+            proxy_wasm::types::MapType::HttpResponseHeaders,
+            name,
+            Some(value),
+        )
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) -> Result<(), Status> {

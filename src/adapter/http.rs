@@ -127,6 +127,7 @@ impl<H: Host> Context for Http<H> {
             }
             st.denied.retain(|id| *id != self.context_id);
             st.slots.release(&self.host, self.context_id);
+            st.response_headers.remove(&self.context_id);
         }
         if let Some((call, _)) = self.ride.take() {
             self.end_ride(call.what);
@@ -189,6 +190,16 @@ impl<H: Host> HttpContext for Http<H> {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(props) = self.deferred.take() {
             outcome::publish(&self.host, &props);
+        }
+        let headers = self
+            .state
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut st| st.response_headers.remove(&self.context_id));
+        for (name, value) in headers.unwrap_or_default() {
+            if let Err(e) = self.host.set_response_header(&name, &value) {
+                log::debug!("azure_ml_kong: response header {name} not set: {e:?}");
+            }
         }
         Action::Continue
     }

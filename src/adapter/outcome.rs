@@ -68,6 +68,18 @@ pub fn finish(
             if !applied {
                 return deny_internal(host, state, context_id, &audit.request_id);
             }
+            let for_response: Vec<(String, String)> = ops
+                .into_iter()
+                .filter_map(|op| match op {
+                    HeaderOp::SetResponse { name, value } => Some((name, value)),
+                    _ => None,
+                })
+                .collect();
+            if !for_response.is_empty() {
+                if let Ok(mut st) = state.try_borrow_mut() {
+                    st.response_headers.insert(context_id, for_response);
+                }
+            }
             if resumed {
                 let _ = host.resume_request();
             }
@@ -216,6 +228,8 @@ fn apply_header_ops(host: &impl Host, ops: &[HeaderOp], is_kong: bool) -> Result
             // `:path`: the token must leave that.
             HeaderOp::SetPath { strip, .. } if is_kong => strip_upstream_uri(host, strip),
             HeaderOp::SetPath { path, .. } => host.set_request_header(":path", Some(path)),
+            // Kept by `finish` for the response phase.
+            HeaderOp::SetResponse { .. } => Ok(()),
         };
         if let Err(e) = r {
             log::error!(
@@ -231,7 +245,9 @@ fn apply_header_ops(host: &impl Host, ops: &[HeaderOp], is_kong: bool) -> Result
 /// What a header operation changes, for logs (never its value: it may be a secret).
 fn op_target(op: &HeaderOp) -> &str {
     match op {
-        HeaderOp::Set { name, .. } | HeaderOp::Clear { name } => name,
+        HeaderOp::Set { name, .. }
+        | HeaderOp::Clear { name }
+        | HeaderOp::SetResponse { name, .. } => name,
         HeaderOp::SetPath { .. } => ":path (query token)",
     }
 }

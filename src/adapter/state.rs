@@ -1,6 +1,7 @@
 //! Per-worker state, shared by the root context and the HTTP contexts it creates, and the
 //! request as the filter decides on it (new, or again after waiting for keys).
 
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::credentials::{CredentialManager, CredentialRide};
@@ -89,6 +90,8 @@ pub struct State {
     pub ngx_vars: NgxVars,
     /// Concurrency-limit slots held by this worker's requests.
     pub slots: SlotManager,
+    /// Headers for allowed requests' responses (`RateLimit`), by HTTP context id.
+    pub response_headers: HashMap<u32, Vec<(String, String)>>,
     /// The realm while no configuration is loaded: the configuration's default.
     default_realm: String,
 }
@@ -106,6 +109,7 @@ impl State {
             is_kong: None,
             denied: Vec::new(),
             ngx_vars: NgxVars::default(),
+            response_headers: HashMap::new(),
             slots: SlotManager::new(seed.rotate_left(17) ^ 0x5107_5107),
             default_realm: crate::config::default_realm(),
         }

@@ -21,6 +21,7 @@ pub enum Call {
     SetTickPeriod,
     Dispatch { token: u32, path: String },
     SetHeader(String, Option<String>),
+    SetResponseHeader(String, String),
     SetProperty(String, String),
     SendResponse { status: u32, error: String },
     Resume,
@@ -96,6 +97,11 @@ impl Host for MemHost {
             .get(&m.current)
             .cloned()
             .unwrap_or_default()
+    }
+
+    fn set_response_header(&self, name: &str, value: &str) -> Result<(), Status> {
+        self.record(Call::SetResponseHeader(name.into(), value.into()));
+        Ok(())
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) -> Result<(), Status> {

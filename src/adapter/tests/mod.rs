@@ -533,7 +533,24 @@ fn the_root_sends_the_key_set_request_on_the_tick_after_discovery() {
 fn rate_limits_count_in_shared_data_or_per_worker() {
     let mut w = World::envoy();
     w.warm_envoy(2);
-    assert_eq!(w.request(3, "/limited", true).1, Action::Continue);
+    let (mut first, action) = w.request(3, "/limited", true);
+    assert_eq!(action, Action::Continue);
+    w.take();
+    assert_eq!(w.response_headers(&mut first, 3), Action::Continue);
+    let set: Vec<(u32, Call)> = w.take();
+    assert_eq!(
+        set,
+        [
+            (
+                3,
+                Call::SetResponseHeader("ratelimit-policy".into(), r#""limited";q=1;w=60"#.into())
+            ),
+            (
+                3,
+                Call::SetResponseHeader("ratelimit".into(), r#""limited";r=0;t=40"#.into())
+            ),
+        ]
+    );
     let (_, action) = w.request(4, "/limited", true);
     assert_eq!(action, Action::Pause);
     assert_eq!(
@@ -541,6 +558,15 @@ fn rate_limits_count_in_shared_data_or_per_worker() {
         vec![(4, 429, "rate_limited".to_string())]
     );
     assert!(w.host.mem().shared.keys().any(|k| k.starts_with("aml-rl:")));
+    // The allowed one's response carries the quota left, set in its response phase.
+    let (mut http, _) = w.request(5, "/score", true);
+    assert_eq!(w.response_headers(&mut http, 5), Action::Continue);
+    assert!(
+        !w.take()
+            .iter()
+            .any(|(_, c)| matches!(c, Call::SetResponseHeader(..))),
+        "not on an unlimited route"
+    );
 
     // Shared data failing: switched off after the first error, limits still apply.
     let mut w = World::envoy();
