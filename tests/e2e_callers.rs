@@ -3,7 +3,7 @@
 //! caller with the `RateLimit-Policy` / `RateLimit` headers, and concurrency limits on a
 //! slow backend. Every test runs twice: `<name>_envoy` and `<name>_kong`.
 
-use std::io::Write;
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -172,24 +172,50 @@ both_hosts! {
     }
 }
 
-/// A slow scoring request (the mock answers after `delay_ms`), sent on its own connection
-/// that the caller may drop before the answer.
-fn slow_request(gw: &Gateway, token: &str, delay_ms: u64) -> TcpStream {
+/// A slow scoring request (the mock answers after `delay_ms`) that holds a slot, on its
+/// own connection, which the caller may drop before the answer. Sent again while the
+/// gateway refuses it at once (a quick probe may hold the slot for a moment).
+fn hold_slot(gw: &Gateway, token: &str, delay_ms: u64) -> TcpStream {
     let addr = gw
         .url("/")
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
-    let mut s = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
     let req = format!(
         "POST /gpu/score HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
          content-type: application/json\r\nx-mock-delay-ms: {delay_ms}\r\n\
          Content-Length: {}\r\n\r\n{BODY}",
         BODY.len()
     );
-    s.write_all(req.as_bytes())
-        .unwrap_or_else(|e| panic!("{e}"));
-    s
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+        s.write_all(req.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut first = [0u8; 12];
+        match s.read(&mut first) {
+            // No answer yet: it is upstream, holding its slot.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return s,
+            Ok(n) => assert!(
+                first.get(..n).is_some_and(|b| b.ends_with(b"429")),
+                "{}",
+                String::from_utf8_lossy(&first)
+            ),
+            Err(e) => panic!("{e}"),
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("a slow request never got a slot: {}", gw.log());
+}
+
+/// The status of the answer on a held connection.
+fn status_of(mut s: TcpStream) -> u16 {
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("status line");
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0)
 }
 
 /// Quick requests until one is refused with 429 `concurrency_limited` (the slow ones
@@ -231,30 +257,21 @@ both_hosts! {
         let fraud = token(&gw, "fraud-svc", "fraud");
         let churn = token(&gw, "churn-svc", "churn");
         // Two slow calls in flight (the limit is per node: they may land on either worker).
-        let url = gw.url("/gpu/score");
-        let slow: Vec<_> = (0..2)
-            .map(|_| {
-                let (url, auth) = (url.clone(), format!("Bearer {fraud}"));
-                thread::spawn(move || {
-                    let h = [("authorization", auth.as_str()), ("x-mock-delay-ms", "8000")];
-                    http("POST", &url, &h, Some(BODY)).map(|r| r.status)
-                })
-            })
-            .collect();
-        let r = until_refused(&gw, &fraud, Duration::from_secs(7));
+        let slow = [hold_slot(&gw, &fraud, 6000), hold_slot(&gw, &fraud, 6000)];
+        let r = until_refused(&gw, &fraud, Duration::from_secs(4));
         assert_eq!(r.json()["error"], "concurrency_limited", "{}", r.body);
         assert_eq!(r.header("retry-after"), Some("1"));
         // Another caller has slots of its own.
         assert_eq!(post(&gw, "/gpu/score", &churn, &[]).status, 200);
-        for h in slow {
-            assert_eq!(h.join().expect("slow request").unwrap_or_else(|e| panic!("{e}")), 200);
+        for s in slow {
+            assert_eq!(status_of(s), 200);
         }
         // Both ended: admitted again.
         assert_eq!(post(&gw, "/gpu/score", &fraud, &[]).status, 200);
 
         // Callers that go away before the answer give their slots back too.
-        let gone: Vec<TcpStream> = (0..2).map(|_| slow_request(&gw, &fraud, 20_000)).collect();
-        until_refused(&gw, &fraud, Duration::from_secs(15));
+        let gone = [hold_slot(&gw, &fraud, 20_000), hold_slot(&gw, &fraud, 20_000)];
+        until_refused(&gw, &fraud, Duration::from_secs(3));
         drop(gone);
         until_admitted(&gw, &fraud, Duration::from_secs(10));
     }
