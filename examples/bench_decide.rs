@@ -37,6 +37,9 @@ impl Env for FixedKeys {
     fn acquire_slot(&mut self, _bucket: &str, _max_in_flight: u64) -> bool {
         unreachable!("no concurrency limits configured")
     }
+    fn client_address(&mut self) -> Option<String> {
+        None
+    }
 }
 
 fn b64(b: &[u8]) -> String {

@@ -61,12 +61,6 @@ pub fn compile(cfg: &FilterConfig) -> Result<Vec<Option<ConcurrencyLimit>>, Conf
                     format!("expected 1 to {MAX_IN_FLIGHT}"),
                 ));
             }
-            if r.auth == crate::config::AuthMode::None {
-                return Err(ConfigError::new(
-                    base,
-                    "counts verified callers: not on an `auth: none` route",
-                ));
-            }
             let key: Vec<String> = c.key.split('|').map(|s| s.trim().to_string()).collect();
             for alt in &key {
                 check_claim_path(&format!("{base}.key"), alt)?;

@@ -18,6 +18,7 @@ use crate::credential;
 use crate::jose::{self, Alg};
 use crate::jwks::KeySet;
 use crate::keycache::JwksSource;
+use crate::limits::{self, Counters, Limited};
 use crate::policy::{self, Route, Routes};
 use crate::providers::Providers;
 use crate::ratelimit;
@@ -108,6 +109,21 @@ pub trait Env {
     /// request ends (the adapter releases it). Asked last, only for a request that is
     /// otherwise allowed; false: all slots are taken.
     fn acquire_slot(&mut self, bucket: &str, max_in_flight: u64) -> bool;
+    /// The client's IP address (the host's `source.address`), for limits on requests
+    /// without a verified token. Asked only for those, on a limited route.
+    fn client_address(&mut self) -> Option<String>;
+}
+
+/// The engine's [`Env`] as the counters `limits` uses.
+struct EnvCounters<'e>(&'e mut dyn Env);
+
+impl Counters for EnvCounters<'_> {
+    fn rate_limit(&mut self, bucket: &str, limit: u64, window_secs: u64) -> ratelimit::Verdict {
+        self.0.rate_limit(bucket, limit, window_secs)
+    }
+    fn acquire_slot(&mut self, bucket: &str, max_in_flight: u64) -> bool {
+        self.0.acquire_slot(bucket, max_in_flight)
+    }
 }
 
 /// Per-request inputs that are not part of the request itself.
@@ -208,12 +224,12 @@ impl Filter {
             }
         }
         if auth == AuthMode::None {
-            return self.allow(route, None, None, req, &request_id, audit);
+            return self.allow_anonymous(found.as_ref(), req, &request_id, env, audit);
         }
         let (token, location) = match self.tokens.extract(req) {
             Ok(Some(t)) => t,
             Ok(None) if auth == AuthMode::Optional => {
-                return self.allow(route, None, None, req, &request_id, audit)
+                return self.allow_anonymous(found.as_ref(), req, &request_id, env, audit)
             }
             Ok(None) => return self.deny(Reason::TokenMissing, &request_id, None, audit),
             Err(reason) => return self.deny(reason, &request_id, None, audit),
@@ -255,33 +271,13 @@ impl Filter {
                 return self.deny(reason, &request_id, retry, audit);
             }
         };
-        if let Some(r) = route {
-            if let Some(rl) = &r.rate_limit {
-                let value = self.limit_key(&rl.key, &verified.claims, caller);
-                let bucket = ratelimit::bucket_key_for_value(&r.name, &value);
-                let verdict = env.rate_limit(&bucket, rl.requests, rl.window_seconds);
-                if !verdict.allowed {
-                    let retry = Some(verdict.retry_after_secs);
-                    let mut d = self.deny(Reason::RateLimited, &request_id, retry, audit);
-                    if let Decision::Deny { response, .. } = &mut d {
-                        response
-                            .headers
-                            .extend(ratelimit::limit_headers(&r.name, rl, &verdict));
-                    }
-                    return d;
-                }
-                response_headers.extend(ratelimit::limit_headers(&r.name, rl, &verdict));
-            }
-            let limit = found
-                .as_ref()
-                .and_then(|m| self.concurrency.get(m.index))
-                .and_then(Option::as_ref);
-            if let Some(cl) = limit {
-                let value = self.limit_key(&cl.key, &verified.claims, caller);
-                let bucket = concurrency::bucket_key(&r.name, &value);
-                if !env.acquire_slot(&bucket, cl.max_in_flight) {
-                    let retry = Some(concurrency::RETRY_AFTER_SECS);
-                    return self.deny(Reason::ConcurrencyLimited, &request_id, retry, audit);
+        if let Some(m) = &found {
+            let cl = self.concurrency.get(m.index).and_then(Option::as_ref);
+            let value_of = |key: &[String]| self.limit_key(key, &verified.claims, caller);
+            match limits::check(m.route, cl, value_of, &mut EnvCounters(env)) {
+                Limited::Pass(h) => response_headers = h,
+                Limited::Deny(reason, retry, h) => {
+                    return self.deny_with(reason, &request_id, retry, h, audit)
                 }
             }
         }
@@ -399,6 +395,58 @@ impl Filter {
             Err(Reason::KidUnknown) if env.refetch_for_unknown_kid(pi) => Err(Unverified::Wait(pi)),
             Err(reason) => Err(Unverified::Deny(reason, None)),
         }
+    }
+
+    /// Allow a request without a verified token, after its route's limits, which count it
+    /// under its client address.
+    fn allow_anonymous(
+        &self,
+        found: Option<&policy::RouteMatch>,
+        req: &RequestView,
+        request_id: &str,
+        env: &mut dyn Env,
+        audit: AuditRecord,
+    ) -> Decision {
+        let route = found.map(|m| m.route);
+        let mut headers = Vec::new();
+        if let Some(m) = found {
+            let cl = self.concurrency.get(m.index).and_then(Option::as_ref);
+            if m.route.rate_limit.is_some() || cl.is_some() {
+                let value = limits::anonymous_value(env.client_address().as_deref());
+                let value_of = |_: &[String]| std::borrow::Cow::Borrowed(value.as_str());
+                match limits::check(m.route, cl, value_of, &mut EnvCounters(env)) {
+                    Limited::Pass(h) => headers = h,
+                    Limited::Deny(reason, retry, h) => {
+                        return self.deny_with(reason, request_id, retry, h, audit)
+                    }
+                }
+            }
+        }
+        let mut d = self.allow(route, None, None, req, request_id, audit);
+        if let Decision::Allow { ops, .. } = &mut d {
+            ops.extend(
+                headers
+                    .into_iter()
+                    .map(|(name, value)| HeaderOp::SetResponse { name, value }),
+            );
+        }
+        d
+    }
+
+    /// A denial whose response carries extra headers (a 429's `RateLimit`).
+    fn deny_with(
+        &self,
+        reason: Reason,
+        request_id: &str,
+        retry_after_secs: u64,
+        headers: Vec<(String, String)>,
+        audit: AuditRecord,
+    ) -> Decision {
+        let mut d = self.deny(reason, request_id, Some(retry_after_secs), audit);
+        if let Decision::Deny { response, .. } = &mut d {
+            response.headers.extend(headers);
+        }
+        d
     }
 
     /// The audit record names the verified token's caller (registered or `unregistered`).
@@ -710,6 +758,9 @@ mod tests {
         fn acquire_slot(&mut self, bucket: &str, max_in_flight: u64) -> bool {
             self.slot_asks.push((bucket.to_string(), max_in_flight));
             !self.slots_full
+        }
+        fn client_address(&mut self) -> Option<String> {
+            Some("10.1.2.3".into())
         }
         fn upstream_token(&mut self, credential: usize) -> CredentialState {
             self.credential_asks.push(credential);
@@ -1181,12 +1232,57 @@ mod tests {
                 .unwrap_or_else(|| panic!("{bad}"));
             assert_eq!(e.path, field, "{bad}: {e}");
         }
-        let none = config("").replace(
-            r#"{"name": "health", "match": {"path": "/health"}, "auth": "none"}"#,
-            r#"{"name": "health", "match": {"path": "/health"}, "auth": "none", "concurrency_limit": {"max_in_flight": 1}}"#,
+    }
+
+    #[test]
+    fn requests_without_a_token_count_under_their_client_address() {
+        let cfg = config("")
+            .replace(
+                r#"{"name": "health", "match": {"path": "/health"}, "auth": "none"}"#,
+                r#"{"name": "health", "match": {"path": "/health"}, "auth": "none",
+                    "rate_limit": {"requests": 100, "window_seconds": 60},
+                    "concurrency_limit": {"max_in_flight": 3}}"#,
+            )
+            .replace(
+                r#"{"name": "opt", "match": {"path_prefix": "/optional/"}, "auth": "optional"}"#,
+                r#"{"name": "opt", "match": {"path_prefix": "/optional/"}, "auth": "optional",
+                    "rate_limit": {"requests": 100, "window_seconds": 60}}"#,
+            );
+        let f = Filter::from_json(cfg.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let mut run = Run::new(&f, FakeEnv::ready());
+        let d = run.call("GET", "/health", &[]);
+        assert!(allowed(&d)
+            .iter()
+            .any(|o| matches!(o, HeaderOp::SetResponse { name, .. } if name == "ratelimit")));
+        let anon = ratelimit::bucket_key_for_value("health", "addr:10.1.2.3");
+        assert_eq!(run.env.rate_calls[0].0, anon);
+        assert_eq!(
+            run.env.slot_asks,
+            [(concurrency::bucket_key("health", "addr:10.1.2.3"), 3)]
         );
-        let e = Filter::from_json(none.as_bytes()).err().expect("auth none");
-        assert_eq!(e.path, "routes[0].concurrency_limit");
+        // optional: without a token by address; with one, by its key claim (oid).
+        allowed(&run.call("GET", "/optional/x", &[]));
+        allowed(&run.bearer("GET", "/optional/x", &good()));
+        let mine = claims().as_object().cloned().unwrap();
+        assert_eq!(
+            run.env.rate_calls[1].0,
+            ratelimit::bucket_key_for_value("opt", "addr:10.1.2.3")
+        );
+        assert_eq!(
+            run.env.rate_calls[2].0,
+            ratelimit::bucket_key("opt", &["oid".into()], &mine)
+        );
+        run.env.limited = true;
+        let d = run.call("GET", "/health", &[]);
+        assert_deny(&d, 429, "rate_limited");
+        assert!(header(denied(&d).2, "ratelimit").is_some());
+        run.env.limited = false;
+        run.env.slots_full = true;
+        assert_deny(&run.call("GET", "/health", &[]), 429, "concurrency_limited");
+        // Unlimited routes ask for nothing.
+        let calls = (run.env.rate_calls.len(), run.env.slot_asks.len());
+        allowed(&run.bearer("GET", "/any/x", &good()));
+        assert_eq!((run.env.rate_calls.len(), run.env.slot_asks.len()), calls);
     }
 
     #[test]

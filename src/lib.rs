@@ -29,6 +29,7 @@ pub mod headers;
 pub mod jose;
 pub mod jwks;
 pub mod keycache;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod providers;

@@ -16,8 +16,8 @@
 //! key size, and keeps `/` (a zone separator in Kong's shm_kv) out of keys. The key claim
 //! accepts `a|b` alternatives (first present wins). **A verified token without the key
 //! claim counts in one shared `anonymous` bucket per route**, so it cannot escape the limit
-//! by omitting the claim. Limits apply to verified requests only: unauthenticated requests
-//! on `optional`/`none` routes are allowed before any limit runs (the engine).
+//! by omitting the claim. Requests without a verified token (`auth: none`/`optional`
+//! routes) count under their client address (`crate::limits`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;

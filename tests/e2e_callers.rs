@@ -37,6 +37,16 @@ fn config(idp_port: u16, unknown: &str) -> Value {
     routes.insert(
         0,
         json!({
+            "name": "open-limited",
+            "match": {"path_prefix": "/open/"},
+            "auth": "none",
+            "rate_limit": {"requests": 2, "window_seconds": 60},
+            "set_request_headers": {"authorization": format!("Bearer {ENDPOINT_KEY}")}
+        }),
+    );
+    routes.insert(
+        0,
+        json!({
             "name": "gpu",
             "match": {"path_prefix": "/gpu/"},
             "concurrency_limit": {"max_in_flight": 2, "key": "caller"},
@@ -248,6 +258,22 @@ fn until_admitted(gw: &Gateway, token: &str, within: Duration) {
             gw.log()
         );
         thread::sleep(Duration::from_millis(100));
+    }
+}
+
+both_hosts! {
+    fn requests_without_a_token_are_limited_per_client_address(host: Host) {
+        let gw = start(host, "allow");
+        let get = || http("GET", &gw.url("/open/status"), &[], None).unwrap_or_else(|e| panic!("{e}"));
+        let statuses: Vec<u16> = (0..3).map(|_| get().status).collect();
+        // Per node: both workers count this address together.
+        assert_eq!(statuses, [200, 200, 429]);
+        let r = get();
+        assert_eq!(r.json()["error"], "rate_limited", "{}", r.body);
+        assert_eq!(r.header("ratelimit-policy"), Some(r#""open-limited";q=2;w=60"#));
+        // A verified caller on a limited route has a bucket of its own.
+        let fraud = token(&gw, "fraud-svc", "fraud");
+        assert_eq!(post(&gw, "/per-caller/score", &fraud, &[]).status, 200);
     }
 }
 

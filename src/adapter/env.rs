@@ -146,6 +146,12 @@ impl<H: Host> Env for RequestEnv<'_, H> {
         )
     }
 
+    fn client_address(&mut self) -> Option<String> {
+        self.host
+            .property_str(&["source", "address"])
+            .map(|a| crate::limits::client_ip(&a))
+    }
+
     fn acquire_slot(&mut self, bucket: &str, max_in_flight: u64) -> bool {
         self.slots
             .acquire(self.host, self.now_ms, self.waiter, bucket, max_in_flight)
