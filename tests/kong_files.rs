@@ -1118,6 +1118,15 @@ fn schema_defaults_are_the_filter_defaults() {
     );
     assert_eq!(cfg.audit.log_level, LogLevel::Warn);
     assert_eq!(d("/properties/audit/properties/log_level"), json!("warn"));
+    assert_eq!(
+        cfg.unknown_callers,
+        azure_ml_kong::config::UnknownCallers::Allow
+    );
+    assert_eq!(d("/properties/unknown_callers"), json!("allow"));
+    assert_eq!(
+        d("/definitions/concurrency_limit/properties/key"),
+        d("/definitions/rate_limit/properties/key")
+    );
     assert!(!cfg.audit.kong_lua_properties);
     assert_eq!(
         d("/properties/audit/properties/kong_lua_properties"),
@@ -1152,6 +1161,130 @@ fn kong_parse(key: &str, patterns: &[(String, regex::Regex)]) -> (String, Vec<(S
     (key[..first].replace(':', "_"), labels)
 }
 
+/// meta.json's `label_patterns`, compiled.
+fn label_patterns(meta: &Value) -> Vec<(String, regex::Regex)> {
+    meta["metrics"]["label_patterns"]
+        .as_array()
+        .expect("label_patterns")
+        .iter()
+        .map(|p| {
+            let label = p["label"].as_str().expect("label").to_string();
+            let pat = p["pattern"].as_str().expect("pattern");
+            let re = regex::Regex::new(pat).unwrap_or_else(|e| panic!("{label}: {e}"));
+            (label, re)
+        })
+        .collect()
+}
+
+/// Every Prometheus series the filter emits in Kong, as (name, labels): the metric names
+/// the filter builds (src/metrics.rs), through the label patterns.
+fn emitted_series() -> Vec<(String, Vec<String>)> {
+    use azure_ml_kong::credential::cache::CredEvent;
+    use azure_ml_kong::keycache::Event;
+    use azure_ml_kong::metrics;
+    let mut audit = denied_audit();
+    audit.caller = Some("fraud-scoring".into());
+    let fetched = Event::FetchOk {
+        uri: String::new(),
+        keys: 1,
+        bytes: 1,
+        changed: true,
+        generation: 1,
+        ttl_ms: 1,
+    };
+    let acquired = CredEvent::Acquired {
+        lifetime_secs: 60,
+        fetched: true,
+    };
+    let (keys, age) = metrics::jwks_gauges("entra");
+    let names = [
+        metrics::decision_counter(&audit),
+        metrics::jwks_counter("entra", &fetched).expect("a fetch counts"),
+        keys,
+        age,
+        metrics::credential_counter("aml", &acquired).expect("a grant counts"),
+        metrics::credential_gauge("aml"),
+        metrics::credential_age_gauge("aml"),
+    ];
+    let patterns = label_patterns(&meta());
+    names
+        .iter()
+        .map(|n| {
+            let (name, labels) = kong_parse(&format!("pw:{FILTER}:{n}"), &patterns);
+            (name, labels.into_iter().map(|(l, _)| l).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_what_the_filter_emits() {
+    let dash: Value =
+        serde_json::from_str(&read("examples/grafana/azure-ml-kong.json")).expect("dashboard JSON");
+    let emitted = emitted_series();
+    let metric_re = regex::Regex::new(r"pw_azure_ml_kong_[a-z_]+").expect("re");
+    let matcher_re = regex::Regex::new(r#"([a-z_]+)\s*(=~|!~|!=|=)\s*""#).expect("re");
+    let by_re = regex::Regex::new(r"by \(([^)]*)\)").expect("re");
+    let legend_re = regex::Regex::new(r"\{\{([a-z_]+)\}\}").expect("re");
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr").to_string();
+            let legend = t["legendFormat"].as_str().unwrap_or_default().to_string();
+            queries.push((expr, legend));
+        }
+    }
+    for v in dash["templating"]["list"].as_array().expect("templating") {
+        if let Some(q) = v["query"]
+            .as_str()
+            .filter(|q| q.starts_with("label_values("))
+        {
+            let inner = q.trim_start_matches("label_values(").trim_end_matches(')');
+            let (metric, label) = inner.split_once(',').expect("label_values(metric, label)");
+            queries.push((format!("{metric}{{}} by ({label})"), String::new()));
+        }
+    }
+    assert!(queries.len() >= 9, "{queries:?}");
+    let mut used = std::collections::BTreeSet::new();
+    for (expr, legend) in &queries {
+        let metrics: Vec<&str> = metric_re.find_iter(expr).map(|m| m.as_str()).collect();
+        assert!(!metrics.is_empty(), "{expr}: queries no filter metric");
+        let mut labels: Vec<String> = Vec::new();
+        for m in &metrics {
+            let (_, l) = emitted.iter().find(|(n, _)| n == m).unwrap_or_else(|| {
+                panic!("{expr}: {m} is not a metric the filter emits: {emitted:?}")
+            });
+            labels.extend(l.iter().cloned());
+            used.insert(m.to_string());
+        }
+        let by: Vec<String> = by_re
+            .captures_iter(expr)
+            .flat_map(|c| {
+                c[1].split(',')
+                    .map(|l| l.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let matchers = matcher_re.captures_iter(expr).map(|c| c[1].to_string());
+        for l in by.iter().cloned().chain(matchers) {
+            assert!(
+                labels.contains(&l),
+                "{expr}: label {l} is not one of {labels:?}"
+            );
+        }
+        for c in legend_re.captures_iter(legend) {
+            assert!(
+                by.contains(&c[1].to_string()),
+                "{legend}: {{{{{}}}}} is not grouped by in {expr}",
+                &c[1]
+            );
+        }
+    }
+    // Every metric the filter emits has a panel.
+    for (name, _) in &emitted {
+        assert!(used.contains(name), "the dashboard shows nothing of {name}");
+    }
+}
+
 /// An audit record of a 403 on route `team-score`, as the filter would make it.
 fn denied_audit() -> azure_ml_kong::audit::AuditRecord {
     let h = vec![];
@@ -1170,17 +1303,7 @@ fn denied_audit() -> azure_ml_kong::audit::AuditRecord {
 #[test]
 fn metric_names_yield_the_documented_labels() {
     let m = meta();
-    let patterns: Vec<(String, regex::Regex)> = m["metrics"]["label_patterns"]
-        .as_array()
-        .expect("label_patterns")
-        .iter()
-        .map(|p| {
-            let label = p["label"].as_str().expect("label").to_string();
-            let pat = p["pattern"].as_str().expect("pattern");
-            let re = regex::Regex::new(pat).unwrap_or_else(|e| panic!("{label}: {e}"));
-            (label, re)
-        })
-        .collect();
+    let patterns = label_patterns(&m);
     let l = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
         pairs
             .iter()
