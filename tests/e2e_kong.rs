@@ -145,6 +145,7 @@ fn declared_nginx_variables_reach_a_lua_log_plugin_kong() {
         "subject",
         "tid",
         "app",
+        "caller",
     ] {
         fields.insert(
             format!("amlk_{key}"),
@@ -165,6 +166,7 @@ fn declared_nginx_variables_reach_a_lua_log_plugin_kong() {
         .start(|port| {
             let mut c = teams_filter_config(port);
             c["providers"][0]["jwks_min_refetch_seconds"] = json!(1);
+            c["callers"] = json!([{"name": "team-a-scoring", "app_ids": ["app-a"]}]);
             c
         })
         .unwrap_or_else(|e| panic!("{e}"));
@@ -228,6 +230,7 @@ fn declared_nginx_variables_reach_a_lua_log_plugin_kong() {
         assert_eq!(l["amlk_subject"], oid, "{l}");
         assert_eq!(l["amlk_tid"], TENANT, "{l}");
         assert!(l["amlk_app"].as_str().is_some_and(|s| !s.is_empty()), "{l}");
+        assert_eq!(l["amlk_caller"], "team-a-scoring", "{l}");
         assert!(l.get("amlk_shared").is_none_or(Value::is_null), "{l}");
     }
     let l = by_id("vars-denied").expect("no file-log line for the denial");
