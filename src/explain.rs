@@ -448,5 +448,7 @@ fn tell(f: &Filter, req: &RequestView<'_>, now: u64, keys: &Keys, s: &mut Story)
 
 mod checks;
 
+pub use checks::span;
+
 #[cfg(test)]
 mod tests;

@@ -98,10 +98,12 @@ fn base() -> Value {
     })
 }
 
+type Mutation = Box<dyn Fn(&mut Value)>;
+
 #[test]
 fn broken_configs_exit_1_with_the_field_path_and_a_hint() {
     let dir = tempfile::tempdir().expect("tmp");
-    let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+    let cases: Vec<(Mutation, &str)> = vec![
         (
             Box::new(|v| v["routes"][0]["matchh"] = json!({})),
             "routes[0].matchh",
