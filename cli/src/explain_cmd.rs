@@ -128,6 +128,10 @@ fn token_and_keys(
     let Some(t) = token else {
         return Ok((None, Keys::None));
     };
+    // Refused on its size before anything is decoded: decided as it is.
+    if t.len() > f.config.cache.max_token_bytes {
+        return Ok((Some(t), Keys::None));
+    }
     // A token that does not decode, or an HS* one (the config's secret verifies it), is
     // decided as it is.
     match jose::decode(&t, usize::MAX) {
