@@ -137,7 +137,7 @@ pub fn run(source: &str, json_out: bool) -> Outcome {
         };
         println!(
             "{:<3} {:<28} {:<4} {:<6} {:<10} {:<4} {:<28} {f}",
-            r["index"],
+            r["index"].as_u64().unwrap_or(0),
             g("kid"),
             g("kty"),
             g("alg"),
