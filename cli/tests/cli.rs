@@ -508,4 +508,14 @@ fn help_documents_the_exit_codes() {
         2,
         "missing arguments are a usage error"
     );
+    // Several configs in one file: --at picks one (a route name does), none is a usage error.
+    let kong = root().join("kong/kong.yml").display().to_string();
+    let r = run(&["explain", "--config", &kong, "--path", "/health"]);
+    assert_eq!(r.code, 2, "{}", r.err);
+    assert!(r.err.contains("--at"), "{}", r.err);
+    let r = run(&[
+        "explain", "--config", &kong, "--at", "health", "--path", "/health", "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.out, r.err);
+    assert_eq!(r.json()["decision"]["outcome"], "allow");
 }

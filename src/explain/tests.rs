@@ -169,3 +169,46 @@ fn allowed_request_lists_rate_limit_and_header_plan() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn route_mismatch_names_method_host_and_path() {
+    let cfg = json!({
+        "providers": [{"name": "hs", "issuers": [ISS], "audiences": ["api://gw"],
+                       "algorithms": ["HS256"], "hmac_secret": SECRET}],
+        "routes": [
+            {"name": "posts", "match": {"path_prefix": "/a/", "methods": ["POST"]}, "auth": "none"},
+            {"name": "hosted", "match": {"hosts": ["ml.example.com"]}, "auth": "none"},
+            {"name": "b", "match": {"path": "/b/{x}"}, "auth": "none"}
+        ]
+    });
+    let f = Filter::from_json(cfg.to_string().as_bytes()).unwrap();
+    let h = Vec::new();
+    let req = RequestView {
+        method: "GET",
+        path: "/b/1",
+        authority: "gw.example:8443",
+        headers: &h,
+    };
+    let r: Vec<_> = f.routes.iter().map(|r| r.mismatch(&req)).collect();
+    assert_eq!(r, vec![Some(Mismatch::Method), Some(Mismatch::Host), None]);
+    let e = explain(&f, &req, NOW * 1000, Keys::None);
+    assert!(e.agrees());
+    assert!(
+        e.steps[1]
+            .detail
+            .contains("method GET not in match.methods [POST]"),
+        "{:?}",
+        e.steps
+    );
+    assert!(e.steps[2]
+        .detail
+        .contains("host gw.example:8443 not in match.hosts [ml.example.com]"));
+    let bad = RequestView {
+        path: "/b/../a/",
+        ..req
+    };
+    assert_eq!(
+        f.routes.get(2).unwrap().mismatch(&bad),
+        Some(Mismatch::Path)
+    );
+}
