@@ -25,6 +25,9 @@ pub mod concurrency;
 pub mod config;
 pub mod credential;
 pub mod engine;
+// The operator CLI's step-by-step story of a decision; never part of the filter module.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod explain;
 pub mod headers;
 pub mod jose;
 pub mod jwks;

@@ -69,6 +69,14 @@ pub struct RouteMatch<'r> {
     pub params: Vec<(String, String)>,
 }
 
+/// Which part of a route's `match` a request fails ([`Route::mismatch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    Method,
+    Host,
+    Path,
+}
+
 /// All routes, in configuration order (first match wins).
 #[derive(Debug, Clone)]
 pub struct Routes {
@@ -413,6 +421,38 @@ impl Route {
     /// Whether the route has a `require` block.
     pub fn has_requirement(&self) -> bool {
         self.require.is_some()
+    }
+
+    /// The compiled `require` block (for tools that explain a decision).
+    pub fn requirement(&self) -> Option<&Requirement> {
+        self.require.as_ref()
+    }
+
+    /// Why this route does not take `req` (the first test that fails, in the order
+    /// [`Routes::find_request`] applies them), `None` when it does. For `explain`; the
+    /// request path uses [`Routes::find_request`].
+    pub fn mismatch(&self, req: &RequestView<'_>) -> Option<Mismatch> {
+        let Ok(norm) = normalize_path(req.path) else {
+            return Some(Mismatch::Path);
+        };
+        let method_ok = if is_cors_preflight(req) {
+            let wanted = req.header("access-control-request-method").unwrap_or("");
+            self.method_matches(req.method) || self.method_matches(wanted.trim())
+        } else {
+            self.method_matches(req.method)
+        };
+        if !method_ok {
+            return Some(Mismatch::Method);
+        }
+        if !self.host_matches(host_only(req.authority)) {
+            return Some(Mismatch::Host);
+        }
+        let ok = match &self.path {
+            PathMatch::Any => true,
+            PathMatch::Prefix(p) => p.matches(norm),
+            PathMatch::Template(t) => t.matches(norm, &mut Vec::new()),
+        };
+        (!ok).then_some(Mismatch::Path)
     }
 
     /// Authorize verified claims: the route's `audiences` override first
