@@ -131,10 +131,19 @@ impl Env for OfflineEnv {
         ratelimit::Verdict {
             allowed: true,
             retry_after_secs: 0,
+            remaining: limit.saturating_sub(1),
+            reset_secs: window,
         }
     }
     fn upstream_token(&mut self, _credential: usize) -> CredentialState {
         CredentialState::Ready(GATEWAY_TOKEN_PLACEHOLDER.into())
+    }
+    /// Offline no request is in flight: a slot is always free.
+    fn acquire_slot(&mut self, _bucket: &str, _max_in_flight: u64) -> bool {
+        true
+    }
+    fn client_address(&mut self) -> Option<String> {
+        None
     }
 }
 

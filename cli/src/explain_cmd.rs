@@ -225,6 +225,9 @@ fn header_plan(f: &Filter, req: &RequestView<'_>, e: &Explanation) -> Vec<Value>
             HeaderOp::SetPath { path, strip } => {
                 json!({"op": "set_path", "path": path, "strip": strip})
             }
+            HeaderOp::SetResponse { name, value } => {
+                json!({"op": "set_response", "name": name, "value": value})
+            }
         })
         .collect();
     let owned: Vec<&str> = f
@@ -364,6 +367,9 @@ fn print_human(f: &Filter, req: &RequestView<'_>, at: &str, e: &Explanation) {
                 "set" => println!("  set     {}: {}", g("name"), g("value")),
                 "clear" => println!("  clear   {}", g("name")),
                 "set_path" => println!("  path    {} (token removed from the query)", g("path")),
+                "set_response" => {
+                    println!("  reply   {}: {} (on the response)", g("name"), g("value"))
+                }
                 _ => println!(
                     "  dropped {} (the client's value never reaches the upstream)",
                     g("name")
