@@ -34,34 +34,21 @@ pub enum Scheme {
     Pss(Hash),
 }
 
+#[derive(Clone)]
 enum Params {
-    W2048(FixedMontyParams<{ U2048::LIMBS }>),
-    W3072(FixedMontyParams<{ U3072::LIMBS }>),
-    W4096(FixedMontyParams<{ U4096::LIMBS }>),
+    W2048(Box<FixedMontyParams<{ U2048::LIMBS }>>),
+    W3072(Box<FixedMontyParams<{ U3072::LIMBS }>>),
+    W4096(Box<FixedMontyParams<{ U4096::LIMBS }>>),
 }
 
 /// An RSA public key with `e = 65537` and a 2048–4096-bit modulus.
+#[derive(Clone)]
 pub struct PublicKey {
-    params: Box<Params>,
+    params: Params,
     /// Modulus length in bytes (`k` in RFC 8017).
     len: usize,
     /// Modulus length in bits.
     bits: usize,
-}
-
-impl Clone for PublicKey {
-    fn clone(&self) -> Self {
-        let params = match &*self.params {
-            Params::W2048(p) => Params::W2048(*p),
-            Params::W3072(p) => Params::W3072(*p),
-            Params::W4096(p) => Params::W4096(*p),
-        };
-        PublicKey {
-            params: Box::new(params),
-            len: self.len,
-            bits: self.bits,
-        }
-    }
 }
 
 /// Why a key is refused.
@@ -141,13 +128,13 @@ impl PublicKey {
             return Err(KeyError::Exponent(bits));
         }
         let p = if bits <= 2048 {
-            params(n).map(Params::W2048)
+            params(n).map(|p| Params::W2048(Box::new(p)))
         } else if bits <= 3072 {
-            params(n).map(Params::W3072)
+            params(n).map(|p| Params::W3072(Box::new(p)))
         } else {
-            params(n).map(Params::W4096)
+            params(n).map(|p| Params::W4096(Box::new(p)))
         };
-        let params = Box::new(p.ok_or(KeyError::Even(bits))?);
+        let params = p.ok_or(KeyError::Even(bits))?;
         Ok(PublicKey {
             params,
             len: n.len(),
@@ -166,7 +153,7 @@ impl PublicKey {
         if sig.len() != self.len {
             return false;
         }
-        let em = match &*self.params {
+        let em = match &self.params {
             Params::W2048(p) => rsavp1(p, sig, self.len),
             Params::W3072(p) => rsavp1(p, sig, self.len),
             Params::W4096(p) => rsavp1(p, sig, self.len),

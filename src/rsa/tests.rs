@@ -5,7 +5,7 @@ use serde_json::Value;
 use crate::jwks::testkeys::{RSA_A_PEM, RSA_B_PEM, RSA_WEAK_N};
 
 fn hex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex length");
+    assert!(s.len().is_multiple_of(2), "odd hex length");
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
