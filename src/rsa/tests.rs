@@ -292,3 +292,37 @@ fn a_cloned_key_verifies_the_same() {
         assert_eq!(k.clone().bits(), bits);
     }
 }
+
+/// Issue 11: a key the RSA policy refuses is skipped with its reason; the rest of the set
+/// stays usable.
+#[test]
+fn refused_rsa_keys_are_skipped_not_the_whole_set() {
+    use crate::jose::testutil::b64;
+    use crate::jwks::testkeys::{jwks, rsa_jwk};
+    use crate::jwks::KeySet;
+    let (n, _) = components(RSA_A_PEM);
+    let doc = jwks(&[
+        format!(r#"{{"kty":"RSA","kid":"weak","n":"{RSA_WEAK_N}","e":"AQAB"}}"#),
+        format!(
+            r#"{{"kty":"RSA","kid":"huge","n":"{}","e":"AQAB"}}"#,
+            b64(&modulus(8192))
+        ),
+        format!(r#"{{"kty":"RSA","kid":"e3","n":"{}","e":"Aw"}}"#, b64(&n)),
+        rsa_jwk(RSA_A_PEM, "good", ""),
+    ]);
+    let ks = KeySet::parse(doc.as_bytes()).unwrap();
+    assert_eq!(ks.len(), 1);
+    assert!(ks.has_kid("good") && !ks.has_kid("weak"));
+    let skipped = ks.skipped().join("\n");
+    assert_eq!(ks.skipped().len(), 3, "{skipped}");
+    for want in [
+        "kid weak",
+        "below 2048",
+        "kid huge",
+        "8192-bit",
+        "kid e3",
+        "e=65537",
+    ] {
+        assert!(skipped.contains(want), "missing {want}: {skipped}");
+    }
+}
