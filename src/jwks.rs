@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::jose::{b64url, Alg};
 use crate::reason::Reason;
+use crate::rsa::{Hash, Scheme};
 
 /// Most keys kept from one document (more are skipped).
 pub const MAX_KEYS: usize = 100;
@@ -65,19 +66,9 @@ impl KeyKind {
     }
 }
 
-#[derive(Clone, Default)]
-struct RsaKeys {
-    rs256: Option<RS256PublicKey>,
-    rs384: Option<RS384PublicKey>,
-    rs512: Option<RS512PublicKey>,
-    ps256: Option<PS256PublicKey>,
-    ps384: Option<PS384PublicKey>,
-    ps512: Option<PS512PublicKey>,
-}
-
 #[derive(Clone)]
 enum Material {
-    Rsa(Box<RsaKeys>),
+    Rsa(crate::rsa::PublicKey),
     P256(ES256PublicKey),
     P384(ES384PublicKey),
     Ed25519(Ed25519PublicKey),
@@ -124,8 +115,9 @@ impl Jwk {
         self.kind.fits(alg) && self.alg.is_none_or(|a| a == alg)
     }
 
-    /// Check the token's signature (jwt-simple). Claims checks are the caller's: the
-    /// options must neutralise jwt-simple's own.
+    /// Check the token's signature: RS*/PS* with [`crate::rsa`], the others with
+    /// jwt-simple. Claims checks are the caller's: the options must neutralise
+    /// jwt-simple's own.
     pub(crate) fn verify_token(
         &self,
         alg: Alg,
@@ -134,43 +126,18 @@ impl Jwk {
     ) -> Result<(), jwt_simple::Error> {
         let o = Some(opts);
         let mismatch = || jwt_simple::Error::from(JWTError::AlgorithmMismatch);
+        let invalid = || jwt_simple::Error::from(JWTError::InvalidSignature);
         match (&self.material, alg) {
-            (Material::Rsa(k), Alg::RS256) => k
-                .rs256
-                .as_ref()
-                .ok_or_else(mismatch)?
-                .verify_token::<NoCustomClaims>(token, o)
-                .map(drop),
-            (Material::Rsa(k), Alg::RS384) => k
-                .rs384
-                .as_ref()
-                .ok_or_else(mismatch)?
-                .verify_token::<NoCustomClaims>(token, o)
-                .map(drop),
-            (Material::Rsa(k), Alg::RS512) => k
-                .rs512
-                .as_ref()
-                .ok_or_else(mismatch)?
-                .verify_token::<NoCustomClaims>(token, o)
-                .map(drop),
-            (Material::Rsa(k), Alg::PS256) => k
-                .ps256
-                .as_ref()
-                .ok_or_else(mismatch)?
-                .verify_token::<NoCustomClaims>(token, o)
-                .map(drop),
-            (Material::Rsa(k), Alg::PS384) => k
-                .ps384
-                .as_ref()
-                .ok_or_else(mismatch)?
-                .verify_token::<NoCustomClaims>(token, o)
-                .map(drop),
-            (Material::Rsa(k), Alg::PS512) => k
-                .ps512
-                .as_ref()
-                .ok_or_else(mismatch)?
-                .verify_token::<NoCustomClaims>(token, o)
-                .map(drop),
+            (Material::Rsa(k), _) => {
+                let scheme = rsa_scheme(alg).ok_or_else(mismatch)?;
+                let (input, sig) = token.rsplit_once('.').ok_or_else(invalid)?;
+                let sig = b64url(sig).map_err(|_| invalid())?;
+                if k.verify(scheme, input.as_bytes(), &sig) {
+                    Ok(())
+                } else {
+                    Err(invalid())
+                }
+            }
             (Material::P256(k), Alg::ES256) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
             (Material::P384(k), Alg::ES384) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
             (Material::Ed25519(k), Alg::EdDSA) => {
@@ -329,7 +296,7 @@ fn parse_jwk(e: &Value) -> Result<Jwk, String> {
     let issuer = field(e, "issuer")?.map(str::to_string);
     let kty = field(e, "kty")?.ok_or("no \"kty\"")?;
     let (kind, material) = match kty {
-        "RSA" => (KeyKind::Rsa, rsa(e, alg)?),
+        "RSA" => (KeyKind::Rsa, rsa(e)?),
         "EC" => match field(e, "crv")?.ok_or("EC key without \"crv\"")? {
             "P-256" => {
                 let pt = ec_point(e, 32)?;
@@ -385,41 +352,24 @@ fn ec_point(e: &Value, len: usize) -> Result<Vec<u8>, String> {
     Ok(pt)
 }
 
-fn rsa(e: &Value, alg: Option<Alg>) -> Result<Material, String> {
+/// The RSA scheme of an RS*/PS* `alg`.
+fn rsa_scheme(alg: Alg) -> Option<Scheme> {
+    Some(match alg {
+        Alg::RS256 => Scheme::Pkcs1v15(Hash::Sha256),
+        Alg::RS384 => Scheme::Pkcs1v15(Hash::Sha384),
+        Alg::RS512 => Scheme::Pkcs1v15(Hash::Sha512),
+        Alg::PS256 => Scheme::Pss(Hash::Sha256),
+        Alg::PS384 => Scheme::Pss(Hash::Sha384),
+        Alg::PS512 => Scheme::Pss(Hash::Sha512),
+        _ => return None,
+    })
+}
+
+fn rsa(e: &Value) -> Result<Material, String> {
     let n = bytes(e, "n")?;
     let ex = bytes(e, "e")?;
-    let first = n.iter().position(|b| *b != 0).unwrap_or(n.len());
-    let n = n.get(first..).unwrap_or_default();
-    let bits = match n.first() {
-        None => 0,
-        Some(top) => (n.len() - 1) * 8 + (8 - top.leading_zeros() as usize),
-    };
-    if bits < 2048 {
-        return Err(format!("RSA modulus of {bits} bits is below 2048"));
-    }
-    let bad =
-        |_| format!("RSA key rejected ({bits}-bit modulus; 2048-4096 bits and e=65537 required)");
-    let want = |a: Alg| alg.is_none_or(|x| x == a);
-    let mut k = RsaKeys::default();
-    if want(Alg::RS256) {
-        k.rs256 = Some(RS256PublicKey::from_components(n, &ex).map_err(bad)?);
-    }
-    if want(Alg::RS384) {
-        k.rs384 = Some(RS384PublicKey::from_components(n, &ex).map_err(bad)?);
-    }
-    if want(Alg::RS512) {
-        k.rs512 = Some(RS512PublicKey::from_components(n, &ex).map_err(bad)?);
-    }
-    if want(Alg::PS256) {
-        k.ps256 = Some(PS256PublicKey::from_components(n, &ex).map_err(bad)?);
-    }
-    if want(Alg::PS384) {
-        k.ps384 = Some(PS384PublicKey::from_components(n, &ex).map_err(bad)?);
-    }
-    if want(Alg::PS512) {
-        k.ps512 = Some(PS512PublicKey::from_components(n, &ex).map_err(bad)?);
-    }
-    Ok(Material::Rsa(Box::new(k)))
+    let key = crate::rsa::PublicKey::from_components(&n, &ex).map_err(|e| e.to_string())?;
+    Ok(Material::Rsa(key))
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ pub mod ratelimit;
 pub mod reason;
 pub mod request;
 pub mod respond;
+pub mod rsa;
 pub mod store;
 pub mod token;
 pub mod validate;

@@ -1,5 +1,5 @@
 //! Token verification against one provider: algorithm allow-list, key choice,
-//! signature (jwt-simple), then every claim check done here with the caller's `now`.
+//! signature (RS*/PS*: [`crate::rsa`]; the others: jwt-simple), then every claim check done here with the caller's `now`.
 //!
 //! Order: Graph `nonce` header → `GraphTokenUnverifiable`; `alg` not in the provider's
 //! `algorithms` → `AlgNotAllowed`; key (HS* → the provider's `hmac_secret`, never a
@@ -31,7 +31,7 @@ use sha2::Digest as _;
 
 use crate::claims::Claims;
 use crate::jose::{numeric_date, Alg, DecodedJwt};
-use crate::jwks::{Jwk, KeySet};
+use crate::jwks::{Jwk, KeyKind, KeySet};
 use crate::providers::{is_guid, Provider, TENANT_PLACEHOLDER};
 use crate::reason::Reason;
 
@@ -77,6 +77,18 @@ fn library_error(e: &jwt_simple::Error) -> Reason {
         // The crypto backends' own errors: a signature of the wrong length/encoding.
         None => Reason::SignatureInvalid,
     }
+}
+
+/// jwt-simple types the registered claims (`iss`, `sub`, `aud`, `jti`, `nonce`, the
+/// times) when it verifies a token; RSA signatures are checked in [`crate::rsa`] instead,
+/// so the payload goes through the same typing here and every algorithm refuses the same
+/// payloads. (`from_slice` is the instantiation jwt-simple already links: no extra code.)
+fn registered_claims_typed(token: &str) -> Result<(), Reason> {
+    let payload = token.split('.').nth(1).ok_or(Reason::TokenMalformed)?;
+    let bytes = crate::jose::b64url(payload)?;
+    serde_json::from_slice::<JWTClaims<NoCustomClaims>>(&bytes)
+        .map(drop)
+        .map_err(|_| Reason::TokenMalformed)
 }
 
 fn check_hmac(
@@ -128,6 +140,9 @@ pub fn verify(
         let k = ks.find(jwt.header.kid.as_deref(), alg)?;
         k.verify_token(alg, jwt.raw(), opts)
             .map_err(|e| library_error(&e))?;
+        if k.kind() == KeyKind::Rsa {
+            registered_claims_typed(jwt.raw())?;
+        }
         jwk = Some(k);
     }
 
