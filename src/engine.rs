@@ -24,7 +24,7 @@ use crate::request::{RequestView, TokenLocation};
 use crate::respond::{self, LocalResponse};
 use crate::token::TokenExtractor;
 use crate::validate;
-use crate::verify::{self, Verified, VerifiedCache};
+use crate::verify::{self, TokenKey, Verified, VerifiedCache};
 
 /// The compiled configuration: everything derived once at load time.
 pub struct Filter {
@@ -98,6 +98,34 @@ pub trait Env {
     /// The gateway's token for `credential` (an index into `Filter::credentials.specs`).
     /// Asked only for allowed requests on a route with `upstream_credential`.
     fn upstream_token(&mut self, credential: usize) -> CredentialState;
+
+    /// A verification of this token another worker shared under key-set `generation`,
+    /// still valid at `now` (seconds). Asked only when the worker's own cache missed.
+    fn shared_verified(
+        &mut self,
+        _key: &TokenKey,
+        _generation: u64,
+        _now: u64,
+    ) -> Option<Verified> {
+        None
+    }
+
+    /// Share a successful verification with the node's other workers.
+    fn share_verified(&mut self, _key: &TokenKey, _generation: u64, _v: &Verified, _now: u64) {}
+
+    /// Something happened on the verified-token path (for metrics).
+    fn note(&mut self, _event: CacheEvent) {}
+}
+
+/// Events of the verified-token path that the adapter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEvent {
+    /// A token went through [`verify::verify`] (signature work, unless refused before it).
+    Verified,
+    /// Another worker's verification was taken from shared data.
+    SharedHit,
+    /// A token that recently failed was refused again without verification.
+    RejectedHit,
 }
 
 /// Per-request inputs that are not part of the request itself.
@@ -335,14 +363,36 @@ impl Filter {
                 return Ok(v);
             }
         }
-        // A miss. The token is decoded already unless its entry was for other keys.
+        // A miss: a token that failed under these keys is refused again as it was; one
+        // another worker verified under them is taken as it verified it.
+        if let Some(k) = &key {
+            if let Some(reason) = cache.rejected.get(k.as_bytes(), pi, generation, now) {
+                env.note(CacheEvent::RejectedHit);
+                return Err(Unverified::deny(reason));
+            }
+            let shared = env
+                .shared_verified(k, generation, now)
+                .filter(|v| v.provider == pi);
+            if let Some(v) = shared {
+                env.note(CacheEvent::SharedHit);
+                audit.note_claims(&v.claims);
+                let v = Rc::new(v);
+                cache.insert_key(*k, v.clone(), generation);
+                return Ok(v);
+            }
+        }
+        // The token is decoded already unless its entry was for other keys.
         let jwt = match decoded {
             Some(jwt) => jwt,
             None => jose::decode(token, max_bytes).map_err(Unverified::deny)?,
         };
+        env.note(CacheEvent::Verified);
         match verify::verify(&jwt, pi, provider, keys.as_deref(), now) {
             Ok(v) => {
                 audit.note_claims(&v.claims);
+                if let Some(k) = &key {
+                    env.share_verified(k, generation, &v, now);
+                }
                 let v = Rc::new(v);
                 if let Some(k) = key {
                     cache.insert_key(k, v.clone(), generation);
@@ -350,7 +400,14 @@ impl Filter {
                 Ok(v)
             }
             Err(Reason::KidUnknown) if env.refetch_for_unknown_kid(pi) => Err(Unverified::Wait(pi)),
-            Err(reason) => Err(Unverified::Deny(reason, None)),
+            Err(reason) => {
+                if let Some(k) = &key {
+                    cache
+                        .rejected
+                        .insert(k.as_bytes(), pi, generation, reason, now);
+                }
+                Err(Unverified::Deny(reason, None))
+            }
         }
     }
 

@@ -5,10 +5,13 @@ use super::credentials::{CredentialManager, CredentialRide};
 use super::host::Host;
 use super::keys::KeyManager;
 use super::metrics::Metrics;
+use super::state::SharedShelf;
+use super::store::HostStore;
 use super::waiting::{Cx, WaitMode};
-use crate::engine::{CredentialState, Env, KeyState};
+use crate::engine::{CacheEvent, CredentialState, Env, KeyState};
 use crate::keycache::{FetchRequest, Refetch, Ride, WaitDecision, WaiterId};
 use crate::ratelimit::Verdict;
+use crate::verify::{TokenKey, Verified};
 
 /// The engine's view of keys and limits for one request.
 pub struct RequestEnv<'a, H> {
@@ -20,6 +23,7 @@ pub struct RequestEnv<'a, H> {
     wait: WaitMode,
     metrics: &'a mut Metrics,
     creds: &'a mut CredentialManager,
+    shared: &'a SharedShelf,
     /// A ride the request must dispatch from its own context: (provider, request).
     pub ride: Option<(usize, FetchRequest)>,
     /// A token request the request must dispatch from its own context (Kong).
@@ -34,6 +38,7 @@ impl<'a, H: Host> RequestEnv<'a, H> {
         cx: Cx<'a, H>,
         waiter: WaiterId,
         wait: WaitMode,
+        shared: &'a SharedShelf,
     ) -> Self {
         RequestEnv {
             keys,
@@ -44,6 +49,7 @@ impl<'a, H: Host> RequestEnv<'a, H> {
             wait,
             metrics: cx.metrics,
             creds,
+            shared,
             ride: None,
             credential_ride: None,
         }
@@ -140,6 +146,30 @@ impl<H: Host> Env for RequestEnv<'_, H> {
             self.wait,
             &mut self.credential_ride,
         )
+    }
+
+    fn shared_verified(&mut self, key: &TokenKey, generation: u64, now: u64) -> Option<Verified> {
+        let sh = &*self.shared;
+        if !sh.slots.enabled() {
+            return None;
+        }
+        let scope = sh.scope(generation);
+        let mut store = HostStore::new(self.host, self.keys.store_off());
+        sh.slots.get(store.as_dyn(), key, scope, now)
+    }
+
+    fn share_verified(&mut self, key: &TokenKey, generation: u64, v: &Verified, now: u64) {
+        let sh = &*self.shared;
+        if !sh.slots.enabled() {
+            return;
+        }
+        let scope = sh.scope(generation);
+        let mut store = HostStore::new(self.host, self.keys.store_off());
+        sh.slots.put(store.as_dyn(), key, scope, v, now);
+    }
+
+    fn note(&mut self, event: CacheEvent) {
+        self.metrics.event(self.host, event);
     }
 
     fn rate_limit(&mut self, bucket: &str, limit: u64, window_secs: u64) -> Verdict {

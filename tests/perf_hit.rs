@@ -1,0 +1,102 @@
+//! Ad-hoc measurement of the warm (cache-hit) path on both real hosts: one gateway worker,
+//! Debian `wrk` on another core, one valid token sent on every request. Prints numbers and
+//! asserts none (ignored; not part of any suite). Pin the gateway yourself:
+//!
+//! ```text
+//! taskset -c 0 cargo test --release --test perf_hit -- --ignored --nocapture --test-threads 1
+//! ```
+//!
+//! The gateway (and the mocks) inherit core 0; `wrk` runs on `PERF_WRK_CPU` (default 1).
+//! `FILTER_WASM` picks the module to measure (the harness reads it).
+
+use std::process::Command;
+
+use aml_harness::{default_filter_config, Gateway, Host};
+use serde_json::json;
+
+fn wrk(url: &str, headers: &[String], seconds: u64) -> f64 {
+    let cpu = std::env::var("PERF_WRK_CPU").unwrap_or_else(|_| "1".into());
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &cpu, "wrk", "-t1", "-c16"])
+        .arg(format!("-d{seconds}s"));
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().expect("wrk (apt-get install -y wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let non_2xx = text
+        .lines()
+        .find(|l| l.contains("Non-2xx"))
+        .unwrap_or("")
+        .to_string();
+    assert!(non_2xx.is_empty(), "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in {text}"))
+}
+
+/// One gateway per module in `PERF_WASMS` (comma-separated; default: the built one), all
+/// up at once and measured in turn, round after round, so machine noise spreads evenly.
+fn measure(host: Host) {
+    let wasms: Vec<String> = std::env::var("PERF_WASMS")
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|_| vec![String::new()]);
+    let seconds: u64 = env_num("PERF_SECONDS", 8);
+    let rounds = env_num("PERF_ROUNDS", 3) as usize;
+    let mut gws = Vec::new();
+    for w in &wasms {
+        if !w.is_empty() {
+            // Read by the harness when the gateway starts; the tests run one at a time.
+            std::env::set_var("FILTER_WASM", w);
+        }
+        let gw = Gateway::builder(host)
+            .workers(1)
+            .start(default_filter_config)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let token = gw.idp.token(json!({})).unwrap_or_else(|e| panic!("{e}"));
+        let auth = vec![format!("Authorization: Bearer {token}")];
+        // Warm: keys fetched, token verified and cached, the VM's code compiled.
+        wrk(&gw.url("/"), &auth, 2);
+        gws.push((w.clone(), gw, auth, Vec::new(), Vec::new()));
+    }
+    for _ in 0..rounds {
+        for (_, gw, auth, warm, anon) in gws.iter_mut() {
+            warm.push(wrk(&gw.url("/"), auth, seconds));
+            anon.push(wrk(&gw.url("/health"), &[], seconds));
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (w, gw, _, warm, anon) in &gws {
+        let (m, a) = (median(warm), median(anon));
+        println!(
+            "PERF {host} {w}: warm token {m:.0} req/s ({:.1} µs/req); auth:none route {a:.0} req/s ({:.1} µs/req); rounds {warm:.0?} / {anon:.0?}; verifications_total {:?}",
+            1e6 / m,
+            1e6 / a,
+            gw.metric("verifications_total")
+        );
+    }
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+#[ignore = "measurement: prints numbers, run by hand"]
+fn warm_path_envoy() {
+    measure(Host::Envoy);
+}
+
+#[test]
+#[ignore = "measurement: prints numbers, run by hand"]
+fn warm_path_kong() {
+    measure(Host::Kong);
+}
