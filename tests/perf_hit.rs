@@ -1,13 +1,12 @@
-//! Ad-hoc measurement of the warm (cache-hit) path on both real hosts: one gateway worker,
-//! Debian `wrk` on another core, one valid token sent on every request. Prints numbers and
-//! asserts none (ignored; not part of any suite). Pin the gateway yourself:
+//! Ad-hoc measurement of the warm (cache-hit) path on both real hosts: one gateway worker
+//! pinned to `PERF_GATEWAY_CPU` (default 0), Debian `wrk` and the mocks on the core this
+//! test runs on, one valid token on every request. Prints numbers and asserts none
+//! (ignored; not part of any suite):
 //!
 //! ```text
-//! taskset -c 0 cargo test --release --test perf_hit -- --ignored --nocapture --test-threads 1
+//! PERF_WASMS=before.wasm,after.wasm taskset -c 1 cargo test --test perf_hit -- \
+//!     --ignored --nocapture --test-threads 1
 //! ```
-//!
-//! The gateway (and the mocks) inherit core 0; `wrk` runs on `PERF_WRK_CPU` (default 1).
-//! `FILTER_WASM` picks the module to measure (the harness reads it).
 
 use std::process::Command;
 
@@ -15,9 +14,8 @@ use aml_harness::{default_filter_config, Gateway, Host};
 use serde_json::json;
 
 fn wrk(url: &str, headers: &[String], seconds: u64) -> f64 {
-    let cpu = std::env::var("PERF_WRK_CPU").unwrap_or_else(|_| "1".into());
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", &cpu, "wrk", "-t1", "-c16"])
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", "-c16"])
         .arg(format!("-d{seconds}s"));
     for h in headers {
         cmd.args(["-H", h]);
@@ -50,10 +48,13 @@ fn measure(host: Host) {
             // Read by the harness when the gateway starts; the tests run one at a time.
             std::env::set_var("FILTER_WASM", w);
         }
+        let level = if host == Host::Kong { "notice" } else { "warning" };
         let gw = Gateway::builder(host)
             .workers(1)
+            .log_level(level)
             .start(default_filter_config)
             .unwrap_or_else(|e| panic!("{e}"));
+        pin(&gw.dir().display().to_string());
         let token = gw.idp.token(json!({})).unwrap_or_else(|e| panic!("{e}"));
         let auth = vec![format!("Authorization: Bearer {token}")];
         // Warm: keys fetched, token verified and cached, the VM's code compiled.
@@ -79,6 +80,40 @@ fn measure(host: Host) {
             1e6 / a,
             gw.metric("verifications_total")
         );
+    }
+}
+
+/// Move the gateway's processes (those naming its directory, and their children: Kong's
+/// workers) to `PERF_GATEWAY_CPU`.
+fn pin(dir: &str) {
+    let cpu = std::env::var("PERF_GATEWAY_CPU").unwrap_or_else(|_| "0".into());
+    let procs: Vec<(u32, u32, String)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid, String::from_utf8_lossy(&cmd).into_owned()))
+        })
+        .collect();
+    let mut set: Vec<u32> = procs
+        .iter()
+        .filter(|(_, _, c)| c.contains(dir) && !c.contains("mock-"))
+        .map(|p| p.0)
+        .collect();
+    for (pid, ppid, _) in &procs {
+        if set.contains(ppid) && !set.contains(pid) {
+            set.push(*pid);
+        }
+    }
+    assert!(!set.is_empty(), "no gateway process names {dir}");
+    for pid in set {
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", &cpu, &pid.to_string()])
+            .output();
     }
 }
 

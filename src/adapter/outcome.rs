@@ -137,6 +137,10 @@ fn publish_ngx(host: &impl Host, state: &Rc<RefCell<State>>, audit: &AuditRecord
     let Ok(mut st) = state.try_borrow_mut() else {
         return;
     };
+    // None declared (learned once per worker): nothing to build.
+    if st.ngx_vars.0.iter().all(|k| *k == Some(false)) {
+        return;
+    }
     for ((name, value), known) in kong_props(audit).iter().zip(st.ngx_vars.0.iter_mut()) {
         if *known == Some(false) {
             continue;
