@@ -5,7 +5,7 @@ use super::credentials::{CredentialManager, CredentialRide};
 use super::host::Host;
 use super::keys::KeyManager;
 use super::metrics::Metrics;
-use super::state::SharedShelf;
+use super::shelf::SharedShelf;
 use super::store::HostStore;
 use super::waiting::{Cx, WaitMode};
 use crate::engine::{CacheEvent, CredentialState, Env, KeyState};
@@ -149,7 +149,7 @@ impl<H: Host> Env for RequestEnv<'_, H> {
     }
 
     fn shared_verified(&mut self, key: &TokenKey, generation: u64, now: u64) -> Option<Verified> {
-        let sh = &*self.shared;
+        let sh = self.shared;
         if !sh.slots.enabled() {
             return None;
         }
@@ -159,7 +159,7 @@ impl<H: Host> Env for RequestEnv<'_, H> {
     }
 
     fn share_verified(&mut self, key: &TokenKey, generation: u64, v: &Verified, now: u64) {
-        let sh = &*self.shared;
+        let sh = self.shared;
         if !sh.slots.enabled() {
             return;
         }

@@ -8,12 +8,12 @@ use super::env::RequestEnv;
 use super::host::Host;
 use super::keys::KeyManager;
 use super::metrics::Metrics;
+use super::shelf::SharedShelf;
 use super::waiting::{Cx, WaitMode};
 use crate::engine::{self, Ctx, Decision, Filter};
 use crate::keycache::FetchRequest;
 use crate::reason::Reason;
 use crate::request::RequestView;
-use crate::shared_verified::SharedVerified;
 use crate::verify::VerifiedCache;
 
 /// A request as the filter decides on it, kept while it waits for keys.
@@ -212,41 +212,6 @@ impl State {
             Ok(f) => f.deny_waited(&view, ctx, reason, retry_after_secs),
             Err(_) => engine::deny_config_invalid(self.realm(), &view, ctx),
         }
-    }
-}
-
-/// Where the node's verified tokens are shared, for one configuration.
-pub struct SharedShelf {
-    pub slots: SharedVerified,
-    /// Mixed into every key-set generation: records of another configuration (providers,
-    /// audiences, skew, secrets) are never taken.
-    pub config_id: u64,
-}
-
-impl SharedShelf {
-    pub fn off() -> SharedShelf {
-        SharedShelf {
-            slots: SharedVerified::new(0),
-            config_id: 0,
-        }
-    }
-
-    /// For a configuration document (`config`'s bytes) as compiled. Shared data itself is
-    /// switched off with the key caches' (`KeyManager::store_off`).
-    pub fn new(config: &[u8], max_entries: usize) -> SharedShelf {
-        use sha2::Digest as _;
-        let d = sha2::Sha256::digest(config);
-        let mut first = [0u8; 8];
-        first.copy_from_slice(d.get(..8).unwrap_or(&[0; 8]));
-        SharedShelf {
-            slots: SharedVerified::new(max_entries),
-            config_id: u64::from_le_bytes(first),
-        }
-    }
-
-    /// The record scope for a key-set generation under this configuration.
-    pub fn scope(&self, generation: u64) -> u64 {
-        self.config_id ^ generation.wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 }
 
