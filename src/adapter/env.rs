@@ -13,6 +13,9 @@ use crate::keycache::{FetchRequest, Refetch, Ride, WaitDecision, WaiterId};
 use crate::ratelimit::Verdict;
 use crate::verify::{TokenKey, Verified};
 
+/// The log line's ending when the shelf's own shared-data calls fail.
+const VERIFIED_PER_WORKER: &str = "verified tokens are shared no more (each worker verifies for itself); key sets and rate limits keep their own shared data";
+
 /// The engine's view of keys and limits for one request.
 pub struct RequestEnv<'a, H> {
     keys: &'a mut KeyManager,
@@ -23,7 +26,7 @@ pub struct RequestEnv<'a, H> {
     wait: WaitMode,
     metrics: &'a mut Metrics,
     creds: &'a mut CredentialManager,
-    shared: &'a SharedShelf,
+    shared: &'a mut SharedShelf,
     /// A ride the request must dispatch from its own context: (provider, request).
     pub ride: Option<(usize, FetchRequest)>,
     /// A token request the request must dispatch from its own context (Kong).
@@ -38,7 +41,7 @@ impl<'a, H: Host> RequestEnv<'a, H> {
         cx: Cx<'a, H>,
         waiter: WaiterId,
         wait: WaitMode,
-        shared: &'a SharedShelf,
+        shared: &'a mut SharedShelf,
     ) -> Self {
         RequestEnv {
             keys,
@@ -149,22 +152,22 @@ impl<H: Host> Env for RequestEnv<'_, H> {
     }
 
     fn shared_verified(&mut self, key: &TokenKey, generation: u64, now: u64) -> Option<Verified> {
-        let sh = self.shared;
-        if !sh.slots.enabled() {
+        let sh = &mut *self.shared;
+        if sh.off || *self.keys.store_off() || !sh.slots.enabled() {
             return None;
         }
         let scope = sh.scope(generation);
-        let mut store = HostStore::new(self.host, self.keys.store_off());
+        let mut store = HostStore::for_users(self.host, &mut sh.off, VERIFIED_PER_WORKER);
         sh.slots.get(store.as_dyn(), key, scope, now)
     }
 
     fn share_verified(&mut self, key: &TokenKey, generation: u64, v: &Verified, now: u64) {
-        let sh = self.shared;
-        if !sh.slots.enabled() {
+        let sh = &mut *self.shared;
+        if sh.off || *self.keys.store_off() || !sh.slots.enabled() {
             return;
         }
         let scope = sh.scope(generation);
-        let mut store = HostStore::new(self.host, self.keys.store_off());
+        let mut store = HostStore::for_users(self.host, &mut sh.off, VERIFIED_PER_WORKER);
         sh.slots.put(store.as_dyn(), key, scope, v, now);
     }
 

@@ -198,8 +198,7 @@ impl KeyManager {
         verdict
     }
 
-    /// Whether shared data is off, for the other users of the same switch (verified
-    /// tokens): after the first host error nobody touches it again.
+    /// Whether the key caches' shared data is off (the verified-token shelf follows it).
     pub fn store_off(&mut self) -> &mut bool {
         &mut self.store_off
     }

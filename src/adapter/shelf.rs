@@ -6,6 +6,9 @@ use crate::shared_verified::SharedVerified;
 /// Where the node's verified tokens are shared, for one configuration.
 pub struct SharedShelf {
     pub slots: SharedVerified,
+    /// Its own shared-data calls failed: a full zone must not switch off key sets and
+    /// rate limits, which stay on the key caches' switch (`KeyManager::store_off`).
+    pub off: bool,
     /// Mixed into every key-set generation: records of another configuration (providers,
     /// audiences, skew, secrets) are never taken.
     pub config_id: u64,
@@ -15,12 +18,13 @@ impl SharedShelf {
     pub fn off() -> SharedShelf {
         SharedShelf {
             slots: SharedVerified::new(0),
+            off: true,
             config_id: 0,
         }
     }
 
-    /// For a configuration document (`config`'s bytes) as compiled. Shared data itself is
-    /// switched off with the key caches' (`KeyManager::store_off`).
+    /// For a configuration document (`config`'s bytes) as compiled. Not used while the
+    /// key caches have shared data off (configured so, or after a host error).
     pub fn new(config: &[u8], max_entries: usize) -> SharedShelf {
         use sha2::Digest as _;
         let d = sha2::Sha256::digest(config);
@@ -28,6 +32,7 @@ impl SharedShelf {
         first.copy_from_slice(d.get(..8).unwrap_or(&[0; 8]));
         SharedShelf {
             slots: SharedVerified::new(max_entries),
+            off: false,
             config_id: u64::from_le_bytes(first),
         }
     }

@@ -181,3 +181,38 @@ fn a_repeated_forged_token_is_refused_again_without_verification() {
     w.request(5, "/score", true);
     assert!(responses(&w.take()).is_empty());
 }
+
+#[test]
+fn failing_verified_slots_leave_key_sets_and_rate_limits_in_shared_data() {
+    let mut w = World::new(true, &jwks_config(""));
+    w.host.mem().shared_fails_under = Some("amlk:verified:".into());
+    w.warm_kong(1);
+    let before = w.host.mem().shared_data_calls;
+    // The shelf is off now: a new token costs no more verified-slot calls...
+    w.token = {
+        use jwt_simple::prelude::*;
+        let claims = json!({
+            "iss": format!("https://login.microsoftonline.com/{T1}/v2.0"), "tid": T1,
+            "aud": "api://gw", "oid": "o-2", "iat": NOW - 60, "exp": NOW + 3600
+        });
+        let mut c = Claims::with_custom_claims(
+            claims.as_object().cloned().unwrap(),
+            Duration::from_secs(1),
+        );
+        c.issued_at = None;
+        c.expires_at = None;
+        c.invalid_before = None;
+        RS256KeyPair::from_pem(RSA_A_PEM)
+            .unwrap()
+            .with_key_id("k1")
+            .sign(c)
+            .unwrap()
+    };
+    w.request(2, "/score", true);
+    let calls = w.take();
+    assert!(responses(&calls).is_empty(), "{calls:?}");
+    assert_eq!(w.host.mem().shared_data_calls, before);
+    // ...while rate limits still count in shared data.
+    w.request(3, "/limited", true);
+    assert!(w.host.mem().shared.keys().any(|k| k.starts_with("aml-rl:")));
+}

@@ -44,6 +44,8 @@ pub struct Mem {
     /// Shared data with Kong's CAS rules: key → (value, cas).
     pub shared: HashMap<String, (Vec<u8>, u32)>,
     pub shared_data_fails: bool,
+    /// Shared-data calls on keys with this prefix fail (a zone full for some users).
+    pub shared_fails_under: Option<String>,
     pub shared_data_calls: usize,
     pub dispatch_fails: bool,
     /// Every dispatched call's (upstream, body, timeout in ms), in order.
@@ -230,7 +232,7 @@ impl Host for MemHost {
         self.count("get_shared_data");
         let mut m = self.mem();
         m.shared_data_calls += 1;
-        if m.shared_data_fails {
+        if m.shared_data_fails || fails_under(&m, key) {
             return Err(Status::InternalFailure);
         }
         match m.shared.get(key) {
@@ -243,7 +245,7 @@ impl Host for MemHost {
         self.count("set_shared_data");
         let mut m = self.mem();
         m.shared_data_calls += 1;
-        if m.shared_data_fails {
+        if m.shared_data_fails || fails_under(&m, key) {
             return Err(Status::InternalFailure);
         }
         let cur = m.shared.get(key).map(|(_, c)| *c);
@@ -275,4 +277,10 @@ impl Host for MemHost {
         self.count("record_metric");
         Ok(())
     }
+}
+
+fn fails_under(m: &Mem, key: &str) -> bool {
+    m.shared_fails_under
+        .as_deref()
+        .is_some_and(|p| key.starts_with(p))
 }
