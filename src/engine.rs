@@ -372,7 +372,7 @@ impl Filter {
             }
             let shared = env
                 .shared_verified(k, generation, now)
-                .filter(|v| v.provider == pi);
+                .filter(|v| v.provider == pi && now < v.valid_until);
             if let Some(v) = shared {
                 env.note(CacheEvent::SharedHit);
                 audit.note_claims(&v.claims);
@@ -619,6 +619,10 @@ mod tests {
         /// `None`: loading; `Some(Ok(t))`: ready; `Some(Err(s))`: unavailable, retry in s.
         credential: Option<Result<&'static str, u64>>,
         credential_asks: Vec<usize>,
+        /// What "another worker" shared, and what this one shared or noted.
+        shared: Option<([u8; 32], Verified)>,
+        shared_puts: usize,
+        notes: Vec<CacheEvent>,
     }
 
     impl FakeEnv {
@@ -636,6 +640,9 @@ mod tests {
                 rate_calls: Vec::new(),
                 credential: Some(Ok("gw-token")),
                 credential_asks: Vec::new(),
+                shared: None,
+                shared_puts: 0,
+                notes: Vec::new(),
             }
         }
     }
@@ -665,6 +672,17 @@ mod tests {
                 allowed: !self.limited,
                 retry_after_secs: if self.limited { 17 } else { 0 },
             }
+        }
+        fn shared_verified(&mut self, key: &TokenKey, _: u64, _: u64) -> Option<Verified> {
+            let (k, v) = self.shared.as_ref()?;
+            (k == key.as_bytes()).then(|| v.clone())
+        }
+        fn share_verified(&mut self, key: &TokenKey, _: u64, v: &Verified, _: u64) {
+            self.shared_puts += 1;
+            self.shared = Some((*key.as_bytes(), v.clone()));
+        }
+        fn note(&mut self, event: CacheEvent) {
+            self.notes.push(event);
         }
         fn upstream_token(&mut self, credential: usize) -> CredentialState {
             self.credential_asks.push(credential);
@@ -1065,6 +1083,69 @@ mod tests {
         };
         let d = f.decide(&req, later, &mut run.env, &mut run.cache);
         assert_deny(&d, 401, "token_expired");
+    }
+
+    #[test]
+    fn a_shared_verification_is_taken_only_for_the_same_provider() {
+        let f = filter("");
+        let t = good();
+        // Worker A verifies and shares.
+        let mut a = Run::new(&f, FakeEnv::ready());
+        allowed(&a.bearer("GET", "/any/x", &t));
+        assert_eq!(
+            (a.env.notes.clone(), a.env.shared_puts),
+            (vec![CacheEvent::Verified], 1)
+        );
+        // Worker B takes it: no verification of its own, and its own cache answers next.
+        let mut b = Run::new(&f, FakeEnv::ready());
+        b.env.shared = a.env.shared.clone();
+        allowed(&b.bearer("GET", "/any/x", &t));
+        allowed(&b.bearer("GET", "/any/x", &t));
+        assert_eq!(b.env.notes, vec![CacheEvent::SharedHit]);
+        assert_eq!(b.env.shared_puts, 0);
+        // A record naming another provider is not this token's verification here.
+        let mut c = Run::new(&f, FakeEnv::ready());
+        c.env.shared = a
+            .env
+            .shared
+            .clone()
+            .map(|(k, v)| (k, Verified { provider: 1, ..v }));
+        allowed(&c.bearer("GET", "/any/x", &t));
+        assert_eq!(c.env.notes, vec![CacheEvent::Verified]);
+    }
+
+    #[test]
+    fn a_repeated_bad_token_is_refused_with_its_reason_without_verifying_again() {
+        let f = filter("");
+        let mut run = Run::new(&f, FakeEnv::ready());
+        let t = good();
+        let (rest, sig) = t.rsplit_once('.').unwrap();
+        let forged = format!(
+            "{rest}.{}{}",
+            if sig.starts_with('A') { "B" } else { "A" },
+            &sig[1..]
+        );
+        let expired = token(&with(claims(), "exp", json!(NOW - 600)));
+        for bad in [&forged, &expired] {
+            let fresh = run.bearer("GET", "/any/x", bad);
+            let again = run.bearer("GET", "/any/x", bad);
+            assert_eq!(denied(&fresh).1, denied(&again).1);
+        }
+        assert_eq!(
+            run.env.notes,
+            [CacheEvent::Verified, CacheEvent::RejectedHit].repeat(2)
+        );
+        assert_eq!(run.env.shared_puts, 0, "a failure is never shared");
+        // New keys: checked afresh.
+        if let Keys::Ready(_, g) = &mut run.env.keys {
+            *g = 9;
+        }
+        assert_deny(
+            &run.bearer("GET", "/any/x", &forged),
+            401,
+            "signature_invalid",
+        );
+        assert_eq!(run.env.notes.last(), Some(&CacheEvent::Verified));
     }
 
     #[test]
