@@ -189,14 +189,7 @@ fn record(host: &impl Host, state: &Rc<RefCell<State>>, audit: &AuditRecord) {
         Ok(f) => f.audit_level(),
         Err(_) => LogLevel::Error,
     };
-    let line = audit.to_json_line();
-    match level {
-        LogLevel::Trace => log::trace!("{line}"),
-        LogLevel::Debug => log::debug!("{line}"),
-        LogLevel::Info => log::info!("{line}"),
-        LogLevel::Warn => log::warn!("{line}"),
-        LogLevel::Error => log::error!("{line}"),
-    }
+    host.audit_line(level, &audit.to_json_line());
     st.metrics.decision(host, audit);
 }
 

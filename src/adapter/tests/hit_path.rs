@@ -36,6 +36,7 @@ fn kong_warm_request_host_call_budget() {
         assert_eq!(
             tally,
             budget(&[
+                ("audit_line", 1),
                 ("increment_metric", 1),
                 ("now_ms", 1),
                 // ngx.request_uri: the raw target is per request (Kong's `:path` is decoded).
@@ -62,6 +63,7 @@ fn envoy_warm_request_host_call_budget() {
         assert_eq!(
             tally,
             budget(&[
+                ("audit_line", 1),
                 ("increment_metric", 1),
                 ("now_ms", 1),
                 ("request_headers", 1),

@@ -56,6 +56,8 @@ pub struct Mem {
     next_token: u32,
     metrics: Vec<String>,
     pub calls: Vec<(u32, Call)>,
+    /// The audit lines, in order.
+    pub audit_lines: Vec<String>,
     /// Every host call by kind (the `Host` method's name), reads included.
     pub tally: BTreeMap<&'static str, usize>,
 }
@@ -271,6 +273,11 @@ impl Host for MemHost {
         let name = self.0.borrow().metrics[id as usize].clone();
         self.record(Call::Count(name));
         Ok(())
+    }
+
+    fn audit_line(&self, _level: crate::config::LogLevel, line: &str) {
+        self.count("audit_line");
+        self.mem().audit_lines.push(line.to_string());
     }
 
     fn record_metric(&self, _id: u32, _value: u64) -> Result<(), Status> {
