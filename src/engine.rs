@@ -27,7 +27,7 @@ use crate::request::{RequestView, TokenLocation};
 use crate::respond::{self, LocalResponse};
 use crate::token::TokenExtractor;
 use crate::validate;
-use crate::verify::{self, Verified, VerifiedCache};
+use crate::verify::{self, TokenKey, Verified, VerifiedCache};
 
 /// The compiled configuration: everything derived once at load time.
 pub struct Filter {
@@ -112,6 +112,34 @@ pub trait Env {
     /// The client's IP address (the host's `source.address`), for limits on requests
     /// without a verified token. Asked only for those, on a limited route.
     fn client_address(&mut self) -> Option<String>;
+
+    /// A verification of this token another worker shared under key-set `generation`,
+    /// still valid at `now` (seconds). Asked only when the worker's own cache missed.
+    fn shared_verified(
+        &mut self,
+        _key: &TokenKey,
+        _generation: u64,
+        _now: u64,
+    ) -> Option<Verified> {
+        None
+    }
+
+    /// Share a successful verification with the node's other workers.
+    fn share_verified(&mut self, _key: &TokenKey, _generation: u64, _v: &Verified, _now: u64) {}
+
+    /// Something happened on the verified-token path (for metrics).
+    fn note(&mut self, _event: CacheEvent) {}
+}
+
+/// Events of the verified-token path that the adapter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEvent {
+    /// A token went through [`verify::verify`] (signature work, unless refused before it).
+    Verified,
+    /// Another worker's verification was taken from shared data.
+    SharedHit,
+    /// A token that recently failed was refused again without verification.
+    RejectedHit,
 }
 
 /// The engine's [`Env`] as the counters `limits` uses.
@@ -378,14 +406,36 @@ impl Filter {
                 return Ok(v);
             }
         }
-        // A miss. The token is decoded already unless its entry was for other keys.
+        // A miss: a token that failed under these keys is refused again as it was; one
+        // another worker verified under them is taken as it verified it.
+        if let Some(k) = &key {
+            if let Some(reason) = cache.rejected.get(k.as_bytes(), pi, generation, now) {
+                env.note(CacheEvent::RejectedHit);
+                return Err(Unverified::deny(reason));
+            }
+            let shared = env
+                .shared_verified(k, generation, now)
+                .filter(|v| v.provider == pi && now < v.valid_until);
+            if let Some(v) = shared {
+                env.note(CacheEvent::SharedHit);
+                audit.note_claims(&v.claims);
+                let v = Rc::new(v);
+                cache.insert_key(*k, v.clone(), generation);
+                return Ok(v);
+            }
+        }
+        // The token is decoded already unless its entry was for other keys.
         let jwt = match decoded {
             Some(jwt) => jwt,
             None => jose::decode(token, max_bytes).map_err(Unverified::deny)?,
         };
+        env.note(CacheEvent::Verified);
         match verify::verify(&jwt, pi, provider, keys.as_deref(), now) {
             Ok(v) => {
                 audit.note_claims(&v.claims);
+                if let Some(k) = &key {
+                    env.share_verified(k, generation, &v, now);
+                }
                 let v = Rc::new(v);
                 if let Some(k) = key {
                     cache.insert_key(k, v.clone(), generation);
@@ -393,7 +443,14 @@ impl Filter {
                 Ok(v)
             }
             Err(Reason::KidUnknown) if env.refetch_for_unknown_kid(pi) => Err(Unverified::Wait(pi)),
-            Err(reason) => Err(Unverified::Deny(reason, None)),
+            Err(reason) => {
+                if let Some(k) = &key {
+                    cache
+                        .rejected
+                        .insert(k.as_bytes(), pi, generation, reason, now);
+                }
+                Err(Unverified::Deny(reason, None))
+            }
         }
     }
 
@@ -704,6 +761,10 @@ mod tests {
         credential_asks: Vec<usize>,
         slot_asks: Vec<(String, u64)>,
         slots_full: bool,
+        /// What "another worker" shared, and what this one shared or noted.
+        shared: Option<([u8; 32], Verified)>,
+        shared_puts: usize,
+        notes: Vec<CacheEvent>,
     }
 
     impl FakeEnv {
@@ -723,6 +784,9 @@ mod tests {
                 credential_asks: Vec::new(),
                 slot_asks: Vec::new(),
                 slots_full: false,
+                shared: None,
+                shared_puts: 0,
+                notes: Vec::new(),
             }
         }
     }
@@ -761,6 +825,17 @@ mod tests {
         }
         fn client_address(&mut self) -> Option<String> {
             Some("10.1.2.3".into())
+        }
+        fn shared_verified(&mut self, key: &TokenKey, _: u64, _: u64) -> Option<Verified> {
+            let (k, v) = self.shared.as_ref()?;
+            (k == key.as_bytes()).then(|| v.clone())
+        }
+        fn share_verified(&mut self, key: &TokenKey, _: u64, v: &Verified, _: u64) {
+            self.shared_puts += 1;
+            self.shared = Some((*key.as_bytes(), v.clone()));
+        }
+        fn note(&mut self, event: CacheEvent) {
+            self.notes.push(event);
         }
         fn upstream_token(&mut self, credential: usize) -> CredentialState {
             self.credential_asks.push(credential);
@@ -1414,6 +1489,69 @@ mod tests {
         };
         let d = f.decide(&req, later, &mut run.env, &mut run.cache);
         assert_deny(&d, 401, "token_expired");
+    }
+
+    #[test]
+    fn a_shared_verification_is_taken_only_for_the_same_provider() {
+        let f = filter("");
+        let t = good();
+        // Worker A verifies and shares.
+        let mut a = Run::new(&f, FakeEnv::ready());
+        allowed(&a.bearer("GET", "/any/x", &t));
+        assert_eq!(
+            (a.env.notes.clone(), a.env.shared_puts),
+            (vec![CacheEvent::Verified], 1)
+        );
+        // Worker B takes it: no verification of its own, and its own cache answers next.
+        let mut b = Run::new(&f, FakeEnv::ready());
+        b.env.shared = a.env.shared.clone();
+        allowed(&b.bearer("GET", "/any/x", &t));
+        allowed(&b.bearer("GET", "/any/x", &t));
+        assert_eq!(b.env.notes, vec![CacheEvent::SharedHit]);
+        assert_eq!(b.env.shared_puts, 0);
+        // A record naming another provider is not this token's verification here.
+        let mut c = Run::new(&f, FakeEnv::ready());
+        c.env.shared = a
+            .env
+            .shared
+            .clone()
+            .map(|(k, v)| (k, Verified { provider: 1, ..v }));
+        allowed(&c.bearer("GET", "/any/x", &t));
+        assert_eq!(c.env.notes, vec![CacheEvent::Verified]);
+    }
+
+    #[test]
+    fn a_repeated_bad_token_is_refused_with_its_reason_without_verifying_again() {
+        let f = filter("");
+        let mut run = Run::new(&f, FakeEnv::ready());
+        let t = good();
+        let (rest, sig) = t.rsplit_once('.').unwrap();
+        let forged = format!(
+            "{rest}.{}{}",
+            if sig.starts_with('A') { "B" } else { "A" },
+            &sig[1..]
+        );
+        let expired = token(&with(claims(), "exp", json!(NOW - 600)));
+        for bad in [&forged, &expired] {
+            let fresh = run.bearer("GET", "/any/x", bad);
+            let again = run.bearer("GET", "/any/x", bad);
+            assert_eq!(denied(&fresh).1, denied(&again).1);
+        }
+        assert_eq!(
+            run.env.notes,
+            [CacheEvent::Verified, CacheEvent::RejectedHit].repeat(2)
+        );
+        assert_eq!(run.env.shared_puts, 0, "a failure is never shared");
+        // New keys: checked afresh.
+        if let Keys::Ready(_, g) = &mut run.env.keys {
+            *g = 9;
+        }
+        assert_deny(
+            &run.bearer("GET", "/any/x", &forged),
+            401,
+            "signature_invalid",
+        );
+        assert_eq!(run.env.notes.last(), Some(&CacheEvent::Verified));
     }
 
     #[test]

@@ -32,20 +32,54 @@ pub fn label(value: &str) -> String {
 
 /// The decision counter for an audit record.
 pub fn decision_counter(audit: &AuditRecord) -> String {
-    let route = audit.route.as_deref().map(label);
-    let route = route.as_deref().unwrap_or("unmatched");
-    let (decision, reason) = match audit.decision {
+    let (decision, reason) = decision_labels(audit);
+    decision_counter_for(
+        audit.route.as_deref(),
+        caller_label(audit),
+        decision,
+        reason,
+    )
+}
+
+/// The decision counter's `decision` and `reason` labels: together with the route they
+/// name the counter, so a host adapter can key its metric ids on them without building
+/// the name on every request.
+pub fn decision_labels(audit: &AuditRecord) -> (&'static str, &'static str) {
+    match audit.decision {
         Outcome::Allow if audit.provider.is_some() => ("allow", "authenticated"),
         Outcome::Allow => ("allow", "anonymous"),
         Outcome::Deny => ("deny", audit.reason.map_or("unknown", Reason::code)),
-    };
-    // Bounded: a registered caller's name (already label-safe) or `unregistered`.
-    let caller = audit
+    }
+}
+
+/// The decision counter's `caller` label: a registered caller's name (already label-safe)
+/// or `unregistered`, so the label set is bounded by the registry.
+pub fn caller_label(audit: &AuditRecord) -> &str {
+    audit
         .caller
         .as_deref()
-        .unwrap_or(crate::callers::UNREGISTERED);
+        .unwrap_or(crate::callers::UNREGISTERED)
+}
+
+/// The decision counter for a route (its configured name), a caller label and
+/// [`decision_labels`].
+pub fn decision_counter_for(
+    route: Option<&str>,
+    caller: &str,
+    decision: &str,
+    reason: &str,
+) -> String {
+    let route = route.map(label);
+    let route = route.as_deref().unwrap_or("unmatched");
     format!("decisions_total_route={route}_caller={caller}_decision={decision}_reason={reason}")
 }
+
+/// Tokens that went through verification (signature work, unless refused before it).
+pub const VERIFICATIONS: &str = "verifications_total";
+/// Verifications taken from another worker through shared data.
+pub const SHARED_HITS: &str = "verified_cache_total_result=shared_hit";
+/// Recently failed tokens refused again without verification.
+pub const REJECTED_HITS: &str = "verified_cache_total_result=rejected_hit";
 
 /// The JWKS counter for a key-cache event, if it counts as a fetch outcome.
 pub fn jwks_counter(provider: &str, ev: &Event) -> Option<String> {

@@ -34,6 +34,7 @@ use crate::jose::{numeric_date, Alg, DecodedJwt};
 use crate::jwks::{Jwk, KeyKind, KeySet};
 use crate::providers::{is_guid, Provider, TENANT_PLACEHOLDER};
 use crate::reason::Reason;
+use crate::rejected::{Rejected, REJECTED_MAX};
 
 /// A successfully verified token.
 #[derive(Debug, Clone, PartialEq)]
@@ -272,6 +273,20 @@ fn token_hash(token: &str) -> TokenHash {
 #[derive(Clone, Copy)]
 pub struct TokenKey(TokenHash);
 
+impl TokenKey {
+    /// The SHA-256 itself (shared-data records name the token by it).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &(self.0).0
+    }
+
+    /// Its first eight bytes as a number (already uniform: a slot or bucket index).
+    pub fn prefix_u64(&self) -> u64 {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(self.0 .0.get(..8).unwrap_or(&[0; 8]));
+        u64::from_le_bytes(first)
+    }
+}
+
 struct CacheEntry {
     /// Shared, not copied: a hit hands out another `Rc` instead of cloning the claim map
     /// (a `serde_json::Map` with a dozen strings) on every request.
@@ -292,6 +307,8 @@ pub struct VerifiedCache {
     order: VecDeque<TokenHash>,
     hits: u64,
     misses: u64,
+    /// Tokens that recently failed verification (see [`crate::rejected`]).
+    pub rejected: Rejected,
 }
 
 impl VerifiedCache {
@@ -303,6 +320,7 @@ impl VerifiedCache {
             order: VecDeque::new(),
             hits: 0,
             misses: 0,
+            rejected: Rejected::new(max_entries.min(REJECTED_MAX)),
         }
     }
 
@@ -381,6 +399,7 @@ impl VerifiedCache {
     pub fn clear(&mut self) {
         self.map.clear();
         self.order.clear();
+        self.rejected.clear();
     }
 
     /// (hits, misses) since creation.

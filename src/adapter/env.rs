@@ -5,11 +5,17 @@ use super::credentials::{CredentialManager, CredentialRide};
 use super::host::Host;
 use super::keys::KeyManager;
 use super::metrics::Metrics;
+use super::shelf::SharedShelf;
 use super::slots::SlotManager;
+use super::store::HostStore;
 use super::waiting::{Cx, WaitMode};
-use crate::engine::{CredentialState, Env, KeyState};
+use crate::engine::{CacheEvent, CredentialState, Env, KeyState};
 use crate::keycache::{FetchRequest, Refetch, Ride, WaitDecision, WaiterId};
 use crate::ratelimit::Verdict;
+use crate::verify::{TokenKey, Verified};
+
+/// The log line's ending when the shelf's own shared-data calls fail.
+const VERIFIED_PER_WORKER: &str = "verified tokens are shared no more (each worker verifies for itself); key sets and rate limits keep their own shared data";
 
 /// The engine's view of keys and limits for one request.
 pub struct RequestEnv<'a, H> {
@@ -22,6 +28,7 @@ pub struct RequestEnv<'a, H> {
     metrics: &'a mut Metrics,
     creds: &'a mut CredentialManager,
     slots: &'a mut SlotManager,
+    shared: &'a mut SharedShelf,
     /// A ride the request must dispatch from its own context: (provider, request).
     pub ride: Option<(usize, FetchRequest)>,
     /// A token request the request must dispatch from its own context (Kong).
@@ -37,6 +44,7 @@ impl<'a, H: Host> RequestEnv<'a, H> {
         cx: Cx<'a, H>,
         waiter: WaiterId,
         wait: WaitMode,
+        shared: &'a mut SharedShelf,
     ) -> Self {
         RequestEnv {
             keys,
@@ -48,6 +56,7 @@ impl<'a, H: Host> RequestEnv<'a, H> {
             metrics: cx.metrics,
             creds,
             slots,
+            shared,
             ride: None,
             credential_ride: None,
         }
@@ -155,6 +164,30 @@ impl<H: Host> Env for RequestEnv<'_, H> {
     fn acquire_slot(&mut self, bucket: &str, max_in_flight: u64) -> bool {
         self.slots
             .acquire(self.host, self.now_ms, self.waiter, bucket, max_in_flight)
+    }
+
+    fn shared_verified(&mut self, key: &TokenKey, generation: u64, now: u64) -> Option<Verified> {
+        let sh = &mut *self.shared;
+        if sh.off || *self.keys.store_off() || !sh.slots.enabled() {
+            return None;
+        }
+        let scope = sh.scope(generation);
+        let mut store = HostStore::for_users(self.host, &mut sh.off, VERIFIED_PER_WORKER);
+        sh.slots.get(store.as_dyn(), key, scope, now)
+    }
+
+    fn share_verified(&mut self, key: &TokenKey, generation: u64, v: &Verified, now: u64) {
+        let sh = &mut *self.shared;
+        if sh.off || *self.keys.store_off() || !sh.slots.enabled() {
+            return;
+        }
+        let scope = sh.scope(generation);
+        let mut store = HostStore::for_users(self.host, &mut sh.off, VERIFIED_PER_WORKER);
+        sh.slots.put(store.as_dyn(), key, scope, v, now);
+    }
+
+    fn note(&mut self, event: CacheEvent) {
+        self.metrics.event(self.host, event);
     }
 
     fn rate_limit(&mut self, bucket: &str, limit: u64, window_secs: u64) -> Verdict {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use proxy_wasm::types::{MetricType, Status};
 
+use crate::config::LogLevel;
 use crate::credential::spec::CredentialSpec;
 use crate::keycache::FetchRequest;
 use crate::respond::LocalResponse;
@@ -73,6 +74,9 @@ pub trait Host {
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status>;
     fn increment_metric(&self, id: u32, offset: i64) -> Result<(), Status>;
     fn record_metric(&self, id: u32, value: u64) -> Result<(), Status>;
+    /// The audit line, at the configured level: one `proxy_log`, without the copy the
+    /// `log` facade makes of a formatted message.
+    fn audit_line(&self, level: LogLevel, line: &str);
 
     /// A property as UTF-8 text.
     fn property_str(&self, path: &[&str]) -> Option<String> {
@@ -188,5 +192,17 @@ impl Host for AbiHost {
 
     fn record_metric(&self, id: u32, value: u64) -> Result<(), Status> {
         super::abi::record_metric(id, value)
+    }
+
+    fn audit_line(&self, level: LogLevel, line: &str) {
+        use proxy_wasm::types::LogLevel as L;
+        let level = match level {
+            LogLevel::Trace => L::Trace,
+            LogLevel::Debug => L::Debug,
+            LogLevel::Info => L::Info,
+            LogLevel::Warn => L::Warn,
+            LogLevel::Error => L::Error,
+        };
+        let _ = super::abi::log(level, line);
     }
 }

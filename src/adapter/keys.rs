@@ -31,6 +31,8 @@ pub struct KeyManager {
     store_off: bool,
     limiter: Limiter,
     next_gauges_ms: u64,
+    /// Per provider: (the cache's generation, the node-wide id of that key set).
+    key_set_ids: Vec<Option<(u64, u64)>>,
 }
 
 impl KeyManager {
@@ -41,6 +43,7 @@ impl KeyManager {
             store_off: false,
             limiter: Limiter::default(),
             next_gauges_ms: 0,
+            key_set_ids: Vec::new(),
         }
     }
 
@@ -149,14 +152,31 @@ impl KeyManager {
         Some(r)
     }
 
-    /// Provider `i`'s keys, when it has usable ones.
+    /// Provider `i`'s keys, when it has usable ones. Their generation is the same in every
+    /// worker holding the same key set (from the document's SHA-256, computed once per key
+    /// set), so verified tokens can be shared between workers under it.
     pub fn ready(&mut self, i: usize) -> Option<KeyState> {
-        let cache = self.cache(i)?;
-        let generation = cache.generation();
-        cache.keys().map(|k| KeyState::Ready {
-            keys: k.clone(),
-            generation,
-        })
+        let KeyManager {
+            caches,
+            key_set_ids,
+            ..
+        } = self;
+        let cache = caches.get(i).and_then(Option::as_ref)?;
+        let keys = cache.keys()?.clone();
+        let local = cache.generation();
+        if key_set_ids.len() <= i {
+            key_set_ids.resize(i + 1, None);
+        }
+        let slot = key_set_ids.get_mut(i)?;
+        let generation = match *slot {
+            Some((g, id)) if g == local => id,
+            _ => {
+                let id = key_set_id(cache.body().unwrap_or_default());
+                *slot = Some((local, id));
+                id
+            }
+        };
+        Some(KeyState::Ready { keys, generation })
     }
 
     /// Count one request against a rate-limit window (node-wide when shared data works).
@@ -176,6 +196,11 @@ impl KeyManager {
             log::debug!("azure_ml_kong: rate-limit CAS contention on {bucket}");
         }
         verdict
+    }
+
+    /// Whether the key caches' shared data is off (the verified-token shelf follows it).
+    pub fn store_off(&mut self) -> &mut bool {
+        &mut self.store_off
     }
 
     pub fn cache(&mut self, i: usize) -> Option<&mut Cache> {
@@ -299,4 +324,14 @@ fn io<'s, H: Host>(store: &'s mut HostStore<'_, H>, now_ms: u64, random: u64) ->
         random,
         store: store.as_dyn(),
     }
+}
+
+/// A key set's node-wide id: the first eight bytes of its document's SHA-256 (never 0,
+/// the generation of "no key set").
+fn key_set_id(body: &[u8]) -> u64 {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(body);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(d.get(..8).unwrap_or(&[0; 8]));
+    u64::from_le_bytes(first).max(1)
 }

@@ -9,6 +9,7 @@
 //! * `state`: the per-worker state both kinds of context share; `env`: the engine's view of
 //!   it for one request; `waiting`: how a request waits on each host; `keys`: the key
 //!   caches and rate limits; `credentials`: the gateway's own tokens; `store`: shared data;
+//!   `shelf`: the node's verified tokens in it;
 //!   `metrics`: host metrics.
 //! * `host`: the [`host::Host`] trait the logic above makes its host calls through: `abi`
 //!   on Wasm, an in-memory recorder in the native tests (`tests`). Only the logger and the
@@ -27,6 +28,7 @@ mod keys;
 mod metrics;
 mod outcome;
 mod root;
+mod shelf;
 mod slots;
 mod state;
 mod store;

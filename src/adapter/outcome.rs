@@ -149,6 +149,10 @@ fn publish_ngx(host: &impl Host, state: &Rc<RefCell<State>>, audit: &AuditRecord
     let Ok(mut st) = state.try_borrow_mut() else {
         return;
     };
+    // None declared (learned once per worker): nothing to build.
+    if st.ngx_vars.0.iter().all(|k| *k == Some(false)) {
+        return;
+    }
     for ((name, value), known) in kong_props(audit).iter().zip(st.ngx_vars.0.iter_mut()) {
         if *known == Some(false) {
             continue;
@@ -198,22 +202,14 @@ fn record(host: &impl Host, state: &Rc<RefCell<State>>, audit: &AuditRecord) {
         Ok(f) => f.audit_level(),
         Err(_) => LogLevel::Error,
     };
-    let line = audit.to_json_line();
-    match level {
-        LogLevel::Trace => log::trace!("{line}"),
-        LogLevel::Debug => log::debug!("{line}"),
-        LogLevel::Info => log::info!("{line}"),
-        LogLevel::Warn => log::warn!("{line}"),
-        LogLevel::Error => log::error!("{line}"),
-    }
-    st.metrics
-        .increment(host, &crate::metrics::decision_counter(audit));
+    host.audit_line(level, &audit.to_json_line());
+    st.metrics.decision(host, audit);
 }
 
 /// Carry out header operations following the recipe that is correct on Kong and Envoy:
 /// values are set in place; a header is cleared by setting it empty first (Kong still
-/// forwards removed headers, but forwards the emptied value) and then removing it
-/// (Envoy drops it).
+/// forwards removed headers, but forwards the emptied value) and then, in Envoy, removing
+/// it (Envoy drops it; in Kong the removal changes nothing upstream).
 ///
 /// Stops at the first failure: the request must then not be forwarded (the caller's
 /// token or a spoofed identity header might still be in it).
@@ -221,6 +217,8 @@ fn apply_header_ops(host: &impl Host, ops: &[HeaderOp], is_kong: bool) -> Result
     for op in ops {
         let r = match op {
             HeaderOp::Set { name, value } => host.set_request_header(name, Some(value)),
+            // Kong forwards the emptied value whether or not it is removed after.
+            HeaderOp::Clear { name } if is_kong => host.set_request_header(name, Some("")),
             HeaderOp::Clear { name } => host
                 .set_request_header(name, Some(""))
                 .and_then(|_| host.set_request_header(name, None)),

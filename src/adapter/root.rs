@@ -13,6 +13,7 @@ use super::host::Host;
 use super::http::Http;
 use super::keys::KeyManager;
 use super::outcome::{self, Publish};
+use super::shelf::SharedShelf;
 use super::state::State;
 use super::waiting::{WaitMode, Wake};
 use crate::engine::{Decision, Filter};
@@ -131,6 +132,7 @@ impl<H: Host + Clone + 'static> RootContext for Root<H> {
                     f.config.routes.len()
                 );
                 st.cache = VerifiedCache::new(f.config.cache.max_entries);
+                st.shared = SharedShelf::new(&bytes, f.config.cache.max_entries);
                 let owner = st.rng.next();
                 st.keys = KeyManager::new(&f.jwks_sources, owner, f.config.cache.shared_data);
                 st.creds = CredentialManager::new(
@@ -143,6 +145,7 @@ impl<H: Host + Clone + 'static> RootContext for Root<H> {
                 st.filter = Ok(Rc::new(f));
             }
             Err(e) => {
+                st.shared = SharedShelf::off();
                 // Fail closed without failing the host's reconfigure (Kong aborts a whole
                 // DB-less reload on `false`): every request gets 503 config_invalid.
                 log::error!(

@@ -9,6 +9,7 @@ use super::env::RequestEnv;
 use super::host::Host;
 use super::keys::KeyManager;
 use super::metrics::Metrics;
+use super::shelf::SharedShelf;
 use super::slots::SlotManager;
 use super::waiting::{Cx, WaitMode};
 use crate::engine::{self, Ctx, Decision, Filter};
@@ -79,6 +80,8 @@ pub struct State {
     pub keys: KeyManager,
     pub creds: CredentialManager,
     pub cache: VerifiedCache,
+    /// The node's verified tokens in shared data, behind `cache`.
+    pub shared: SharedShelf,
     pub waiters: Vec<Waiter>,
     pub metrics: Metrics,
     pub rng: Rng,
@@ -103,6 +106,7 @@ impl State {
             keys: KeyManager::empty(),
             creds: CredentialManager::default(),
             cache: VerifiedCache::new(1),
+            shared: SharedShelf::off(),
             waiters: Vec::new(),
             metrics: Metrics::default(),
             rng: Rng::new(seed),
@@ -177,6 +181,7 @@ impl State {
             keys,
             creds,
             cache,
+            shared,
             metrics,
             slots,
             ..
@@ -187,7 +192,7 @@ impl State {
             random,
             metrics,
         };
-        let mut env = RequestEnv::new(keys, creds, slots, cx, context_id, wait);
+        let mut env = RequestEnv::new(keys, creds, slots, cx, context_id, wait, shared);
         let d = filter.decide(&view, ctx, &mut env, cache);
         let ride = match (env.ride.take(), env.credential_ride.take()) {
             (Some((p, req)), _) => Some(RideRequest::Keys(p, req)),

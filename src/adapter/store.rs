@@ -12,14 +12,26 @@ pub struct HostStore<'a, H> {
     host: &'a H,
     off: &'a mut bool,
     none: NoSharedStore,
+    /// What goes on per worker once `off` is set (for the log line).
+    users: &'static str,
 }
 
 impl<'a, H: Host> HostStore<'a, H> {
     pub fn new(host: &'a H, off: &'a mut bool) -> Self {
+        HostStore::for_users(
+            host,
+            off,
+            "caching JWKS, credentials and rate limits per worker",
+        )
+    }
+
+    /// A store whose `off` switch is another user's (`users`: what falls back, and how).
+    pub fn for_users(host: &'a H, off: &'a mut bool, users: &'static str) -> Self {
         HostStore {
             host,
             off,
             none: NoSharedStore,
+            users,
         }
     }
 
@@ -35,7 +47,8 @@ impl<'a, H: Host> HostStore<'a, H> {
         if !*self.off {
             *self.off = true;
             log::warn!(
-                "azure_ml_kong: shared data unavailable ({what}: {e:?}); caching JWKS, credentials and rate limits per worker"
+                "azure_ml_kong: shared data unavailable ({what}: {e:?}); {}",
+                self.users
             );
         }
         StoreError::Unavailable

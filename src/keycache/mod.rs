@@ -371,6 +371,11 @@ impl<K: KeyCount> KeyCache<K> {
         self.held.as_ref().map(|h| &h.keys)
     }
 
+    /// The key-set document the held keys came from (the same bytes in every worker).
+    pub fn body(&self) -> Option<&[u8]> {
+        self.held.as_ref().map(|h| h.body.as_slice())
+    }
+
     /// Increments whenever the key set changes (0 = never had keys).
     pub fn generation(&self) -> u64 {
         self.generation

@@ -3,7 +3,7 @@
 //! would, and assert the calls the adapter made.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ pub struct Mem {
     /// Shared data with Kong's CAS rules: key → (value, cas).
     pub shared: HashMap<String, (Vec<u8>, u32)>,
     pub shared_data_fails: bool,
+    /// Shared-data calls on keys with this prefix fail (a zone full for some users).
+    pub shared_fails_under: Option<String>,
     pub shared_data_calls: usize,
     pub dispatch_fails: bool,
     /// Every dispatched call's (upstream, body, timeout in ms), in order.
@@ -55,6 +57,10 @@ pub struct Mem {
     next_token: u32,
     metrics: Vec<String>,
     pub calls: Vec<(u32, Call)>,
+    /// The audit lines, in order.
+    pub audit_lines: Vec<String>,
+    /// Every host call by kind (the `Host` method's name), reads included.
+    pub tally: BTreeMap<&'static str, usize>,
 }
 
 #[derive(Clone, Default)]
@@ -63,6 +69,15 @@ pub struct MemHost(pub Rc<RefCell<Mem>>);
 impl MemHost {
     pub fn mem(&self) -> std::cell::RefMut<'_, Mem> {
         self.0.borrow_mut()
+    }
+
+    fn count(&self, kind: &'static str) {
+        *self.mem().tally.entry(kind).or_default() += 1;
+    }
+
+    /// The host calls by kind since the last `take_tally`.
+    pub fn take_tally(&self) -> BTreeMap<&'static str, usize> {
+        std::mem::take(&mut self.mem().tally)
     }
 
     fn record(&self, call: Call) {
@@ -79,19 +94,23 @@ impl MemHost {
 
 impl Host for MemHost {
     fn now_ms(&self) -> u64 {
+        self.count("now_ms");
         self.0.borrow().now_ms
     }
 
     fn plugin_configuration(&self) -> Vec<u8> {
+        self.count("plugin_configuration");
         self.0.borrow().config.clone()
     }
 
     fn set_tick_period(&self, _period: Duration) -> Result<(), Status> {
+        self.count("set_tick_period");
         self.record(Call::SetTickPeriod);
         Ok(())
     }
 
     fn request_headers(&self) -> Vec<(String, String)> {
+        self.count("request_headers");
         let m = self.0.borrow();
         m.request_headers
             .get(&m.current)
@@ -105,6 +124,7 @@ impl Host for MemHost {
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) -> Result<(), Status> {
+        self.count("set_request_header");
         self.record(Call::SetHeader(name.into(), value.map(str::to_string)));
         if self.0.borrow().header_ops_fail {
             return Err(Status::BadArgument);
@@ -113,6 +133,7 @@ impl Host for MemHost {
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.count("property");
         let m = self.0.borrow();
         if !m.kong {
             return None;
@@ -135,6 +156,7 @@ impl Host for MemHost {
     }
 
     fn set_property(&self, path: &[&str], value: Option<&[u8]>) -> Result<(), Status> {
+        self.count("set_property");
         let value = String::from_utf8_lossy(value.unwrap_or_default()).into_owned();
         if path == ["ngx", "upstream_uri"] {
             let mut m = self.mem();
@@ -152,6 +174,7 @@ impl Host for MemHost {
     }
 
     fn send_response(&self, resp: &LocalResponse) -> Result<(), Status> {
+        self.count("send_response");
         let body: serde_json::Value = serde_json::from_str(&resp.body).unwrap_or_default();
         self.record(Call::SendResponse {
             status: resp.status,
@@ -161,11 +184,13 @@ impl Host for MemHost {
     }
 
     fn resume_request(&self) -> Result<(), Status> {
+        self.count("resume_request");
         self.record(Call::Resume);
         Ok(())
     }
 
     fn set_effective_context(&self, context_id: u32) -> Result<(), Status> {
+        self.count("set_effective_context");
         self.record(Call::SetEffectiveContext(context_id));
         let mut m = self.mem();
         if !m.kong {
@@ -175,6 +200,7 @@ impl Host for MemHost {
     }
 
     fn dispatch(&self, call: &Outbound<'_>) -> Result<u32, Status> {
+        self.count("dispatch");
         if self.0.borrow().dispatch_fails {
             return Err(Status::InternalFailure);
         }
@@ -199,19 +225,22 @@ impl Host for MemHost {
     }
 
     fn call_response_headers(&self) -> Vec<(String, String)> {
+        self.count("call_response_headers");
         self.0.borrow().call_response.0.clone()
     }
 
     fn call_response_body(&self, max: usize) -> Option<Vec<u8>> {
+        self.count("call_response_body");
         let m = self.0.borrow();
         let b = &m.call_response.1;
         Some(b[..b.len().min(max)].to_vec())
     }
 
     fn get_shared_data(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), Status> {
+        self.count("get_shared_data");
         let mut m = self.mem();
         m.shared_data_calls += 1;
-        if m.shared_data_fails {
+        if m.shared_data_fails || fails_under(&m, key) {
             return Err(Status::InternalFailure);
         }
         match m.shared.get(key) {
@@ -221,9 +250,10 @@ impl Host for MemHost {
     }
 
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
+        self.count("set_shared_data");
         let mut m = self.mem();
         m.shared_data_calls += 1;
-        if m.shared_data_fails {
+        if m.shared_data_fails || fails_under(&m, key) {
             return Err(Status::InternalFailure);
         }
         let cur = m.shared.get(key).map(|(_, c)| *c);
@@ -238,18 +268,32 @@ impl Host for MemHost {
     }
 
     fn define_metric(&self, _kind: MetricType, name: &str) -> Result<u32, Status> {
+        self.count("define_metric");
         let mut m = self.mem();
         m.metrics.push(name.to_string());
         Ok(u32::try_from(m.metrics.len() - 1).unwrap())
     }
 
     fn increment_metric(&self, id: u32, _offset: i64) -> Result<(), Status> {
+        self.count("increment_metric");
         let name = self.0.borrow().metrics[id as usize].clone();
         self.record(Call::Count(name));
         Ok(())
     }
 
+    fn audit_line(&self, _level: crate::config::LogLevel, line: &str) {
+        self.count("audit_line");
+        self.mem().audit_lines.push(line.to_string());
+    }
+
     fn record_metric(&self, _id: u32, _value: u64) -> Result<(), Status> {
+        self.count("record_metric");
         Ok(())
     }
+}
+
+fn fails_under(m: &Mem, key: &str) -> bool {
+    m.shared_fails_under
+        .as_deref()
+        .is_some_and(|p| key.starts_with(p))
 }

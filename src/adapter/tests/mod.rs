@@ -4,6 +4,7 @@
 //! published. The end-to-end tests run the same code in real Kong and Envoy.
 
 mod credentials;
+mod hit_path;
 mod mem_host;
 mod ngx_vars;
 mod slots;
@@ -80,12 +81,17 @@ struct World {
 
 impl World {
     fn new(kong: bool, config: &str) -> World {
-        let host = MemHost::default();
+        World::on(MemHost::default(), kong, config)
+    }
+
+    /// Another worker on the same host (`host`'s shared data is the node's).
+    fn on(host: MemHost, kong: bool, config: &str) -> World {
         {
             let mut m = host.mem();
             m.kong = kong;
             m.now_ms = NOW * 1000;
             m.config = config.as_bytes().to_vec();
+            m.current = ROOT;
         }
         let mut root = Root::new(ROOT, host.clone());
         assert!(root.on_configure(0));
