@@ -117,3 +117,24 @@ pub fn finish(child: Child) -> Result<WrkOut, String> {
 pub fn run(l: &Load) -> Result<WrkOut, String> {
     finish(spawn(l)?)
 }
+
+/// Send every token of `tokens` once (8 connections at a time), so a cache holds them all
+/// before measuring however slow verification is; returns (requests, seconds).
+pub fn prime(port: u16, tokens: &Path) -> Result<(usize, f64), String> {
+    let text = std::fs::read_to_string(tokens).map_err(|e| e.to_string())?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let t0 = std::time::Instant::now();
+    let url = format!("http://127.0.0.1:{port}/");
+    std::thread::scope(|sc| {
+        for part in lines.chunks(lines.len().div_ceil(8).max(1)) {
+            let url = &url;
+            sc.spawn(move || {
+                for t in part {
+                    let auth = format!("Bearer {t}");
+                    let _ = aml_harness::http("GET", url, &[("authorization", &auth)], None);
+                }
+            });
+        }
+    });
+    Ok((lines.len(), t0.elapsed().as_secs_f64()))
+}
