@@ -3,7 +3,9 @@
 #   make test   install what is missing, build, lint, run unit and real-host tests (Envoy, and
 #               Kong 3.9 when it is installed: /opt/kong/bin/kong or $AMLK_KONG)
 #   make test-envoy / make test-kong   only the real-host tests of one host
-#   make bench  measure throughput/latency against Envoy baselines (long; not part of test)
+#   make bench  requests/s and latency of the filter in Envoy and Kong next to no filter, a
+#               minimal Wasm filter and the host's native JWT check (long; docs/BENCH.md;
+#               `make test` runs only its smoke mode)
 
 SHELL      := /bin/bash
 CARGO      ?= cargo
@@ -11,6 +13,8 @@ PYTHON     ?= python3
 VENV       := .venv
 ENVOY      := $(VENV)/bin/envoy
 WASM       := target/wasm32-wasip1/release/azure_ml_kong.wasm
+# The bench's floor: bench/minimal-filter (reads the request headers, sets one header).
+MINIMAL_WASM := target/wasm32-wasip1/release/minimal_filter.wasm
 MOCKS      := target/release/mock-idp target/release/mock-aml
 WASM_TARGET := wasm32-wasip1
 # Kong Gateway 3.9 built from source (docs/kong.md); the harness reads the same variable.
@@ -37,11 +41,15 @@ WASM_OPT   ?= $(BINARYEN_DIR)/node_modules/binaryen/bin/wasm-opt
 WASM_OPT_FLAGS := -Oz --mvp-features --enable-bulk-memory-opt --enable-sign-ext \
                   --enable-nontrapping-float-to-int --enable-mutable-globals
 
-.PHONY: all setup rust-target venv wasm wasm-shrink mocks build fmt fmt-check clippy unit e2e test test-envoy test-kong demo bench kong-up kong-down clean size
+.PHONY: all setup rust-target venv wrk wasm wasm-shrink minimal-wasm mocks build fmt fmt-check clippy unit e2e test test-envoy test-kong demo bench kong-up kong-down clean size
 
 all: build
 
-setup: rust-target venv
+setup: rust-target venv wrk
+
+# The bench's load generator (its smoke mode runs in `make test`); Debian's package.
+wrk:
+	@command -v wrk >/dev/null || apt-get install -y wrk
 
 rust-target:
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -75,10 +83,14 @@ $(WASM_SHRUNK): $(WASM_RAW) Makefile
 	$(WASM_OPT) $(WASM_OPT_FLAGS) $< -o $@.tmp
 	@mv $@.tmp $@
 
+minimal-wasm: rust-target
+	$(CARGO) build --release --target $(WASM_TARGET) -p minimal-filter
+	@ls -l $(MINIMAL_WASM) | awk '{print "minimal filter: $(MINIMAL_WASM) " $$5 " bytes"}'
+
 mocks:
 	$(CARGO) build --release -p aml-mocks -p aml-harness
 
-build: wasm mocks
+build: wasm minimal-wasm mocks
 
 size: wasm
 	@wc -c < $(WASM)
@@ -138,6 +150,7 @@ test-kong: build
 demo: setup build
 	target/release/demo
 
+# BENCH_ROUNDS, BENCH_SECONDS, BENCH_HOSTS, BENCH_VARIANTS, BENCH_FILTER_WASM, ...: docs/BENCH.md.
 bench: setup build
 	target/release/bench
 

@@ -22,6 +22,9 @@ pub struct EnvoyOptions {
     pub clusters: Vec<Cluster>,
     pub concurrency: u32,
     pub log_level: String,
+    /// Answer every request with this 200 body from Envoy itself (`direct_response`) instead
+    /// of routing to `backend`: the bench's upstream, so only the filters differ.
+    pub direct_response: Option<String>,
 }
 
 impl EnvoyOptions {
@@ -39,6 +42,7 @@ impl EnvoyOptions {
             }],
             concurrency: 2,
             log_level: "info".into(),
+            direct_response: None,
         }
     }
 }
@@ -91,6 +95,12 @@ pub fn envoy_bootstrap(a: &Artifacts, o: &EnvoyOptions) -> Value {
     }));
     let mut clusters = vec![cluster_json(&o.backend)];
     clusters.extend(o.clusters.iter().map(cluster_json));
+    let route = match &o.direct_response {
+        Some(body) => json!({"match": {"prefix": "/"},
+                             "direct_response": {"status": 200, "body": {"inline_string": body}}}),
+        None => json!({"match": {"prefix": "/"},
+                       "route": {"cluster": o.backend.name, "timeout": "15s"}}),
+    };
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
@@ -105,8 +115,7 @@ pub fn envoy_bootstrap(a: &Artifacts, o: &EnvoyOptions) -> Value {
                         "stream_idle_timeout": "30s",
                         "route_config": {"virtual_hosts": [{
                             "name": "all", "domains": ["*"],
-                            "routes": [{"match": {"prefix": "/"},
-                                        "route": {"cluster": o.backend.name, "timeout": "15s"}}]
+                            "routes": [route]
                         }]},
                         "http_filters": http_filters
                     }

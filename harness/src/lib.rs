@@ -280,6 +280,10 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stderr(&self) -> String {
         read_lossy(&self.stderr_path)
     }

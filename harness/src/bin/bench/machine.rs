@@ -1,5 +1,5 @@
 //! Facts about the machine and the run for the bench report: CPU use of other processes,
-//! load average, CPU model, commit and Envoy version.
+//! CPU model, commit, host and wrk versions, and pinning to a CPU.
 
 use std::process::Command;
 
@@ -76,16 +76,6 @@ pub fn cpu_sample() -> Option<CpuSample> {
     Some(CpuSample { total, busy, own })
 }
 
-/// The 1-minute load average (it includes this benchmark's own threads).
-pub fn loadavg() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 pub fn git_commit() -> Option<String> {
     let o = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -113,4 +103,55 @@ pub fn cpu_model() -> Option<String> {
         .find(|l| l.starts_with("model name"))
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_string())
+}
+
+/// Restrict the calling thread to `cpu` (processes it starts inherit that); returns the
+/// previous mask for [`restore_this_thread`]. `None` (no pinning asked) does nothing.
+pub fn pin_this_thread(cpu: Option<usize>) -> Option<libc::cpu_set_t> {
+    let cpu = cpu?;
+    // SAFETY: cpu_set_t is plain data; sched_{get,set}affinity(0, ..) act on this thread and
+    // only read/write the sets passed with their exact size.
+    unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old) != 0 {
+            return None;
+        }
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) != 0 {
+            return None;
+        }
+        Some(old)
+    }
+}
+
+pub fn restore_this_thread(saved: Option<libc::cpu_set_t>) {
+    if let Some(old) = saved {
+        // SAFETY: as in pin_this_thread.
+        unsafe {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &old);
+        }
+    }
+}
+
+/// The CPUs a process may run on (`Cpus_allowed_list` in /proc/<pid>/status).
+pub fn cpus_allowed(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+}
+
+pub fn kong_version(a: &Artifacts) -> Option<String> {
+    let o = Command::new(&a.kong).arg("version").output().ok()?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.lines().last().map(|l| l.trim().to_string())
+}
+
+pub fn wrk_version() -> Option<String> {
+    let o = Command::new("wrk").arg("-v").output().ok()?;
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    text.lines().next().map(|l| l.trim().to_string())
 }
