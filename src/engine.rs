@@ -205,7 +205,10 @@ impl Filter {
             Err(reason) => return self.deny(reason, &request_id, None, audit),
         };
         let verified = match self.authenticate(&token, route, ctx, env, cache, &mut audit) {
-            Ok(v) => v,
+            Ok(v) => {
+                audit.note_verified(v.kid.as_deref(), &v.claims);
+                v
+            }
             Err(Unverified::Wait(provider)) => return Decision::WaitForKeys { provider },
             Err(Unverified::Deny(reason, retry)) => {
                 return self.deny(reason, &request_id, retry, audit)
@@ -294,9 +297,8 @@ impl Filter {
             (None, Some(jwt)) => (&jwt.header.kid, jwt.header.alg, &jwt.claims),
             (None, None) => return Err(Unverified::deny(Reason::TokenMalformed)), // unreachable
         };
-        audit.kid = kid.clone();
         // Unverified until `verify` succeeds; recorded so a denial says who claimed to call.
-        audit.note_claims(claims);
+        audit.note_claimed(kid.as_deref(), claims);
         let allowed = route.and_then(|r| r.providers.as_deref());
         // Provider choice from `iss` comes before any key lookup or fetch: a foreign token
         // costs nothing and cannot trigger JWKS traffic.
@@ -342,7 +344,6 @@ impl Filter {
         };
         match verify::verify(&jwt, pi, provider, keys.as_deref(), now) {
             Ok(v) => {
-                audit.note_claims(&v.claims);
                 let v = Rc::new(v);
                 if let Some(k) = key {
                     cache.insert_key(k, v.clone(), generation);

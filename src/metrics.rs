@@ -55,6 +55,7 @@ pub fn jwks_counter(provider: &str, ev: &Event) -> Option<String> {
             | FailReason::Empty
             | FailReason::TooLarge
             | FailReason::BadJwksUri => "parse_error",
+            FailReason::IssuerMismatch => "issuer_mismatch",
         },
         _ => return None,
     };
