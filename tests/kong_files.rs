@@ -1195,6 +1195,16 @@ fn metric_names_yield_the_documented_labels() {
             l(&[("provider", "entra"), ("result", "http_error")]),
         ),
         (
+            "jwks_key_sets_cut_total_provider=entra",
+            "pw_azure_ml_kong_jwks_key_sets_cut_total",
+            l(&[("provider", "entra")]),
+        ),
+        (
+            "jwks_fetches_total_provider=entra_result=issuer_mismatch",
+            "pw_azure_ml_kong_jwks_fetches_total",
+            l(&[("provider", "entra"), ("result", "issuer_mismatch")]),
+        ),
+        (
             "jwks_keys_provider=entra",
             "pw_azure_ml_kong_jwks_keys",
             l(&[("provider", "entra")]),
@@ -1228,6 +1238,19 @@ fn metric_names_yield_the_documented_labels() {
         azure_ml_kong::metrics::decision_counter(&denied_audit()),
         azure_ml_kong::metrics::credential_gauge("aml_sp"),
         azure_ml_kong::metrics::credential_age_gauge("aml_sp"),
+        azure_ml_kong::metrics::jwks_cut_counter(
+            "entra",
+            &azure_ml_kong::keycache::Event::FetchOk {
+                uri: String::new(),
+                keys: 100,
+                cut: 1,
+                bytes: 1,
+                changed: true,
+                generation: 1,
+                ttl_ms: 1,
+            },
+        )
+        .expect("a cut key set is counted"),
     ];
     for name in &filter_names {
         assert!(

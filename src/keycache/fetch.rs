@@ -371,11 +371,12 @@ impl<K: KeyCount> KeyCache<K> {
         let body = body.to_vec();
         // Share first, so the record version is known.
         let version = self.write_record(io, now, expires, &body);
-        let (count, bytes) = (keys.key_count(), body.len());
+        let (count, cut, bytes) = (keys.key_count(), keys.cut_count(), body.len());
         let changed = self.install(keys, body, now, expires, version);
         out.push(KeyAction::Event(Event::FetchOk {
             uri: self.target().to_string(),
             keys: count,
+            cut,
             bytes,
             changed,
             generation: self.generation,

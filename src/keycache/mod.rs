@@ -126,19 +126,29 @@ pub const MAX_WAITERS: usize = 10_000;
 pub const MAX_RIDES: usize = 8;
 
 /// The parsed key set must say how many usable keys it holds (0 = failed fetch).
+/// It may also say how many keys its caps cut (reported in [`Event::FetchOk`]).
 pub trait KeyCount {
     fn key_count(&self) -> usize;
+    fn cut_count(&self) -> usize {
+        0
+    }
 }
 
 impl KeyCount for crate::jwks::KeySet {
     fn key_count(&self) -> usize {
         self.len()
     }
+    fn cut_count(&self) -> usize {
+        self.cut()
+    }
 }
 
 impl<T: KeyCount + ?Sized> KeyCount for std::rc::Rc<T> {
     fn key_count(&self) -> usize {
         (**self).key_count()
+    }
+    fn cut_count(&self) -> usize {
+        (**self).cut_count()
     }
 }
 
@@ -177,6 +187,8 @@ pub enum Event {
     FetchOk {
         uri: String,
         keys: usize,
+        /// Keys beyond the set's caps, not kept (the adapter warns and counts when not 0).
+        cut: usize,
         bytes: usize,
         /// The body differed from the previous key set (generation bumped).
         changed: bool,
