@@ -137,6 +137,14 @@ pub fn decode(token: &str, max_bytes: usize) -> Result<DecodedJwt, Reason> {
     if token.len() > max_bytes {
         return Err(Reason::TokenTooLarge);
     }
+    // Only base64url and dots: anything else (a space between two tokens) is not a
+    // JWS nor a JWE, whatever its dot count.
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(Reason::TokenMalformed);
+    }
     let dots = token.bytes().filter(|b| *b == b'.').count();
     if dots == 4 {
         return Err(Reason::TokenEncrypted);
