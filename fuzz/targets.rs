@@ -408,7 +408,10 @@ pub fn decide(data: &[u8]) {
     let _ = decide_request(&f[0], &f[1], &h);
 }
 
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A target: its name (the `cargo fuzz` binary and corpus folder) and body.
+pub type Target = (&'static str, fn(&[u8]));
+
+pub const TARGETS: &[Target] = &[
     ("token", token),
     ("jwks", jwks),
     ("discovery", discovery),

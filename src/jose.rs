@@ -305,7 +305,6 @@ pub const MAX_NUMERIC_DATE: u64 = 1 << 53;
 /// A NumericDate claim (RFC 7519 §2) as a non-negative integer of at most 2^53 seconds.
 /// `Ok(None)` when absent; `TokenMalformed` for any other type, a fraction, a negative
 /// or a larger value.
-
 pub fn numeric_date(claims: &Claims, name: &str) -> Result<Option<u64>, Reason> {
     match claims.get(name) {
         None => Ok(None),

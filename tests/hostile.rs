@@ -421,7 +421,8 @@ fn hostile_claims_aimed_at_identity_headers() {
 fn hostile_identity_and_authorization_headers() {
     let t = rs256(&good_claims());
     let auth = format!("Bearer {t}");
-    let cases: Vec<(&str, Vec<(&str, &str)>, u32, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u32, &'a str);
+    let cases: Vec<Case> = vec![
         ("other casing", vec![("X-CALLER-OID", "evil")], 0, "allow"),
         (
             "surrounding whitespace",
@@ -475,7 +476,8 @@ fn hostile_identity_and_authorization_headers() {
             assert_eq!(set(ops(&d), "x-caller-oid"), Some(OID), "{what}");
         }
     }
-    let auth_cases: Vec<(&str, Vec<(&str, String)>, u32, &str)> = vec![
+    type AuthCase<'a> = (&'a str, Vec<(&'a str, String)>, u32, &'a str);
+    let auth_cases: Vec<AuthCase> = vec![
         (
             "two schemes",
             vec![("authorization", format!("Basic dXNlcjpwdw==, Bearer {t}"))],
