@@ -60,6 +60,8 @@ pub struct Fixture {
     pub filter: Filter,
     pub keys: Rc<KeySet>,
     pub rsa: RS256KeyPair,
+    /// `rs256(&good_claims())`, signed once (RSA signing would dominate the targets).
+    pub good_token: String,
 }
 
 thread_local! {
@@ -78,7 +80,13 @@ fn build_fixture() -> Fixture {
         b64(&c.e)
     );
     let keys = Rc::new(KeySet::parse(jwk.as_bytes()).expect("fixture JWKS"));
-    Fixture { filter, keys, rsa }
+    let good_token = sign_with(&rsa, &good_claims());
+    Fixture {
+        filter,
+        keys,
+        rsa,
+        good_token,
+    }
 }
 
 pub fn fixture() -> Rc<Fixture> {
@@ -100,12 +108,16 @@ pub fn good_claims() -> serde_json::Value {
 
 /// An RS256 token with exactly these claims, signed by the fixture's key `k1`.
 pub fn rs256(claims: &serde_json::Value) -> String {
+    sign_with(&fixture().rsa, claims)
+}
+
+fn sign_with(key: &RS256KeyPair, claims: &serde_json::Value) -> String {
     let custom = claims.as_object().cloned().unwrap_or_default();
     let mut c = jwt_simple::claims::Claims::with_custom_claims(custom, Duration::from_secs(1));
     c.issued_at = None;
     c.expires_at = None;
     c.invalid_before = None;
-    fixture().rsa.sign(c).expect("sign")
+    key.sign(c).expect("sign")
 }
 
 /// A compact token from raw header and payload bytes, HS256-signed with `key`.
@@ -322,7 +334,7 @@ pub fn config(data: &[u8]) {
     if let Ok(f) = Filter::from_json(data) {
         let h = vec![(
             "authorization".to_string(),
-            format!("Bearer {}", rs256(&good_claims())),
+            format!("Bearer {}", fixture().good_token),
         )];
         let _ = decide_with(&f, "POST", "/teams/fraud/score", &h);
     }
@@ -395,7 +407,7 @@ pub fn headers(data: &[u8]) {
     let mut h = header_lines(&text);
     h.push((
         "authorization".into(),
-        format!("Bearer {}", rs256(&good_claims())),
+        format!("Bearer {}", fixture().good_token),
     ));
     let _ = decide_request("POST", "/teams/fraud/score", &h);
     let _ = decide_request("GET", "/health", &h);
