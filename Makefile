@@ -6,6 +6,7 @@
 #   make bench  requests/s and latency of the filter in Envoy and Kong next to no filter, a
 #               minimal Wasm filter and the host's native JWT check (long; docs/BENCH.md;
 #               `make test` runs only its smoke mode)
+#   make fuzz   coverage-guided fuzzing of the core, FUZZ_SECONDS (default 60) per target
 
 SHELL      := /bin/bash
 CARGO      ?= cargo
@@ -41,7 +42,10 @@ WASM_OPT   ?= $(BINARYEN_DIR)/node_modules/binaryen/bin/wasm-opt
 WASM_OPT_FLAGS := -Oz --mvp-features --enable-bulk-memory-opt --enable-sign-ext \
                   --enable-nontrapping-float-to-int --enable-mutable-globals
 
-.PHONY: all setup rust-target venv wrk wasm wasm-shrink minimal-wasm mocks build fmt fmt-check clippy unit e2e test test-envoy test-kong demo bench kong-up kong-down clean size
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= token jwks discovery config policy path headers decide
+
+.PHONY: fuzz all setup rust-target venv wrk wasm wasm-shrink minimal-wasm mocks build fmt fmt-check clippy unit e2e test test-envoy test-kong demo bench kong-up kong-down clean size
 
 all: build
 
@@ -159,6 +163,21 @@ kong-up: wasm
 
 kong-down:
 	docker compose down
+
+# libFuzzer through cargo-fuzz on the stable toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass
+# its -Z flags (sanitizer, coverage); no nightly is needed. Each target runs FUZZ_SECONDS from
+# its committed seeds (fuzz/corpus/<target>, read-only here) plus what earlier runs found
+# (target/fuzz-corpus/<target>); a crash stops make with the input in fuzz/artifacts/<target>.
+# Fix it, copy the input to fuzz/regressions/<target>/ (replayed by tests/fuzz_corpus.rs).
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/fuzz-corpus/$$t; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		( cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t ../target/fuzz-corpus/$$t corpus/$$t \
+			-- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 ) \
+			|| { echo "fuzz: $$t FAILED (input in fuzz/artifacts/$$t)"; exit 1; }; \
+	done
 
 clean:
 	$(CARGO) clean

@@ -14,8 +14,9 @@
 //! - Identity headers (`claims_to_headers`) are always set, to `""` when the claim is
 //!   absent or the request is unauthenticated (auth `none`/`optional` without a token, a
 //!   CORS preflight), so a spoofed copy never reaches the backend. A string, number or
-//!   bool claim is rendered as text; an array as its scalar items joined with `,` (items
-//!   are not escaped); an object or `null` counts as absent. A value containing a control
+//!   bool claim is rendered as text; an array as its scalar items joined with `,`; an
+//!   array with an item containing `,` is dropped (`""`), so that `["a,b"]` and
+//!   `["a","b"]` never produce the same value; an object or `null` counts as absent. A value containing a control
 //!   character or longer than [`MAX_VALUE_BYTES`] is replaced by `""` (dropped, not
 //!   truncated: a truncated identity would be a different identity).
 //! - The caller's credential is removed from every configured token source present in
@@ -25,6 +26,11 @@
 //! - Owned headers: every `claims_to_headers` header, the route's `set_request_headers`,
 //!   `x-request-id`, `x-ms-client-request-id`, and — unless `forward_token` — the token
 //!   source headers and (with a cookie token source) `cookie`.
+//! - The identity namespace `x-caller-*` is the filter's: a client's `x-caller-*` header
+//!   the filter does not set is cleared (two copies of one → 400
+//!   `duplicate_identity_header`), and a spelling with `_` of an owned or `x-caller-*`
+//!   header (`x_caller_oid`, read by CGI/WSGI backends as `x-caller-oid`) → 400
+//!   `duplicate_identity_header`.
 //! - `x-request-id`: a client value of 1–128 characters from `A-Za-z0-9._:+/=-` is kept
 //!   (and used as the request id), anything else is replaced by the generated id.
 //! - `x-ms-client-request-id`: kept when it follows Azure ML's rule (1–40 letters,
@@ -175,16 +181,34 @@ impl Annotator {
         }
         // `x_caller_oid` next to (or instead of) `x-caller-oid`: CGI/WSGI backends read both
         // as HTTP_X_CALLER_OID, and Kong forwards underscores (`underscores_in_headers on`).
+        // Such a spelling cannot be cleared reliably in Kong, so it is refused.
         let alias_of_owned = |name: &str| {
             name.contains('_')
-                && self
-                    .owned_headers(route)
-                    .any(|h| same_but_separators(h, name))
+                && (headers::in_identity_namespace(name)
+                    || self
+                        .owned_headers(route)
+                        .any(|h| same_but_separators(h, name)))
         };
         if req.headers.iter().any(|(k, _)| alias_of_owned(k)) {
             return Err(crate::reason::Reason::DuplicateIdentityHeader);
         }
+        // An `x-caller-*` header the filter does not set is cleared by the plan; Kong's
+        // in-place set reaches only the first copy, so a second one is refused.
+        for (k, _) in req.headers.iter() {
+            if self.foreign_identity_header(k, route) && req.header_count(k) > 1 {
+                return Err(crate::reason::Reason::DuplicateIdentityHeader);
+            }
+        }
         Ok(())
+    }
+
+    /// An inbound `x-caller-*` header (hyphen spelling) the filter does not set itself.
+    fn foreign_identity_header(&self, name: &str, route: Option<&Route>) -> bool {
+        headers::in_identity_namespace(name)
+            && !name.contains('_')
+            && !self
+                .owned_headers(route)
+                .any(|h| h.eq_ignore_ascii_case(name))
     }
 
     /// The header operations for an allowed request. `claims` is `None` when the request
@@ -280,6 +304,18 @@ impl Annotator {
             }
         }
 
+        // The client's own `x-caller-*` headers the filter does not set: cleared.
+        let mut foreign: Vec<String> = Vec::new();
+        for (k, _) in req.headers.iter() {
+            if self.foreign_identity_header(k, route) {
+                let name = k.to_ascii_lowercase();
+                if !foreign.contains(&name) {
+                    foreign.push(name);
+                }
+            }
+        }
+        ops.extend(foreign.into_iter().map(|name| HeaderOp::Clear { name }));
+
         for i in &self.identity {
             let value = claims
                 .and_then(|c| {
@@ -365,15 +401,17 @@ fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
+/// An array is joined with `,`; an array with an item that itself contains `,` is
+/// dropped whole, so `["a,b"]` and `["a","b"]` never render alike.
 fn render(v: &Value) -> Option<String> {
     match v {
-        Value::Array(items) => Some(
-            items
-                .iter()
-                .filter_map(scalar_text)
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
+        Value::Array(items) => {
+            let parts: Vec<String> = items.iter().filter_map(scalar_text).collect();
+            if parts.iter().any(|p| p.contains(',')) {
+                return None;
+            }
+            Some(parts.join(","))
+        }
         other => scalar_text(other),
     }
 }
@@ -751,6 +789,63 @@ mod tests {
         c.remove("azp");
         let ops = a.plan(None, Some(&c), None, &req("/", &h), "r");
         assert!(ops.contains(&set("x-app", "app-1")));
+    }
+
+    #[test]
+    fn identity_namespace_is_the_filters() {
+        let fx = Fx::new("");
+        let (a, r) = fx.parts();
+        let plain = r.get(1);
+        let h = hdrs(&[
+            ("X-Caller-Admin", "true"),
+            ("x-caller-oid", "spoof"),
+            ("x-caller-team", "evil"),
+            ("x-other", "kept"),
+        ]);
+        let rq = req("/", &h);
+        assert_eq!(a.check_inbound(&rq, plain), Ok(()));
+        let ops = a.plan(plain, Some(&claims()), None, &rq, "r");
+        assert!(ops.contains(&clear("x-caller-admin")), "{ops:?}");
+        assert!(ops.contains(&clear("x-caller-team")), "{ops:?}");
+        assert!(!ops.contains(&clear("x-other")), "{ops:?}");
+        assert!(!ops.contains(&clear("x-caller-oid")), "{ops:?}");
+        // Unauthenticated requests too.
+        let ops = a.plan(plain, None, None, &rq, "r");
+        assert!(ops.contains(&clear("x-caller-admin")), "{ops:?}");
+        let deny = Err(crate::reason::Reason::DuplicateIdentityHeader);
+        for spoof in [
+            vec![("x_caller_team", "evil")],
+            vec![("X_CALLER_ROLES", "Admin")],
+            vec![("x-caller_admin", "1")],
+            vec![("x-caller-admin", "1"), ("X-CALLER-ADMIN", "2")],
+        ] {
+            let h = hdrs(&spoof);
+            assert_eq!(a.check_inbound(&req("/", &h), plain), deny, "{spoof:?}");
+        }
+    }
+
+    #[test]
+    fn array_claims_render_unambiguously() {
+        let fx =
+            Fx::new(r#", "claims_to_headers": [{"claim": "roles", "header": "x-caller-roles"}]"#);
+        let (a, _) = fx.parts();
+        let h = hdrs(&[]);
+        let value = |roles: serde_json::Value| {
+            let mut c = claims();
+            c.insert("roles".into(), roles);
+            a.plan(None, Some(&c), None, &req("/", &h), "r")
+                .into_iter()
+                .find_map(|op| match op {
+                    HeaderOp::Set { name, value } if name == "x-caller-roles" => Some(value),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let joined = value(serde_json::json!(["Reader", "Gateway.Admin"]));
+        assert_eq!(joined, "Reader,Gateway.Admin");
+        assert_eq!(value(serde_json::json!(["Reader,Gateway.Admin"])), "");
+        assert_eq!(value(serde_json::json!(["Reader", "x,Gateway.Admin"])), "");
+        assert_eq!(value(serde_json::json!(["Reader"])), "Reader");
     }
 
     #[test]

@@ -3,8 +3,15 @@
 //! A record carries who (issuer, tenant, subject, client app, key id, provider), what
 //! (method, path without query, route) and the outcome (decision, status, reason code).
 //! It never carries the token, the query string, header values or the whole claim set.
-//! Claim values are copied only when they are strings, and cut to
-//! [`MAX_FIELD_CHARS`]; the path is cut to [`MAX_PATH_CHARS`].
+//!
+//! Who is written in one of two forms. `iss`, `tid`, `subject`, `app`, `kid` are values
+//! of a verified token. Values read from a token that did not verify (or before it
+//! did) go to `claimed_iss`, `claimed_tid`, `claimed_subject`, `claimed_app`,
+//! `claimed_kid`: anyone can write them. Claim values are copied only when they are
+//! strings; control characters become `?`, and a value longer than its cap
+//! ([`MAX_CLAIMED_BYTES`], [`MAX_CLAIMED_ISS_BYTES`], [`MAX_VERIFIED_BYTES`]) is cut and
+//! marked `…#<8 hex digits of its SHA-256>` (see [`capped`]). The path is cut to
+//! [`MAX_PATH_CHARS`]; without it a line stays under about 1 KB.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -13,7 +20,12 @@ use crate::claims::{lookup, Claims};
 use crate::reason::Reason;
 use crate::request::RequestView;
 
-pub const MAX_FIELD_CHARS: usize = 256;
+/// Cap of a claimed value (kid, tid, subject, app): Entra's are 27–43 bytes.
+pub const MAX_CLAIMED_BYTES: usize = 64;
+/// Cap of a claimed issuer (Entra's are about 75 bytes).
+pub const MAX_CLAIMED_ISS_BYTES: usize = 128;
+/// Cap of a verified value.
+pub const MAX_VERIFIED_BYTES: usize = 128;
 pub const MAX_PATH_CHARS: usize = 1024;
 
 /// What was decided, as the audit line's `decision` field says it.
@@ -70,6 +82,17 @@ pub struct AuditRecord {
     /// The registered caller's owner.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Read from a token that did not verify: written, not vouched for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_tid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_app: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_kid: Option<String>,
     /// The gateway's own credential the request went upstream with (`upstream_credential`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
@@ -82,9 +105,33 @@ fn cut(s: &str, max: usize) -> String {
     }
 }
 
-fn claim_str(claims: &Claims, names: &[&str]) -> Option<String> {
+/// `s` with control characters as `?`, at most `max` bytes (at least 16): a longer
+/// value keeps its head and ends in `…#` and 8 hex digits of the SHA-256 of the whole
+/// value, so two long values stay distinguishable and neither inflates the line.
+pub fn capped(s: &str, max: usize) -> String {
+    use sha2::Digest as _;
+    const MARK: usize = "…#".len() + 8;
+    let clean = |t: &str| -> String {
+        t.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    };
+    let max = max.max(MARK + 4);
+    if s.len() <= max {
+        return clean(s);
+    }
+    let mut end = max - MARK;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let digest = sha2::Sha256::digest(s.as_bytes());
+    let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("{}…#{hex}", clean(s.get(..end).unwrap_or("")))
+}
+
+fn claim_str(claims: &Claims, names: &[&str], max: usize) -> Option<String> {
     names.iter().find_map(|n| match lookup(claims, n) {
-        Some(Value::String(s)) if !s.is_empty() => Some(cut(s, MAX_FIELD_CHARS)),
+        Some(Value::String(s)) if !s.is_empty() => Some(capped(s, max)),
         _ => None,
     })
 }
@@ -111,20 +158,43 @@ impl AuditRecord {
             kid: None,
             caller: None,
             owner: None,
+            claimed_iss: None,
+            claimed_tid: None,
+            claimed_subject: None,
+            claimed_app: None,
+            claimed_kid: None,
         }
     }
 
-    /// Copy the identifying claims (iss, tid, oid|sub, azp|appid) — nothing else.
-    pub fn note_claims(&mut self, claims: &Claims) {
-        self.iss = claim_str(claims, &["iss"]);
-        self.tid = claim_str(claims, &["tid"]);
-        self.subject = claim_str(claims, &["oid", "sub"]);
-        self.app = claim_str(claims, &["azp", "appid"]);
+    /// Copy the identifying claims (iss, tid, oid|sub, azp|appid) and the `kid` of a token
+    /// not verified (yet) into the `claimed_*` fields — nothing else.
+    pub fn note_claimed(&mut self, kid: Option<&str>, claims: &Claims) {
+        let c = MAX_CLAIMED_BYTES;
+        self.claimed_iss = claim_str(claims, &["iss"], MAX_CLAIMED_ISS_BYTES);
+        self.claimed_tid = claim_str(claims, &["tid"], c);
+        self.claimed_subject = claim_str(claims, &["oid", "sub"], c);
+        self.claimed_app = claim_str(claims, &["azp", "appid"], c);
+        self.claimed_kid = kid.map(|k| capped(k, c));
     }
 
-    /// Builder form of [`AuditRecord::note_claims`].
+    /// The same for a verified token: the plain fields, and no `claimed_*` ones.
+    pub fn note_verified(&mut self, kid: Option<&str>, claims: &Claims) {
+        let v = MAX_VERIFIED_BYTES;
+        self.iss = claim_str(claims, &["iss"], v);
+        self.tid = claim_str(claims, &["tid"], v);
+        self.subject = claim_str(claims, &["oid", "sub"], v);
+        self.app = claim_str(claims, &["azp", "appid"], v);
+        self.kid = kid.map(|k| capped(k, v));
+        self.claimed_iss = None;
+        self.claimed_tid = None;
+        self.claimed_subject = None;
+        self.claimed_app = None;
+        self.claimed_kid = None;
+    }
+
+    /// Builder form of [`AuditRecord::note_verified`].
     pub fn with_claims(mut self, claims: &Claims) -> AuditRecord {
-        self.note_claims(claims);
+        self.note_verified(None, claims);
         self
     }
 
@@ -149,6 +219,71 @@ impl AuditRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capped_values() {
+        assert_eq!(capped("kid-1", 64), "kid-1");
+        assert_eq!(capped("a\r\nb\0", 64), "a??b?");
+        let long = "k".repeat(4096);
+        let c = capped(&long, 64);
+        assert!(
+            c.len() <= 64 && c.starts_with("kkkk") && c.contains("…#"),
+            "{c}"
+        );
+        let other = format!("{}x", "k".repeat(4095));
+        assert_ne!(capped(&other, 64), c, "long values stay distinguishable");
+        // Never splits a character.
+        let wide = "é".repeat(100);
+        let c = capped(&wide, 64);
+        assert!(c.len() <= 64 && c.starts_with('é'), "{c}");
+        assert_eq!(capped(&"x".repeat(64), 64), "x".repeat(64));
+    }
+
+    #[test]
+    fn forged_token_fields_are_claimed_and_capped() {
+        let path = "/score";
+        let req = RequestView {
+            method: "POST",
+            path,
+            authority: "h",
+            headers: &[],
+        };
+        let claims: Claims = serde_json::from_value(serde_json::json!({
+            "iss": format!("https://evil.example/{}", "i".repeat(5000)),
+            "oid": "o".repeat(5000), "tid": "t\r\n".repeat(2000), "azp": "a".repeat(5000),
+        }))
+        .unwrap();
+        let mut r = AuditRecord::new(1_700_000_000_000, &"r".repeat(128), &req);
+        r.route = Some("team-score".into());
+        r.provider = Some("entra".into());
+        r.note_claimed(Some(&"K".repeat(4096)), &claims);
+        r.deny(Reason::SignatureInvalid, 401);
+        let line = r.to_json_line();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        for plain in ["iss", "tid", "subject", "app", "kid"] {
+            assert!(
+                v.get(plain).is_none(),
+                "{plain} must not look verified: {line}"
+            );
+        }
+        for claimed in [
+            "claimed_iss",
+            "claimed_tid",
+            "claimed_subject",
+            "claimed_app",
+            "claimed_kid",
+        ] {
+            assert!(
+                v[claimed].as_str().is_some_and(|s| s.contains("…#")),
+                "{claimed}: {line}"
+            );
+        }
+        assert!(line.len() < 900, "{} bytes: {line}", line.len());
+        // Once verified, the claimed fields go.
+        r.note_verified(Some("k1"), &claims);
+        let v: Value = serde_json::from_str(&r.to_json_line()).unwrap();
+        assert!(v.get("claimed_subject").is_none() && v["kid"] == "k1");
+    }
 
     const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
 
@@ -232,10 +367,10 @@ mod tests {
         assert_eq!(r.subject.as_deref(), Some("s-1"));
         assert_eq!(r.app.as_deref(), Some("app-v1"));
         assert_eq!(r.tid, None, "non-string claims are not copied");
-        assert_eq!(
-            r.iss.as_ref().map(|s| s.chars().count()),
-            Some(MAX_FIELD_CHARS)
-        );
+        // Cut to the cap and marked with the whole value's hash.
+        let iss = r.iss.clone().unwrap();
+        assert!(iss.len() <= MAX_VERIFIED_BYTES, "{iss}");
+        assert!(iss.starts_with("xxxx") && iss.contains("…#"), "{iss}");
         let line = r.to_json_line();
         assert!(
             !line.contains("\"route\""),

@@ -115,8 +115,9 @@ pub struct ProviderConfig {
     pub hmac_secret: Option<String>,
     #[serde(default = "default_clock_skew")]
     pub clock_skew_seconds: u64,
-    #[serde(default)]
-    pub max_lifetime_seconds: Option<u64>,
+    /// 0 switches the check off.
+    #[serde(default = "default_max_lifetime")]
+    pub max_lifetime_seconds: u64,
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_seconds: u64,
     #[serde(default = "default_jwks_min_refetch")]
@@ -412,6 +413,10 @@ fn default_algorithms() -> Vec<String> {
 }
 fn default_clock_skew() -> u64 {
     60
+}
+/// 36 h: Entra CAE tokens live up to 28 h.
+fn default_max_lifetime() -> u64 {
+    129_600
 }
 fn default_jwks_refresh() -> u64 {
     3600

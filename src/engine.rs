@@ -263,7 +263,10 @@ impl Filter {
             Err(reason) => return self.deny(reason, &request_id, None, audit),
         };
         let verified = match self.authenticate(&token, route, ctx, env, cache, &mut audit) {
-            Ok(v) => v,
+            Ok(v) => {
+                audit.note_verified(v.kid.as_deref(), &v.claims);
+                v
+            }
             Err(Unverified::Wait(provider)) => return Decision::WaitForKeys { provider },
             Err(Unverified::Deny(reason, retry)) => {
                 return self.deny(reason, &request_id, retry, audit)
@@ -365,9 +368,8 @@ impl Filter {
             (None, Some(jwt)) => (&jwt.header.kid, jwt.header.alg, &jwt.claims),
             (None, None) => return Err(Unverified::deny(Reason::TokenMalformed)), // unreachable
         };
-        audit.kid = kid.clone();
         // Unverified until `verify` succeeds; recorded so a denial says who claimed to call.
-        audit.note_claims(claims);
+        audit.note_claimed(kid.as_deref(), claims);
         let allowed = route.and_then(|r| r.providers.as_deref());
         // Provider choice from `iss` comes before any key lookup or fetch: a foreign token
         // costs nothing and cannot trigger JWKS traffic.
@@ -418,7 +420,6 @@ impl Filter {
                 .filter(|v| v.provider == pi && now < v.valid_until);
             if let Some(v) = shared {
                 env.note(CacheEvent::SharedHit);
-                audit.note_claims(&v.claims);
                 let v = Rc::new(v);
                 cache.insert_key(*k, v.clone(), generation);
                 return Ok(v);
@@ -432,7 +433,6 @@ impl Filter {
         env.note(CacheEvent::Verified);
         match verify::verify(&jwt, pi, provider, keys.as_deref(), now) {
             Ok(v) => {
-                audit.note_claims(&v.claims);
                 if let Some(k) = &key {
                     env.share_verified(k, generation, &v, now);
                 }

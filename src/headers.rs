@@ -6,6 +6,10 @@ use crate::config::ConfigError;
 pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_MS_CLIENT_REQUEST_ID: &str = "x-ms-client-request-id";
 
+/// The identity namespace: an inbound header under this prefix (in any spelling a
+/// backend folds onto it) reaches the upstream only as the filter set it.
+pub const IDENTITY_PREFIX: &str = "x-caller-";
+
 /// Request-id headers: the filter keeps or replaces them itself (see `annotate`).
 pub const REQUEST_ID_HEADERS: &[&str] = &[X_REQUEST_ID, X_MS_CLIENT_REQUEST_ID];
 
@@ -25,6 +29,25 @@ const FORBIDDEN_HEADERS: &[&str] = &[
     "content-length",
     "expect",
 ];
+
+/// The name as CGI/WSGI backends read it: lower case, `_` read as `-`.
+pub fn folded(name: &str) -> String {
+    name.bytes()
+        .map(|c| {
+            if c == b'_' {
+                '-'
+            } else {
+                char::from(c.to_ascii_lowercase())
+            }
+        })
+        .collect()
+}
+
+/// `name`, in any spelling, lies in the identity namespace (`x-caller-*`).
+pub fn in_identity_namespace(name: &str) -> bool {
+    name.get(..IDENTITY_PREFIX.len())
+        .is_some_and(|head| folded(head) == IDENTITY_PREFIX)
+}
 
 /// An RFC 9110 token (header names, methods).
 pub fn is_token(s: &str) -> bool {
@@ -114,6 +137,30 @@ mod tests {
             check_header_name("h", managed).unwrap();
             assert!(check_not_managed("h", managed).is_err(), "{managed}");
         }
+    }
+
+    #[test]
+    fn identity_namespace_in_any_spelling() {
+        for h in [
+            "x-caller-oid",
+            "X-Caller-X",
+            "x_caller_oid",
+            "X_CALLER-z",
+            "x-caller-",
+        ] {
+            assert!(in_identity_namespace(h), "{h}");
+        }
+        for h in [
+            "x-callers",
+            "x-call",
+            "",
+            "y-caller-oid",
+            "x-caller",
+            "é-caller-aaa",
+        ] {
+            assert!(!in_identity_namespace(h), "{h}");
+        }
+        assert_eq!(folded("X_Caller-OID"), "x-caller-oid");
     }
 
     #[test]

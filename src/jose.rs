@@ -137,6 +137,14 @@ pub fn decode(token: &str, max_bytes: usize) -> Result<DecodedJwt, Reason> {
     if token.len() > max_bytes {
         return Err(Reason::TokenTooLarge);
     }
+    // Only base64url and dots: anything else (a space between two tokens) is not a
+    // JWS nor a JWE, whatever its dot count.
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(Reason::TokenMalformed);
+    }
     let dots = token.bytes().filter(|b| *b == b'.').count();
     if dots == 4 {
         return Err(Reason::TokenEncrypted);
@@ -291,21 +299,21 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
-/// A NumericDate claim (RFC 7519 §2): a non-negative JSON number, fractions truncated.
-/// `Ok(None)` when absent; `TokenMalformed` for any other type or a negative value.
+/// The largest NumericDate accepted: 2^53 (JavaScript's exact-integer limit).
+pub const MAX_NUMERIC_DATE: u64 = 1 << 53;
+
+/// A NumericDate claim (RFC 7519 §2) as a non-negative integer of at most 2^53 seconds.
+/// `Ok(None)` when absent; `TokenMalformed` for any other type, a fraction, a negative
+/// or a larger value.
 pub fn numeric_date(claims: &Claims, name: &str) -> Result<Option<u64>, Reason> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(n)) => {
-            if let Some(u) = n.as_u64() {
-                Ok(Some(u))
-            } else {
-                match n.as_f64() {
-                    Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f as u64)),
-                    _ => Err(Reason::TokenMalformed),
-                }
-            }
-        }
+        // Integers only: a float (`1e30`, `5.9`) or a value beyond 2^53 (past what every
+        // JSON reader holds exactly) is a malformed token, never a clamped or rounded one.
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(u) if u <= MAX_NUMERIC_DATE => Ok(Some(u)),
+            _ => Err(Reason::TokenMalformed),
+        },
         Some(_) => Err(Reason::TokenMalformed),
     }
 }
@@ -621,12 +629,21 @@ mod tests {
 
     #[test]
     fn numeric_dates() {
-        let c: Claims = serde_json::from_str(r#"{"a":5,"b":5.9,"c":-1,"d":"5","e":1e30}"#).unwrap();
+        let c: Claims = serde_json::from_str(
+            r#"{"a":5,"b":5.9,"c":-1,"d":"5","e":1e30,"f":5.0,"g":9007199254740992,
+                "h":9007199254740993,"i":1000000000000000000000000000000}"#,
+        )
+        .unwrap();
         assert_eq!(numeric_date(&c, "a"), Ok(Some(5)));
-        assert_eq!(numeric_date(&c, "b"), Ok(Some(5)));
+        // Fractions, floats and values beyond 2^53 are refused, not truncated or clamped.
+        assert_eq!(numeric_date(&c, "b"), Err(Reason::TokenMalformed));
         assert_eq!(numeric_date(&c, "c"), Err(Reason::TokenMalformed));
         assert_eq!(numeric_date(&c, "d"), Err(Reason::TokenMalformed));
-        assert_eq!(numeric_date(&c, "e"), Ok(Some(u64::MAX)));
+        assert_eq!(numeric_date(&c, "e"), Err(Reason::TokenMalformed));
+        assert_eq!(numeric_date(&c, "f"), Err(Reason::TokenMalformed));
+        assert_eq!(numeric_date(&c, "g"), Ok(Some(1 << 53)));
+        assert_eq!(numeric_date(&c, "h"), Err(Reason::TokenMalformed));
+        assert_eq!(numeric_date(&c, "i"), Err(Reason::TokenMalformed));
         assert_eq!(numeric_date(&c, "z"), Ok(None));
     }
 }

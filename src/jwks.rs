@@ -18,8 +18,14 @@ use crate::jose::{b64url, Alg};
 use crate::reason::Reason;
 use crate::rsa::{Hash, Scheme};
 
-/// Most keys kept from one document (more are skipped).
+/// Most keys kept from one document: Entra publishes about 10, Okta, Auth0, Google a
+/// handful; more are cut (counted in [`KeySet::cut`], logged and counted by the adapter).
+/// The body itself is capped before parsing (`keycache::source::DEFAULT_MAX_BODY_BYTES`).
 pub const MAX_KEYS: usize = 100;
+/// Most entries examined in one document (usable or not): parsing stops after them.
+pub const MAX_ENTRIES: usize = 2 * MAX_KEYS;
+/// Most skip descriptions kept for the log line.
+pub const MAX_SKIPPED_NOTES: usize = 16;
 
 /// Why a JWKS document is unusable as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +159,10 @@ impl Jwk {
 pub struct KeySet {
     keys: Vec<Jwk>,
     skipped: Vec<String>,
+    /// Entries not kept because of [`MAX_KEYS`] or [`MAX_ENTRIES`].
+    cut: usize,
+    /// Skipped entries whose description was not kept ([`MAX_SKIPPED_NOTES`]).
+    unnoted: usize,
 }
 
 impl KeySet {
@@ -167,20 +177,25 @@ impl KeySet {
         };
         let mut set = KeySet::default();
         for (i, e) in entries.iter().enumerate() {
-            let kid = e.get("kid").and_then(Value::as_str);
-            let label = match kid {
-                Some(k) => format!("keys[{i}] (kid {})", printable(k)),
-                None => format!("keys[{i}]"),
-            };
-            if set.keys.len() >= MAX_KEYS {
-                set.skipped
-                    .push(format!("{label}: more than {MAX_KEYS} keys"));
-                continue;
+            if set.keys.len() >= MAX_KEYS || i >= MAX_ENTRIES {
+                set.cut = entries.len() - i;
+                break;
             }
             match parse_jwk(e) {
                 Ok(k) => set.keys.push(k),
-                Err(why) => set.skipped.push(format!("{label}: {why}")),
+                Err(_) if set.skipped.len() >= MAX_SKIPPED_NOTES => set.unnoted += 1,
+                Err(why) => {
+                    let label = match e.get("kid").and_then(Value::as_str) {
+                        Some(k) => format!("keys[{i}] (kid {})", printable(k)),
+                        None => format!("keys[{i}]"),
+                    };
+                    set.skipped.push(format!("{label}: {why}"));
+                }
             }
+        }
+        if set.unnoted > 0 {
+            set.skipped
+                .push(format!("{} more keys skipped", set.unnoted));
         }
         if set.keys.is_empty() {
             return Err(JwksError::NoUsableKeys(set.skipped));
@@ -188,9 +203,15 @@ impl KeySet {
         Ok(set)
     }
 
-    /// Short descriptions of the keys that were skipped, for logging once.
+    /// Short descriptions of the keys that were skipped (at most
+    /// [`MAX_SKIPPED_NOTES`] + 1 lines), for logging once.
     pub fn skipped(&self) -> &[String] {
         &self.skipped
+    }
+
+    /// How many entries were cut by the caps ([`MAX_KEYS`], [`MAX_ENTRIES`]).
+    pub fn cut(&self) -> usize {
+        self.cut
     }
 
     pub fn len(&self) -> usize {
@@ -498,6 +519,30 @@ mod tests {
         );
         let e = KeySet::parse(br#"{"keys":[{"kty":"oct","k":"AAAA","kid":"s"}]}"#).unwrap_err();
         assert!(e.to_string().contains("symmetric"), "{e}");
+    }
+
+    #[test]
+    fn key_set_caps_cut_and_say_so() {
+        let ed = Ed25519KeyPair::generate();
+        let many: Vec<String> = (0..MAX_KEYS + 50)
+            .map(|i| ed_jwk(&ed, &format!("k{i}"), ""))
+            .collect();
+        let ks = KeySet::parse(jwks(&many).as_bytes()).unwrap();
+        assert_eq!((ks.len(), ks.cut()), (MAX_KEYS, 50));
+        assert!(ks.has_kid("k99") && !ks.has_kid("k100"));
+        // 10,000 bad keys then a good one: bounded work, bounded notes, nothing usable.
+        let mut bad: Vec<String> = (0..10_000)
+            .map(|i| format!(r#"{{"kty":"oct","k":"AAAA","kid":"s{i}"}}"#))
+            .collect();
+        bad.push(ed_jwk(&ed, "late", ""));
+        let Err(JwksError::NoUsableKeys(notes)) = KeySet::parse(jwks(&bad).as_bytes()) else {
+            panic!("a usable key beyond the entry cap was used");
+        };
+        assert_eq!(notes.len(), MAX_SKIPPED_NOTES + 1, "{notes:?}");
+        assert!(notes.last().unwrap().contains("more keys skipped"));
+        // Within the caps nothing is cut.
+        let ks = KeySet::parse(jwks(&many[..10]).as_bytes()).unwrap();
+        assert_eq!((ks.len(), ks.cut()), (10, 0));
     }
 
     #[test]

@@ -94,6 +94,7 @@ pub fn jwks_counter(provider: &str, ev: &Event) -> Option<String> {
             | FailReason::Empty
             | FailReason::TooLarge
             | FailReason::BadJwksUri => "parse_error",
+            FailReason::IssuerMismatch => "issuer_mismatch",
         },
         _ => return None,
     };
@@ -101,6 +102,17 @@ pub fn jwks_counter(provider: &str, ev: &Event) -> Option<String> {
         "jwks_fetches_total_provider={}_result={result}",
         label(provider)
     ))
+}
+
+/// Counted once per fetched key set whose caps cut keys (`jwks::MAX_KEYS`).
+pub fn jwks_cut_counter(provider: &str, ev: &Event) -> Option<String> {
+    match ev {
+        Event::FetchOk { cut, .. } if *cut > 0 => Some(format!(
+            "jwks_key_sets_cut_total_provider={}",
+            label(provider)
+        )),
+        _ => None,
+    }
 }
 
 /// The counter for a credential event, if it counts as a token-request outcome.
@@ -146,6 +158,24 @@ mod tests {
     use super::*;
     use crate::reason::Reason;
     use crate::request::RequestView;
+
+    #[test]
+    fn cut_key_sets_are_counted() {
+        let ok = |cut| Event::FetchOk {
+            uri: String::new(),
+            keys: 100,
+            cut,
+            bytes: 1,
+            changed: true,
+            generation: 1,
+            ttl_ms: 1,
+        };
+        assert_eq!(
+            jwks_cut_counter("Entra", &ok(7)).as_deref(),
+            Some("jwks_key_sets_cut_total_provider=entra")
+        );
+        assert_eq!(jwks_cut_counter("entra", &ok(0)), None);
+    }
 
     #[test]
     fn credential_counters_name_the_credential_and_the_result() {

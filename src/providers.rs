@@ -437,12 +437,6 @@ fn compile(i: usize, c: &ProviderConfig) -> Result<Provider, ConfigError> {
             format!("must be at most {MAX_CLOCK_SKEW_SECONDS}"),
         ));
     }
-    if c.max_lifetime_seconds == Some(0) {
-        return Err(ConfigError::new(
-            f("max_lifetime_seconds"),
-            "must be positive",
-        ));
-    }
     if c.jwks_refresh_seconds == 0 {
         return Err(ConfigError::new(
             f("jwks_refresh_seconds"),
@@ -460,7 +454,7 @@ fn compile(i: usize, c: &ProviderConfig) -> Result<Provider, ConfigError> {
         algorithms,
         hmac_secret,
         clock_skew: c.clock_skew_seconds,
-        max_lifetime: c.max_lifetime_seconds,
+        max_lifetime: (c.max_lifetime_seconds != 0).then_some(c.max_lifetime_seconds),
         key_source,
         upstream,
         jwks_refresh_seconds: c.jwks_refresh_seconds,
@@ -678,17 +672,22 @@ mod tests {
                 "providers[0].clock_skew_seconds",
                 "at most",
             ),
-            (
-                vec![entra(r#","max_lifetime_seconds":0"#)],
-                "providers[0].max_lifetime_seconds",
-                "positive",
-            ),
         ];
         for (cfgs, path, msg) in cases {
             let e = Providers::new(&cfgs).unwrap_err();
             assert_eq!(e.path, path, "{e}");
             assert!(e.message.contains(msg), "{e}");
         }
+    }
+
+    #[test]
+    fn max_lifetime_defaults_to_36_hours_and_zero_switches_it_off() {
+        let p = Providers::new(&[entra("")]).unwrap();
+        assert_eq!(p.get(0).unwrap().max_lifetime, Some(129_600));
+        let p = Providers::new(&[entra(r#","max_lifetime_seconds":0"#)]).unwrap();
+        assert_eq!(p.get(0).unwrap().max_lifetime, None);
+        let p = Providers::new(&[entra(r#","max_lifetime_seconds":3600"#)]).unwrap();
+        assert_eq!(p.get(0).unwrap().max_lifetime, Some(3600));
     }
 
     #[test]

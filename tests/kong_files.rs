@@ -1191,6 +1191,7 @@ fn emitted_series() -> Vec<(String, Vec<String>)> {
         changed: true,
         generation: 1,
         ttl_ms: 1,
+        cut: 3,
     };
     let acquired = CredEvent::Acquired {
         lifetime_secs: 60,
@@ -1200,6 +1201,10 @@ fn emitted_series() -> Vec<(String, Vec<String>)> {
     let names = [
         metrics::decision_counter(&audit),
         metrics::jwks_counter("entra", &fetched).expect("a fetch counts"),
+        metrics::jwks_cut_counter("entra", &fetched).expect("a cut set counts"),
+        metrics::VERIFICATIONS.to_string(),
+        metrics::SHARED_HITS.to_string(),
+        metrics::REJECTED_HITS.to_string(),
         keys,
         age,
         metrics::credential_counter("aml", &acquired).expect("a grant counts"),
@@ -1347,6 +1352,16 @@ fn metric_names_yield_the_documented_labels() {
             l(&[("provider", "entra"), ("result", "http_error")]),
         ),
         (
+            "jwks_key_sets_cut_total_provider=entra",
+            "pw_azure_ml_kong_jwks_key_sets_cut_total",
+            l(&[("provider", "entra")]),
+        ),
+        (
+            "jwks_fetches_total_provider=entra_result=issuer_mismatch",
+            "pw_azure_ml_kong_jwks_fetches_total",
+            l(&[("provider", "entra"), ("result", "issuer_mismatch")]),
+        ),
+        (
             "jwks_keys_provider=entra",
             "pw_azure_ml_kong_jwks_keys",
             l(&[("provider", "entra")]),
@@ -1380,6 +1395,19 @@ fn metric_names_yield_the_documented_labels() {
         azure_ml_kong::metrics::decision_counter(&denied_audit()),
         azure_ml_kong::metrics::credential_gauge("aml_sp"),
         azure_ml_kong::metrics::credential_age_gauge("aml_sp"),
+        azure_ml_kong::metrics::jwks_cut_counter(
+            "entra",
+            &azure_ml_kong::keycache::Event::FetchOk {
+                uri: String::new(),
+                keys: 100,
+                cut: 1,
+                bytes: 1,
+                changed: true,
+                generation: 1,
+                ttl_ms: 1,
+            },
+        )
+        .expect("a cut key set is counted"),
     ];
     for name in &filter_names {
         assert!(

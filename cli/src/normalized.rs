@@ -70,7 +70,7 @@ pub fn normalized(c: &FilterConfig) -> Value {
                 m.insert("hmac_secret".into(), json!(REDACTED));
             }
             m.insert("clock_skew_seconds".into(), json!(p.clock_skew_seconds));
-            opt(&mut m, "max_lifetime_seconds", &p.max_lifetime_seconds);
+            m.insert("max_lifetime_seconds".into(), json!(p.max_lifetime_seconds));
             m.insert("jwks_refresh_seconds".into(), json!(p.jwks_refresh_seconds));
             m.insert(
                 "jwks_min_refetch_seconds".into(),

@@ -316,6 +316,17 @@ fn report(host: &impl Host, provider: &str, ev: &Event, metrics: &mut Metrics) {
     if let Some(name) = crate::metrics::jwks_counter(provider, ev) {
         metrics.increment(host, &name);
     }
+    if let Some(name) = crate::metrics::jwks_cut_counter(provider, ev) {
+        if let Event::FetchOk { keys, cut, .. } = ev {
+            log::warn!(
+                "azure_ml_kong: provider {provider:?}: key set cut: {cut} keys beyond the caps \
+                 ({} keys, {} entries) not used, {keys} kept",
+                crate::jwks::MAX_KEYS,
+                crate::jwks::MAX_ENTRIES
+            );
+        }
+        metrics.increment(host, &name);
+    }
 }
 
 fn io<'s, H: Host>(store: &'s mut HostStore<'_, H>, now_ms: u64, random: u64) -> Io<'s> {

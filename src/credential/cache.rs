@@ -113,9 +113,10 @@ impl CredFailure {
             FailReason::Timeout => CredFailure::Timeout,
             FailReason::DispatchFailed => CredFailure::DispatchFailed,
             FailReason::TooLarge => CredFailure::TooLarge,
-            FailReason::Garbage | FailReason::Empty | FailReason::BadJwksUri => {
-                CredFailure::BadAnswer(GrantError::NotJson.code())
-            }
+            FailReason::Garbage
+            | FailReason::Empty
+            | FailReason::BadJwksUri
+            | FailReason::IssuerMismatch => CredFailure::BadAnswer(GrantError::NotJson.code()),
         }
     }
 }

@@ -207,7 +207,7 @@ fn client_credentials(
     path: &str,
 ) -> Result<CredentialSpec, ConfigError> {
     let uri = endpoint(&cc.token_endpoint, &format!("{path}.token_endpoint"))?;
-    if uri.scheme != Scheme::Https && !is_loopback(&uri.host) {
+    if uri.scheme != Scheme::Https && !uri.is_loopback() {
         return Err(ConfigError::new(
             format!("{path}.token_endpoint"),
             "must be https (the request carries the client secret)",
@@ -264,10 +264,6 @@ fn upstream(configured: Option<&str>, uri: &HttpUri, path: &str) -> Result<Strin
         Some(u) => Ok(u.to_string()),
         None => Ok(uri.host_port()),
     }
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host == "[::1]" || host.starts_with("127.")
 }
 
 fn without_query(uri: &HttpUri) -> String {

@@ -321,8 +321,9 @@ impl<K: KeyCount> KeyCache<K> {
         delay
     }
 
-    /// A discovery document: remember its `jwks_uri` and report it (and an issuer that
-    /// fits none of the provider's).
+    /// A discovery document: remember its `jwks_uri` and report it. A document whose
+    /// `issuer` is missing or fits none of the provider's is refused (OpenID Connect
+    /// Discovery 1.0 §4.3): the keys it points to are never fetched.
     pub(super) fn accept_discovery(
         &mut self,
         body: &[u8],
@@ -330,10 +331,23 @@ impl<K: KeyCount> KeyCache<K> {
         out: &mut Vec<KeyAction>,
     ) -> Result<(), (FailReason, String)> {
         let d = response::parse_discovery(body, &self.src.uri)?;
-        if let Some(iss) = d.issuer.filter(|i| !self.src.issuer_fits(i)) {
-            out.push(KeyAction::Event(Event::DiscoveryIssuerMismatch {
-                discovered_issuer: iss,
-            }));
+        match d.issuer.as_deref() {
+            Some(iss) if self.src.issuer_fits(iss) => {}
+            Some(iss) => {
+                return Err((
+                    FailReason::IssuerMismatch,
+                    format!(
+                        "discovery issuer `{}` is none of the provider's issuers",
+                        crate::audit::capped(iss, 128)
+                    ),
+                ))
+            }
+            None => {
+                return Err((
+                    FailReason::IssuerMismatch,
+                    "discovery document without `issuer`".to_string(),
+                ))
+            }
         }
         out.push(KeyAction::Event(Event::DiscoveryOk {
             jwks_uri: d.jwks_uri.to_string(),
@@ -357,11 +371,12 @@ impl<K: KeyCount> KeyCache<K> {
         let body = body.to_vec();
         // Share first, so the record version is known.
         let version = self.write_record(io, now, expires, &body);
-        let (count, bytes) = (keys.key_count(), body.len());
+        let (count, cut, bytes) = (keys.key_count(), keys.cut_count(), body.len());
         let changed = self.install(keys, body, now, expires, version);
         out.push(KeyAction::Event(Event::FetchOk {
             uri: self.target().to_string(),
             keys: count,
+            cut,
             bytes,
             changed,
             generation: self.generation,

@@ -77,8 +77,10 @@
 //! URI is on another host, `:authority`/`:scheme`/`:path` follow the discovered URI;
 //! a configured `upstream` (Envoy cluster, Kong host) is kept as is, a defaulted one
 //! becomes the discovered URI's `host:port`. The discovered URI is reused until the
-//! next cycle after a refresh period or after a failed JWKS fetch. An `issuer` in the
-//! document that none of the provider's issuers equals is an [`Event`], not an error.
+//! next cycle after a refresh period or after a failed JWKS fetch. A document whose
+//! `issuer` is missing or none of the provider's is a failed fetch
+//! (`discovery_issuer_mismatch`): its `jwks_uri` is never fetched. A plain-http
+//! `jwks_uri` on another, non-loopback host is refused (`discovery_bad_jwks_uri`).
 //!
 //! Sharing (keys `amlk:jwks:<configured uri>`, `amlk:lease:<configured uri>`): when a
 //! fetch is needed the cache reads the lease; if another owner holds it, it waits
@@ -124,19 +126,29 @@ pub const MAX_WAITERS: usize = 10_000;
 pub const MAX_RIDES: usize = 8;
 
 /// The parsed key set must say how many usable keys it holds (0 = failed fetch).
+/// It may also say how many keys its caps cut (reported in [`Event::FetchOk`]).
 pub trait KeyCount {
     fn key_count(&self) -> usize;
+    fn cut_count(&self) -> usize {
+        0
+    }
 }
 
 impl KeyCount for crate::jwks::KeySet {
     fn key_count(&self) -> usize {
         self.len()
     }
+    fn cut_count(&self) -> usize {
+        self.cut()
+    }
 }
 
 impl<T: KeyCount + ?Sized> KeyCount for std::rc::Rc<T> {
     fn key_count(&self) -> usize {
         (**self).key_count()
+    }
+    fn cut_count(&self) -> usize {
+        (**self).cut_count()
     }
 }
 
@@ -175,6 +187,8 @@ pub enum Event {
     FetchOk {
         uri: String,
         keys: usize,
+        /// Keys beyond the set's caps, not kept (the adapter warns and counts when not 0).
+        cut: usize,
         bytes: usize,
         /// The body differed from the previous key set (generation bumped).
         changed: bool,
@@ -211,9 +225,6 @@ pub enum Event {
         code: String,
         retry_in_ms: u64,
     },
-    DiscoveryIssuerMismatch {
-        discovered_issuer: String,
-    },
 }
 
 impl Event {
@@ -223,8 +234,7 @@ impl Event {
                 first_of_streak: true,
                 ..
             }
-            | Event::Recovered { .. }
-            | Event::DiscoveryIssuerMismatch { .. } => Level::Warn,
+            | Event::Recovered { .. } => Level::Warn,
             Event::FetchOk { changed: true, .. } | Event::DiscoveryOk { .. } => Level::Info,
             _ => Level::Debug,
         }
@@ -239,7 +249,6 @@ impl Event {
             Event::Recovered { .. } => "jwks_recovered",
             Event::AdoptedFromShared { .. } => "jwks_adopted_shared",
             Event::SharedFailureSeen { .. } => "jwks_shared_failure",
-            Event::DiscoveryIssuerMismatch { .. } => "jwks_discovery_issuer_mismatch",
         }
     }
 }

@@ -39,14 +39,18 @@ pub enum FailReason {
     Empty,
     /// Body above the cap.
     TooLarge,
-    /// Discovery document whose `jwks_uri` is missing, not http(s) or a downgrade.
+    /// Discovery document whose `jwks_uri` is missing, not http(s), a downgrade, or
+    /// plain http on another host.
     BadJwksUri,
+    /// Discovery document whose `issuer` is missing or none of the provider's
+    /// (OpenID Connect Discovery 1.0 §4.3): its keys are not used.
+    IssuerMismatch,
 }
 
 impl FailReason {
     /// `jwks_http_500`, `jwks_timeout`, `jwks_garbage`, `jwks_empty`, `jwks_too_large`,
     /// `jwks_dispatch_failed`, and the same with `discovery_` for the discovery step
-    /// (plus `discovery_bad_jwks_uri`).
+    /// (plus `discovery_bad_jwks_uri`, `discovery_issuer_mismatch`).
     pub fn code(self, step: Step) -> String {
         let p = step.prefix();
         match self {
@@ -57,6 +61,7 @@ impl FailReason {
             FailReason::Empty => format!("{p}_empty"),
             FailReason::TooLarge => format!("{p}_too_large"),
             FailReason::BadJwksUri => format!("{p}_bad_jwks_uri"),
+            FailReason::IssuerMismatch => format!("{p}_issuer_mismatch"),
         }
     }
 }
@@ -142,8 +147,10 @@ pub struct Discovered {
     pub issuer: Option<String>,
 }
 
-/// Parse an OpenID discovery document. The `jwks_uri` must be http(s), and must not
-/// be plain http when the document came over https.
+/// Parse an OpenID discovery document. The `jwks_uri` must be http(s), must not be
+/// plain http when the document came over https, and must be https on another host
+/// (`host:port`) unless that host is loopback (local mocks). The `issuer` is checked by
+/// the caller.
 pub fn parse_discovery(body: &[u8], via: &HttpUri) -> Result<Discovered, (FailReason, String)> {
     let v: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| (FailReason::Garbage, format!("discovery document: {e}")))?;
@@ -161,6 +168,15 @@ pub fn parse_discovery(body: &[u8], via: &HttpUri) -> Result<Discovered, (FailRe
         return Err((
             FailReason::BadJwksUri,
             format!("jwks_uri `{raw}` downgrades https to http"),
+        ));
+    }
+    if jwks_uri.scheme == Scheme::Http
+        && jwks_uri.host_port() != via.host_port()
+        && !jwks_uri.is_loopback()
+    {
+        return Err((
+            FailReason::BadJwksUri,
+            format!("jwks_uri `{raw}` is plain http on another host"),
         ));
     }
     let issuer = obj

@@ -86,6 +86,13 @@ impl HttpUri {
         })
     }
 
+    /// The host is this machine (`localhost`, `127.x.x.x`, `[::1]`): where plain http
+    /// is allowed for local mocks.
+    pub fn is_loopback(&self) -> bool {
+        let h = self.host.as_str();
+        h == "localhost" || h == "[::1]" || h.starts_with("127.")
+    }
+
     /// The port actually used (explicit or the scheme's default).
     pub fn effective_port(&self) -> u16 {
         self.port.unwrap_or(self.scheme.default_port())

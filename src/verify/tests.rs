@@ -317,9 +317,10 @@ fn claim_checks_table() {
             Err(Reason::TokenMalformed),
         ),
         (
+            // Integers only (no float tricks): a fraction is refused, not truncated.
             "exp fraction",
             with("exp", json!((NOW + 10) as f64 + 0.5)),
-            Ok(()),
+            Err(Reason::TokenMalformed),
         ),
         (
             "expired",
@@ -361,8 +362,24 @@ fn claim_checks_table() {
         ),
         (
             "huge exp",
-            with("exp", json!(u64::MAX)),
+            with("exp", json!(crate::jose::MAX_NUMERIC_DATE)),
             Err(Reason::LifetimeTooLong),
+        ),
+        (
+            // Beyond 2^53 is not a NumericDate this filter reads.
+            "exp beyond 2^53",
+            with("exp", json!(u64::MAX)),
+            Err(Reason::TokenMalformed),
+        ),
+        (
+            "exp 1e30",
+            with("exp", json!(1e30)),
+            Err(Reason::TokenMalformed),
+        ),
+        (
+            "iat float",
+            with("iat", json!(NOW as f64)),
+            Err(Reason::TokenMalformed),
         ),
         ("aud missing", without("aud"), Err(Reason::AudienceMismatch)),
         (
@@ -426,12 +443,38 @@ fn claim_checks_table() {
     );
     // No max_lifetime: a far exp is fine, and jwt-simple's own clock never interferes.
     let lax = Providers::new(&[provider_cfg("").clone()].map(|mut c| {
-        c.max_lifetime_seconds = None;
+        c.max_lifetime_seconds = 0;
         c
     }))
     .unwrap();
-    let far = sign(Alg::RS256, &with("exp", json!(u64::MAX)));
+    let far = sign(
+        Alg::RS256,
+        &with("exp", json!(crate::jose::MAX_NUMERIC_DATE)),
+    );
     assert!(run(&lax, Some(&fx().keys), &far, NOW).is_ok());
+    // Beyond 2^53 (or a float such as 1e30) is malformed even without a lifetime cap.
+    for exp in [json!(u64::MAX), json!(1e30), json!(NOW as f64 + 100.5)] {
+        let t = sign(Alg::RS256, &with("exp", exp.clone()));
+        assert_eq!(
+            run(&lax, Some(&fx().keys), &t, NOW).unwrap_err(),
+            Reason::TokenMalformed,
+            "{exp}"
+        );
+    }
+    // The default cap (36 h) refuses exp = 10^30 style tokens even when they are integers.
+    let dflt = Providers::new(&[provider_cfg("").clone()].map(|mut c| {
+        c.max_lifetime_seconds = 129_600;
+        c
+    }))
+    .unwrap();
+    let huge = sign(
+        Alg::RS256,
+        &with("exp", json!(crate::jose::MAX_NUMERIC_DATE)),
+    );
+    assert_eq!(
+        run(&dflt, Some(&fx().keys), &huge, NOW).unwrap_err(),
+        Reason::LifetimeTooLong
+    );
     let mut early = base.clone();
     early["iat"] = json!(0);
     early["nbf"] = json!(0);

@@ -524,7 +524,10 @@ fn the_root_sends_the_key_set_request_on_the_tick_after_discovery() {
         assert_eq!(d.len(), 1, "{calls:?}");
         assert_eq!(d[0].0, ROOT);
         assert_eq!(d[0].2, "/t/.well-known/openid-configuration");
-        let doc = format!(r#"{{"jwks_uri": "https://login.example.com{JWKS_PATH}"}}"#);
+        let doc = format!(
+            r#"{{"issuer": "https://login.microsoftonline.com/{{tenantid}}/v2.0",
+                 "jwks_uri": "https://login.example.com{JWKS_PATH}"}}"#
+        );
         w.answer_root(d[0].1, 200, &doc);
         // Never from the root's own call callback (that killed Kong workers).
         assert!(dispatches(&w.take()).is_empty(), "kong: {kong}");

@@ -218,9 +218,7 @@ fn discovery_two_step() {
         "https://login.microsoftonline.com/{tenantid}/v2.0",
     );
     let a = respond(&mut c, &mut env, 100, d1.ticket, &ok(&doc));
-    assert!(events(&a)
-        .iter()
-        .all(|e| !matches!(e, Event::DiscoveryIssuerMismatch { .. })));
+    assert!(failure_codes(&a).is_empty());
     // Never dispatched from the discovery response's callback (Kong's engine crashes):
     // the key set goes out on the next tick.
     assert!(dispatches(&a).is_empty());
@@ -233,18 +231,37 @@ fn discovery_two_step() {
     let a = respond(&mut c, &mut env, 200, d2.ticket, &ok("keys:a"));
     assert_eq!(resumed(&a), vec![1]);
 
-    // Defaulted upstream follows the discovered host; issuer mismatch is an event.
+    // An issuer that fits none of the provider's (or none at all) is refused (OIDC
+    // Discovery §4.3): its jwks_uri is never fetched, the retry starts at discovery.
+    for doc in [
+        disco_doc("https://keys.example.net/k", "https://evil.example/"),
+        r#"{"jwks_uri":"https://keys.example.net/k"}"#.to_string(),
+    ] {
+        let mut c = cache(DISCO, 1);
+        c.wait_for_keys(0, 1);
+        let d1 = one_dispatch(&tick(&mut c, &mut env, 0));
+        let a = respond(&mut c, &mut env, 100, d1.ticket, &ok(&doc));
+        assert_eq!(
+            failure_codes(&a),
+            vec![("discovery_issuer_mismatch".to_string(), true)]
+        );
+        assert_eq!(unavailable(&a).len(), 1);
+        assert!(dispatches(&a).is_empty());
+        let again = one_dispatch(&tick(&mut c, &mut env, 5_000));
+        assert_eq!(again.step, Step::Discovery, "{doc}");
+        assert!(c.keys().is_none());
+    }
+
+    // Defaulted upstream follows the discovered host.
     let mut c = cache(DISCO, 1);
     let d1 = one_dispatch(&tick(&mut c, &mut env, 0));
     assert_eq!(d1.upstream, "login.example.com:443");
-    let doc = disco_doc("https://keys.example.net/k", "https://evil.example/");
+    let doc = disco_doc(
+        "https://keys.example.net/k",
+        "https://login.microsoftonline.com/{tenantid}/v2.0",
+    );
     let a = respond(&mut c, &mut env, 100, d1.ticket, &ok(&doc));
-    let mism: Vec<_> = events(&a)
-        .into_iter()
-        .filter(|e| matches!(e, Event::DiscoveryIssuerMismatch { discovered_issuer } if discovered_issuer == "https://evil.example/"))
-        .collect();
-    assert_eq!(mism.len(), 1);
-    assert_eq!(mism[0].level(), Level::Warn);
+    assert!(failure_codes(&a).is_empty());
     assert!(dispatches(&a).is_empty());
     let d2 = one_dispatch(&tick(&mut c, &mut env, 150));
     assert_eq!(d2.upstream, "keys.example.net:443");
@@ -274,6 +291,10 @@ fn bad_discovery_documents() {
         (ok(r#"{"jwks_uri":5}"#), "discovery_bad_jwks_uri"),
         (ok(r#"{"jwks_uri":"ftp://h/k"}"#), "discovery_bad_jwks_uri"),
         (ok(r#"{"jwks_uri":"http://h/k"}"#), "discovery_bad_jwks_uri"), // downgrade
+        (
+            ok(r#"{"jwks_uri":"https://h/k","issuer":"https://evil.example/"}"#),
+            "discovery_issuer_mismatch",
+        ),
         (status("500"), "discovery_http_500"),
         (kong_failure("timeout"), "discovery_timeout"),
     ];
@@ -299,4 +320,30 @@ fn bad_discovery_documents() {
     assert_eq!(c.retry_after_secs(0), 7); // 2 × 3000 + 1000 ms
     one_dispatch(&tick(&mut c, &mut env, 0));
     assert!(unavailable(&tick(&mut c, &mut env, 6_999)).len() <= 1);
+}
+
+#[test]
+fn discovered_jwks_uri_on_another_host_must_be_https() {
+    use crate::keycache::response::parse_discovery;
+    use crate::keycache::source::HttpUri;
+    let via = HttpUri::parse("http://127.0.0.1:9000/t/.well-known/openid-configuration").unwrap();
+    let doc = |u: &str| format!(r#"{{"issuer":"x","jwks_uri":"{u}"}}"#);
+    for fine in [
+        "http://127.0.0.1:9000/t/keys",
+        "http://127.0.0.1:9001/t/keys",
+        "http://localhost/k",
+        "https://keys.example.net/k",
+    ] {
+        assert!(
+            parse_discovery(doc(fine).as_bytes(), &via).is_ok(),
+            "{fine}"
+        );
+    }
+    for bad in ["http://keys.example.net/k", "http://10.0.0.1:9000/k"] {
+        let e = parse_discovery(doc(bad).as_bytes(), &via).unwrap_err();
+        assert_eq!(e.0, FailReason::BadJwksUri, "{bad}");
+    }
+    let plain = HttpUri::parse("http://idp.internal/t/.well-known/openid-configuration").unwrap();
+    assert!(parse_discovery(doc("http://idp.internal/k").as_bytes(), &plain).is_ok());
+    assert!(parse_discovery(doc("http://other.internal/k").as_bytes(), &plain).is_err());
 }
