@@ -413,6 +413,9 @@ fn tell(f: &Filter, req: &RequestView<'_>, now: u64, keys: &Keys, s: &mut Story)
             "no route",
             "any verified token (on_no_route)",
         );
+        if let Err(reason) = tell_caller(f, None, &jwt.claims, s) {
+            return Verdict::Deny(reason);
+        }
         return Verdict::Allow;
     };
     if let Err(reason) = checks::tell_authorize(
@@ -423,6 +426,9 @@ fn tell(f: &Filter, req: &RequestView<'_>, now: u64, keys: &Keys, s: &mut Story)
         params,
         s,
     ) {
+        return Verdict::Deny(reason);
+    }
+    if let Err(reason) = tell_caller(f, found.as_ref().map(|m| m.index), &jwt.claims, s) {
         return Verdict::Deny(reason);
     }
     if let Some(c) = found
@@ -452,7 +458,58 @@ fn tell(f: &Filter, req: &RequestView<'_>, now: u64, keys: &Keys, s: &mut Story)
             "not counted offline: only the gateway knows the window's count",
         );
     }
+    if let Some(cl) = found
+        .as_ref()
+        .and_then(|m| f.concurrency.get(m.index))
+        .and_then(Option::as_ref)
+    {
+        let what = format!("{} in flight by {}", cl.max_in_flight, cl.key.join("|"));
+        s.add(
+            "concurrency_limit",
+            Mark::Skip,
+            what,
+            "not counted offline: only the gateway knows what is in flight",
+        );
+    }
     Verdict::Allow
+}
+
+/// The caller registry's step: who the verified token's app is, and whether the route
+/// (`route_index`) and `unknown_callers` admit it.
+fn tell_caller(
+    f: &Filter,
+    route_index: Option<usize>,
+    claims: &crate::claims::Claims,
+    s: &mut Story,
+) -> Result<(), Reason> {
+    if !f.callers.is_active() {
+        return Ok(());
+    }
+    let caller = f.callers.identify(claims);
+    let app = crate::callers::APP_ID_CLAIMS
+        .iter()
+        .find_map(|c| {
+            claims
+                .get(*c)
+                .map(|v| format!("{c} {}", show_value(Some(v))))
+        })
+        .unwrap_or_else(|| "no azp or appid".into());
+    let name = f.callers.name_of(caller).to_string();
+    match f.callers.admit(route_index, caller) {
+        Ok(()) => {
+            s.add("caller", Mark::Pass, name, format!("{app}; admitted"));
+            Ok(())
+        }
+        Err(reason) => {
+            s.add(
+                "caller",
+                Mark::Fail,
+                name,
+                format!("{app}; {}", reason.description()),
+            );
+            Err(reason)
+        }
+    }
 }
 
 mod checks;

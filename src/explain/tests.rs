@@ -212,3 +212,56 @@ fn route_mismatch_names_method_host_and_path() {
         Some(Mismatch::Path)
     );
 }
+
+#[test]
+fn the_caller_registry_is_a_step_of_the_story() {
+    let cfg = json!({
+        "providers": [{"name": "hs", "issuers": [ISS], "audiences": ["api://gw"],
+                       "algorithms": ["HS256"], "hmac_secret": SECRET}],
+        "routes": [
+            {"name": "fraud-only", "match": {"path_prefix": "/fraud/"}, "callers": ["fraud-scoring"],
+             "concurrency_limit": {"max_in_flight": 2, "key": "caller"}},
+            {"name": "any", "match": {"path_prefix": "/"}}
+        ],
+        "callers": [{"name": "fraud-scoring", "app_ids": ["app-f"], "owner": "fraud-team"},
+                    {"name": "churn-scoring", "app_ids": ["app-c"]}],
+        "unknown_callers": "deny"
+    });
+    let f = Filter::from_json(cfg.to_string().as_bytes()).unwrap();
+    let as_app = |app: &str| {
+        let mut c = claims("fraud");
+        c["azp"] = json!(app);
+        token(c)
+    };
+    let cases = [
+        ("/fraud/score", "app-f", Verdict::Allow),
+        (
+            "/fraud/score",
+            "app-c",
+            Verdict::Deny(Reason::CallerNotAllowed),
+        ),
+        ("/other", "app-c", Verdict::Allow),
+        ("/other", "app-x", Verdict::Deny(Reason::CallerUnknown)),
+    ];
+    for (path, app, want) in cases {
+        let e = run(&f, "GET", path, Some(&as_app(app)));
+        assert_eq!(e.story, want, "{path} {app}: {:?}", e.steps);
+        assert!(
+            e.agrees(),
+            "{path} {app}: {:?} vs {:?}",
+            e.story,
+            e.decision
+        );
+        let step = e
+            .steps
+            .iter()
+            .find(|s| s.stage == "caller")
+            .expect("a caller step");
+        assert!(step.detail.contains(app), "{step:?}");
+    }
+    let e = run(&f, "GET", "/fraud/score", Some(&as_app("app-f")));
+    assert!(e
+        .steps
+        .iter()
+        .any(|s| s.stage == "concurrency_limit" && s.mark == Mark::Skip));
+}
