@@ -283,7 +283,7 @@ fn explain_inspect_and_online_checks_with_mock_idp_tokens() {
     let claims = json!({"iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "tid": TENANT,
         "aud": AUDIENCE, "roles": ["Endpoint.Score"], "team": "fraud", "exp": 2_000_000_000u64});
     let c = claims.to_string();
-    let (code, j) = explain(&i, FRAUD, None, &["--claims", &c, "--now", "1900000000"]);
+    let (code, j) = explain(&i, FRAUD, None, &["--claims", &c, "--now", "1999990000"]);
     assert_eq!(
         (code, j["signature_checked"].as_bool()),
         (0, Some(false)),

@@ -43,7 +43,20 @@ pub enum Setup {
     /// Our filter, `default_filter_config`, with `cache.max_entries` when given.
     Ours {
         max_entries: Option<u64>,
+        extras: Extras,
     },
+}
+
+/// What a variant of ours adds to the configuration, to price each feature.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Extras {
+    None,
+    /// A caller registry naming the bench's warm token (audit, metric label, x-caller-name).
+    Callers,
+    /// The registry and a `rate_limit` keyed by caller, never reached.
+    CallersRate,
+    /// The registry, the `rate_limit` and a `concurrency_limit` keyed by caller, never full.
+    CallersRateConcurrency,
 }
 
 pub struct Variant {
@@ -94,7 +107,14 @@ pub fn variants(host: Host) -> Vec<Variant> {
             Traffic::One,
         )),
     }
-    let ours = |max_entries| Setup::Ours { max_entries };
+    let ours = |max_entries| Setup::Ours {
+        max_entries,
+        extras: Extras::None,
+    };
+    let priced = |extras| Setup::Ours {
+        max_entries: None,
+        extras,
+    };
     out.extend([
         v("ours_warm", "ours, warm token", ours(None), Traffic::One),
         v(
@@ -114,6 +134,24 @@ pub fn variants(host: Host) -> Vec<Variant> {
             "ours, cache.max_entries 1 (verify each)",
             ours(Some(1)),
             Traffic::Distinct,
+        ),
+        v(
+            "ours_callers",
+            "ours, warm + caller registry",
+            priced(Extras::Callers),
+            Traffic::One,
+        ),
+        v(
+            "ours_rate",
+            "ours, warm + registry + rate_limit",
+            priced(Extras::CallersRate),
+            Traffic::One,
+        ),
+        v(
+            "ours_limits",
+            "ours, warm + registry + rate_limit + concurrency_limit",
+            priced(Extras::CallersRateConcurrency),
+            Traffic::One,
         ),
     ]);
     out
@@ -198,11 +236,33 @@ pub fn start(ctx: &Ctx, v: &Variant, dir: &Path) -> Result<Started, String> {
 
 fn ours_config(ctx: &Ctx, setup: Setup) -> Value {
     let mut cfg = default_filter_config(ctx.idp_port);
-    if let Setup::Ours {
-        max_entries: Some(n),
+    let Setup::Ours {
+        max_entries,
+        extras,
     } = setup
-    {
+    else {
+        return cfg;
+    };
+    if let Some(n) = max_entries {
         cfg["cache"] = json!({ "max_entries": n });
+    }
+    if extras == Extras::None {
+        return cfg;
+    }
+    // The warm token's client (`bench.rs`): a registered caller.
+    cfg["callers"] = json!([{"name": "bench", "app_ids": ["bench-client"], "owner": "bench"}]);
+    for r in cfg["routes"].as_array_mut().into_iter().flatten() {
+        if r["auth"] == "none" {
+            continue;
+        }
+        if extras != Extras::Callers {
+            // Counted, never reached.
+            r["rate_limit"] =
+                json!({"requests": 4_000_000_000u64, "window_seconds": 60, "key": "caller"});
+        }
+        if extras == Extras::CallersRateConcurrency {
+            r["concurrency_limit"] = json!({"max_in_flight": 1000, "key": "caller"});
+        }
     }
     cfg
 }
