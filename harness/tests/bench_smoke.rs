@@ -33,7 +33,15 @@ fn smoke(host: Host) {
     if host == Host::Envoy {
         want.push("native_cache");
     }
-    want.extend(["ours_warm", "ours_distinct", "ours_flood", "ours_cache1"]);
+    want.extend([
+        "ours_warm",
+        "ours_distinct",
+        "ours_flood",
+        "ours_cache1",
+        "ours_callers",
+        "ours_rate",
+        "ours_limits",
+    ]);
     assert_eq!(ids, want, "{stdout}");
     for v in variants {
         assert_eq!(v["host"], host.name());
