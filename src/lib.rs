@@ -24,6 +24,9 @@ pub mod claims;
 pub mod concurrency;
 pub mod config;
 pub mod credential;
+// The operator CLI's every-error check of a config; never part of the filter module.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod diagnose;
 pub mod engine;
 // The operator CLI's step-by-step story of a decision; never part of the filter module.
 #[cfg(not(target_arch = "wasm32"))]

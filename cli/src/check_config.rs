@@ -1,11 +1,13 @@
 //! `check-config`: load every filter config of a file exactly as the filter does
-//! (`Filter::from_json`), report the error with its field path and a hint, and with
-//! `--online` check what only the real IdP can tell.
+//! (`Filter::from_json`), report each of its independent errors (`diagnose::all_errors`,
+//! the filter's own first) with its field path and a hint, and with `--online` check what
+//! only the real IdP can tell.
 
 use std::path::Path;
 use std::time::Duration;
 
 use azure_ml_kong::config::ConfigError;
+use azure_ml_kong::diagnose::all_errors;
 use azure_ml_kong::engine::Filter;
 use azure_ml_kong::jwks::KeySet;
 use azure_ml_kong::keycache::response::parse_discovery;
@@ -35,8 +37,17 @@ pub fn hint(e: &ConfigError) -> &'static str {
     } else if p.contains("discovery_uri") || p.contains("jwks_uri") {
         "give discovery_uri or jwks_uri, an http(s) URL; Entra: \
          https://login.microsoftonline.com/<tenant>/v2.0/.well-known/openid-configuration"
+    } else if p.ends_with("upstream_credential") {
+        "name an entry of upstream_credentials (managed_identity or client_credentials)"
     } else if p.contains("upstream") {
         "Kong: host[:port] of the IdP; Envoy: the name of a cluster in the bootstrap"
+    } else if p.contains("callers") {
+        "callers[].name is a-z, 0-9 and `-`, app_ids the client app ids (azp/appid) of that caller; \
+         routes[].callers names entries of callers"
+    } else if p == "realm" {
+        "the WWW-Authenticate realm: 1 to 256 characters without quotes or backslashes"
+    } else if p.starts_with("cache") {
+        "cache.max_entries is at least 1, cache.max_token_bytes from 1024 to 65536"
     } else if p.contains("algorithms") || p.contains("hmac_secret") {
         "Entra signs with RS256; HS256/384/512 need the provider's hmac_secret"
     } else if p.contains("audiences") {
@@ -45,16 +56,18 @@ pub fn hint(e: &ConfigError) -> &'static str {
         "header names are lower-case HTTP tokens; identity headers the filter owns cannot be set"
     } else if p.contains("match") {
         "match.path is a template ({name} binds a segment), match.path_prefix a prefix at a segment boundary"
-    } else if p.contains("upstream_credential") {
-        "name an entry of upstream_credentials (managed_identity or client_credentials)"
     } else {
         "see the configuration reference in the README"
     }
 }
 
+/// An error's field path, message and hint.
+type Finding = (String, String, &'static str);
+
 struct Report {
     at: String,
-    error: Option<(String, String, &'static str)>,
+    /// Every independent error, the one the filter reports first.
+    errors: Vec<Finding>,
     filter: Option<Filter>,
     online: Vec<(bool, String)>,
 }
@@ -71,15 +84,22 @@ pub fn run(file: &Path, print_normalized: bool, online: bool, json_out: bool) ->
     }
     let failed = reports
         .iter()
-        .any(|r| r.error.is_some() || r.online.iter().any(|(ok, _)| !ok));
+        .any(|r| !r.errors.is_empty() || r.online.iter().any(|(ok, _)| !ok));
     if json_out {
         let list: Vec<Value> = reports
             .iter()
             .map(|r| {
+                let errors: Vec<Value> = r
+                    .errors
+                    .iter()
+                    .map(|(p, m, h)| json!({"path": p, "message": m, "hint": h}))
+                    .collect();
                 json!({
                     "at": r.at,
-                    "valid": r.error.is_none(),
-                    "error": r.error.as_ref().map(|(p, m, h)| json!({"path": p, "message": m, "hint": h})),
+                    "valid": r.errors.is_empty(),
+                    // The filter's own error: the one it logs when it refuses this config.
+                    "error": errors.first(),
+                    "errors": errors,
                     "normalized": r.filter.as_ref().filter(|_| print_normalized).map(|f| normalized(&f.config)),
                     "online": r.online.iter().map(|(ok, m)| json!({"ok": ok, "check": m})).collect::<Vec<_>>(),
                 })
@@ -98,13 +118,20 @@ pub fn run(file: &Path, print_normalized: bool, online: bool, json_out: bool) ->
             style::bold(&file.display().to_string()),
             style::dim(&r.at)
         );
-        match (&r.error, &r.filter) {
-            (Some((path, msg, hint)), _) => {
-                let shown = if path.is_empty() { "(top level)" } else { path };
-                println!("  {} {}: {msg}", style::bad("✗ error"), style::bold(shown));
-                println!("    {} {hint}", style::dim("hint:"));
-            }
-            (None, Some(f)) => {
+        if r.errors.len() > 1 {
+            println!(
+                "  {} {} errors (the filter refuses the config at the first)",
+                style::bad("✗"),
+                r.errors.len()
+            );
+        }
+        for (path, msg, hint) in &r.errors {
+            let shown = if path.is_empty() { "(top level)" } else { path };
+            println!("  {} {}: {msg}", style::bad("✗ error"), style::bold(shown));
+            println!("    {} {hint}", style::dim("hint:"));
+        }
+        match (r.errors.is_empty(), &r.filter) {
+            (true, Some(f)) => {
                 let c = &f.config;
                 println!(
                     "  {} {} provider(s), {} route(s), {} token source(s)",
@@ -119,7 +146,7 @@ pub fn run(file: &Path, print_normalized: bool, online: bool, json_out: bool) ->
                     println!("{text}");
                 }
             }
-            (None, None) => {}
+            _ => {}
         }
         for (ok, m) in &r.online {
             let mark = if *ok {
@@ -136,21 +163,30 @@ pub fn run(file: &Path, print_normalized: bool, online: bool, json_out: bool) ->
 fn check_one(f: Found) -> Report {
     let mut r = Report {
         at: f.at,
-        error: None,
+        errors: Vec::new(),
         filter: None,
         online: Vec::new(),
     };
     let cfg = match f.config {
         Ok(c) => c,
         Err(e) => {
-            r.error = Some((String::new(), e, "the filter config must be a JSON object"));
+            r.errors
+                .push((String::new(), e, "the filter config must be a JSON object"));
             return r;
         }
     };
     let bytes = serde_json::to_vec(&cfg).unwrap_or_default();
     match Filter::from_json(&bytes) {
         Ok(filter) => r.filter = Some(filter),
-        Err(e) => r.error = Some((e.path.clone(), e.message.clone(), hint(&e))),
+        Err(_) => {
+            r.errors = all_errors(&bytes)
+                .into_iter()
+                .map(|e| {
+                    let h = hint(&e);
+                    (e.path, e.message, h)
+                })
+                .collect()
+        }
     }
     r
 }

@@ -170,6 +170,111 @@ fn broken_configs_exit_1_with_the_field_path_and_a_hint() {
     assert_eq!(run(&["check-config", "/nonexistent/x.json"]).code, 2);
 }
 
+#[test]
+fn every_independent_error_is_listed_with_its_path_the_filters_first() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut v = base();
+    v["providers"][0]["tenants"] = json!(["not-a-guid"]);
+    v["routes"][0]["require"] = json!({"any": [{"claim": "roles"}]});
+    v["routes"].as_array_mut().expect("routes").push(json!({
+        "name": "admin", "match": {"path_prefix": "/admin"}, "callers": ["nobody"]}));
+    v["callers"] = json!([{"name": "fraud", "app_ids": []}]);
+    v["realm"] = json!("");
+    v["cache"] = json!({"max_entries": 0, "colour": "blue"});
+    let f = write(dir.path(), "many.json", &v);
+    let want = [
+        "providers[0].tenants[0]",
+        "routes[0].require.any[0]",
+        "callers[0].app_ids",
+        "routes[1].callers[0]",
+        "realm",
+        "cache.colour",
+        "cache.max_entries",
+    ];
+    let r = run(&["check-config", &f]);
+    assert_eq!(r.code, 1, "{}{}", r.out, r.err);
+    for p in want {
+        assert!(r.out.contains(&format!("✗ error {p}:")), "{p}: {}", r.out);
+    }
+    assert!(r.out.matches("hint:").count() >= want.len(), "{}", r.out);
+    let j = run(&["check-config", "--json", &f]).json();
+    assert_eq!(j["ok"], false);
+    let c = &j["configs"][0];
+    assert_eq!(c["valid"], false);
+    let errors = c["errors"].as_array().expect("errors");
+    let paths: Vec<&str> = errors.iter().filter_map(|e| e["path"].as_str()).collect();
+    for p in want {
+        assert!(paths.contains(&p), "{p} not in {paths:?}");
+    }
+    assert!(errors
+        .iter()
+        .all(|e| e["hint"].as_str().is_some_and(|h| !h.is_empty())));
+    // The first is the error the filter itself refuses the config with.
+    let bytes = serde_json::to_vec(&v).expect("json");
+    let Err(filter) = azure_ml_kong::engine::Filter::from_json(&bytes) else {
+        panic!("the filter accepted a broken config")
+    };
+    assert_eq!(errors[0]["path"], filter.path.as_str());
+    assert_eq!(errors[0]["message"], filter.message.as_str());
+    assert_eq!(c["error"], errors[0]);
+}
+
+#[test]
+fn a_kong_yml_with_two_broken_filters_reports_both() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let text = std::fs::read_to_string(root().join("kong/kong.yml")).expect("kong.yml");
+    // Two errors in the first filter (fraud), one in the second (churn).
+    let aud = "audiences: [\"api://azureml-gateway\"]";
+    let broken = text
+        .replacen(aud, "audiencez: [\"x\"]", 1)
+        .replacen("jwks_timeout_ms: 1500", "jwks_timeout_ms: 0", 1)
+        .replacen(aud, "audiences: []", 1);
+    let p = dir.path().join("kong.yml");
+    std::fs::write(&p, broken).expect("write");
+    let p = p.display().to_string();
+    let r = run(&["check-config", &p]);
+    assert_eq!(r.code, 1, "{}{}", r.out, r.err);
+    let j = run(&["check-config", "--json", &p]).json();
+    assert_eq!(j["ok"], false);
+    let configs = j["configs"].as_array().expect("configs");
+    let paths = |c: &Value| -> Vec<String> {
+        c["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["path"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let first = paths(&configs[0]);
+    assert!(
+        first.iter().any(|p| p == "providers[0].audiencez"),
+        "{first:?}"
+    );
+    assert!(
+        first.iter().any(|p| p == "providers[0].jwks_timeout_ms"),
+        "{first:?}"
+    );
+    assert_eq!(configs[1]["valid"], false, "{:#}", configs[1]);
+    assert!(
+        paths(&configs[1])
+            .iter()
+            .any(|p| p.starts_with("providers[0].audiences")),
+        "{:#}",
+        configs[1]
+    );
+    let broken_places: Vec<&str> = configs
+        .iter()
+        .filter(|c| c["valid"] == false)
+        .filter_map(|c| c["at"].as_str())
+        .collect();
+    assert_eq!(broken_places.len(), 2, "{broken_places:?}");
+    for at in broken_places {
+        assert!(r.out.contains(at), "{at}: {}", r.out);
+    }
+}
+
 /// The mock IdP, the teams config pointed at it, and a temp dir.
 struct Idp {
     idp: MockIdp,
