@@ -74,7 +74,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// FOR LOCAL TESTING ONLY: sign a token with a local key (e.g. a mock IdP key).
+    /// FOR LOCAL TESTING ONLY: have a running mock IdP sign a token (--idp URL), or sign one
+    /// with a local key (--key FILE).
     #[command(after_help = EXIT_CODES)]
     Mint(sign::MintArgs),
 }

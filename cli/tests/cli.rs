@@ -624,3 +624,62 @@ fn help_documents_the_exit_codes() {
     assert_eq!(r.code, 0, "{}{}", r.out, r.err);
     assert_eq!(r.json()["decision"]["outcome"], "allow");
 }
+
+#[test]
+fn mint_via_the_mock_idp_gives_tokens_its_key_set_verifies() {
+    let i = idp();
+    let jwks = i.dir.path().join("minted-jwks.json").display().to_string();
+    let claims = json!({"roles": ["Endpoint.Score"], "team": "fraud"}).to_string();
+    let r = run(&[
+        "mint",
+        "--idp",
+        &i.idp.base(),
+        "--claims",
+        &claims,
+        "--client-id",
+        "my-app",
+        "--jwks-out",
+        &jwks,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    assert!(r.err.contains("FOR LOCAL TESTING ONLY"), "{}", r.err);
+    let token = r.out.trim().to_string();
+    let (code, j) = explain(&i, FRAUD, Some(&token), &["--jwks-file", &jwks]);
+    assert_eq!(
+        (code, &j["decision"]["outcome"]),
+        (0, &json!("allow")),
+        "{j:#}"
+    );
+    assert_eq!(j["signature_checked"], true, "{j:#}");
+    let claims = run(&["inspect-token", "--json", &token]).json();
+    assert_eq!(claims["claims"]["azp"], "my-app", "{claims:#}");
+    assert_eq!(claims["claims"]["tid"], TENANT, "{claims:#}");
+    // A v1 token of another lifetime.
+    let r = run(&[
+        "mint",
+        "--idp",
+        &i.idp.base(),
+        "--ver",
+        "1",
+        "--lifetime",
+        "60",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.err);
+    let v1 = run(&["inspect-token", "--json", r.out.trim()]).json();
+    assert_eq!(v1["claims"]["ver"], "1.0", "{v1:#}");
+    let (iat, exp) = (&v1["claims"]["iat"], &v1["claims"]["exp"]);
+    assert_eq!(exp.as_u64().zip(iat.as_u64()).map(|(e, i)| e - i), Some(60));
+    // Not a mock IdP, an alg it refuses, both signers or none: exit 2 with why.
+    let r = run(&["mint", "--idp", &format!("{}/nowhere", i.idp.base())]);
+    assert_eq!(r.code, 2, "{}", r.err);
+    assert!(r.err.contains("not a mock IdP"), "{}", r.err);
+    let r = run(&["mint", "--idp", &i.idp.base(), "--alg", "XX1"]);
+    assert_eq!(r.code, 2, "{}", r.err);
+    assert!(r.err.contains("alg"), "{}", r.err);
+    assert_eq!(
+        run(&["mint", "--idp", "http://127.0.0.1:9", "--key", "k.pem"]).code,
+        2
+    );
+    assert_eq!(run(&["mint", "--claims", "{}"]).code, 2);
+    assert!(r.out.is_empty());
+}

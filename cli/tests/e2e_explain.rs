@@ -1,6 +1,7 @@
 //! `explain` and the filter in a real host (Envoy 1.40, Kong 3.9) decide the same requests
 //! the same way, reason code for reason code: each case is sent through the gateway and
-//! explained offline with the same config, token, headers and the IdP's key set.
+//! explained offline with the same config, token, headers and the IdP's key set. And
+//! `mint --idp` gives tokens the real host accepts, `mint --key` ones it refuses.
 
 use aml_harness::{both_hosts, http, teams_filter_config, Gateway, Host, OTHER_TENANT, TENANT};
 use assert_cmd::Command;
@@ -129,5 +130,55 @@ both_hosts! {
         reasons.sort();
         reasons.dedup();
         assert!(reasons.len() >= 9, "{reasons:?}");
+    }
+}
+
+fn mint_cmd(args: &[&str]) -> String {
+    let o = Command::cargo_bin("azure-ml-kong")
+        .expect("binary")
+        .arg("mint")
+        .args(args)
+        .output()
+        .expect("run mint");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "mint {args:?}: {err}");
+    assert!(err.contains("FOR LOCAL TESTING ONLY"), "{err}");
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+both_hosts! {
+    fn a_token_minted_by_the_mock_idp_is_accepted_and_a_local_key_refused(host: Host) {
+        let gw = Gateway::start_on(host, teams_filter_config).unwrap_or_else(|e| panic!("{e}"));
+        let claims = json!({"roles": ["Endpoint.Score"], "team": "fraud"}).to_string();
+        let token = mint_cmd(&["--idp", &gw.idp.base(), "--claims", &claims]);
+        let c = case("minted by the mock IdP", "POST", FRAUD, Some(&token));
+        let (status, reason) = gateway_verdict(&gw, &c);
+        assert_eq!((status, reason), (200, None), "on {}", host.name());
+
+        // The same claims (iss, aud, tid, ...) signed with a key no config trusts: the
+        // committed throwaway key explain uses.
+        let issued: Value = {
+            let payload = token.split('.').nth(1).expect("payload");
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .expect("base64");
+            serde_json::from_slice(&bytes).expect("claims")
+        };
+        let key = aml_harness::repo_root().join("cli/src/throwaway_rsa.pem");
+        let local = mint_cmd(&[
+            "--key",
+            &key.display().to_string(),
+            "--claims",
+            &issued.to_string(),
+        ]);
+        let c = case("signed with a local key", "POST", FRAUD, Some(&local));
+        let (status, reason) = gateway_verdict(&gw, &c);
+        assert_eq!(
+            (status, reason.as_deref()),
+            (401, Some("signature_invalid")),
+            "on {}",
+            host.name()
+        );
     }
 }
