@@ -20,7 +20,7 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success: the config is valid, the request is allowed, the key set is usable
   1  findings: config errors, the request is denied, weak/unusable keys, an online check failed
-  2  usage error, or an input that could not be read or fetched
+  2  usage error, or an input that could not be read or fetched (mint: the IdP refused)
   3  explain: its step-by-step story and the filter's decision differ (a bug: please report)";
 
 #[derive(Parser)]

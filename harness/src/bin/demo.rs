@@ -237,6 +237,8 @@ fn run() -> Result<(), String> {
     println!("\nThe gateway stays up. Try it yourself (Ctrl-C to stop):\n");
     println!("TOKEN=$(curl -s -X POST {}/{}/oauth2/v2.0/token -d 'grant_type=client_credentials&client_id=my-app&client_secret=x&scope={AUDIENCE}/.default&roles=Endpoint.Score&team=fraud' | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')",
         gw.idp.base(), aml_harness::TENANT);
+    println!("# or, with the operator CLI: TOKEN=$(cargo run -q -p azure-ml-kong-cli -- mint --idp {} --claims '{{\"roles\": [\"Endpoint.Score\"], \"team\": \"fraud\"}}')",
+        gw.idp.base());
     println!("curl -i -X POST {} -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{BODY}'", gw.url(fraud_path));
     println!(
         "curl -i -X POST {} -H \"Authorization: Bearer $TOKEN\" -d '{{}}'   # other team: 403",
