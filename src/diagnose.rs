@@ -92,16 +92,16 @@ fn steps(path: &str) -> Vec<Step<'_>> {
     for part in path.split('.').filter(|p| !p.is_empty()) {
         let mut rest = part;
         if let Some(i) = rest.find('[') {
-            if i > 0 {
-                out.push(Step::Key(&rest[..i]));
+            if let Some(key) = rest.get(..i).filter(|k| !k.is_empty()) {
+                out.push(Step::Key(key));
             }
-            rest = &rest[i..];
+            rest = rest.get(i..).unwrap_or("");
             while let Some(end) = rest.find(']') {
                 match rest.get(1..end).and_then(|n| n.parse().ok()) {
                     Some(n) => out.push(Step::Index(n)),
                     None => return out,
                 }
-                rest = &rest[end + 1..];
+                rest = rest.get(end + 1..).unwrap_or("");
                 if !rest.starts_with('[') {
                     break;
                 }
@@ -125,7 +125,7 @@ fn set_aside(doc: &mut Value, e: &ConfigError, coarse: bool) -> bool {
     };
     let k0 = *k0;
     if LISTS.contains(&k0) {
-        return set_aside_in_list(top, k0, &path[1..], &e.message, coarse);
+        return set_aside_in_list(top, k0, path.get(1..).unwrap_or(&[]), &e.message, coarse);
     }
     match (top.get_mut(k0), path.get(1)) {
         (Some(Value::Object(o)), Some(Step::Key(k1))) if !coarse && o.contains_key(*k1) => {

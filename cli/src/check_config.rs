@@ -130,23 +130,20 @@ pub fn run(file: &Path, print_normalized: bool, online: bool, json_out: bool) ->
             println!("  {} {}: {msg}", style::bad("✗ error"), style::bold(shown));
             println!("    {} {hint}", style::dim("hint:"));
         }
-        match (r.errors.is_empty(), &r.filter) {
-            (true, Some(f)) => {
-                let c = &f.config;
-                println!(
-                    "  {} {} provider(s), {} route(s), {} token source(s)",
-                    style::ok("✓ valid:"),
-                    c.providers.len(),
-                    c.routes.len(),
-                    c.token_sources.len()
-                );
-                if print_normalized {
-                    let text =
-                        serde_json::to_string_pretty(&normalized(c)).map_err(|e| e.to_string())?;
-                    println!("{text}");
-                }
+        if let (true, Some(f)) = (r.errors.is_empty(), &r.filter) {
+            let c = &f.config;
+            println!(
+                "  {} {} provider(s), {} route(s), {} token source(s)",
+                style::ok("✓ valid:"),
+                c.providers.len(),
+                c.routes.len(),
+                c.token_sources.len()
+            );
+            if print_normalized {
+                let text =
+                    serde_json::to_string_pretty(&normalized(c)).map_err(|e| e.to_string())?;
+                println!("{text}");
             }
-            _ => {}
         }
         for (ok, m) in &r.online {
             let mark = if *ok {
