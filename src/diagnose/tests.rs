@@ -181,3 +181,68 @@ fn field_paths_split_into_steps() {
     assert!(steps("").is_empty());
     assert_eq!(steps("x[zz]"), vec![Key("x")]);
 }
+
+/// Breakages of different sections, each with the path its error names.
+const BREAKAGES: [(&str, &str, &str); 9] = [
+    (
+        r#""tenants": ["x"], "audiences""#,
+        r#""audiences""#,
+        "providers[0].tenants[0]",
+    ),
+    (
+        r#""jwks_timeout_ms": 0, "audiences""#,
+        r#""audiences""#,
+        "providers[0].jwks_timeout_ms",
+    ),
+    (
+        r#""match": {"path": "no-slash"}"#,
+        r#""match": {"path_prefix": "/"}"#,
+        "routes[0].match.path",
+    ),
+    (
+        r#""token_sources": [{"query": ""}], "routes""#,
+        r#""routes""#,
+        "token_sources[0].query",
+    ),
+    (
+        r#""claims_to_headers": [{"claim": "oid", "header": "Host"}], "routes""#,
+        r#""routes""#,
+        "claims_to_headers[0].header",
+    ),
+    (
+        r#""callers": [{"name": "a", "app_ids": []}], "routes""#,
+        r#""routes""#,
+        "callers[0].app_ids",
+    ),
+    (
+        r#""upstream_credentials": [{"name": "a"}], "routes""#,
+        r#""routes""#,
+        "upstream_credentials[0]",
+    ),
+    (r#""realm": "", "routes""#, r#""routes""#, "realm"),
+    (
+        r#""cache": {"max_token_bytes": 5}, "routes""#,
+        r#""routes""#,
+        "cache.max_token_bytes",
+    ),
+];
+
+#[test]
+fn any_two_independent_breakages_are_both_found() {
+    for (i, a) in BREAKAGES.iter().enumerate() {
+        for b in BREAKAGES.iter().skip(i + 1) {
+            let once = BASE.replacen(a.1, a.0, 1);
+            let both = once.replacen(b.1, b.0, 1);
+            assert!(both != once && once != BASE, "{} / {}", a.2, b.2);
+            first_is_the_filters(&both);
+            let got = paths(&both);
+            for want in [a.2, b.2] {
+                assert!(
+                    got.iter().any(|p| p.starts_with(want)),
+                    "{want} not in {got:?}: {both}"
+                );
+            }
+            assert_eq!(got.len(), 2, "{got:?}: {both}");
+        }
+    }
+}
