@@ -41,6 +41,9 @@ pub fn hint(e: &ConfigError) -> &'static str {
         "name an entry of upstream_credentials (managed_identity or client_credentials)"
     } else if p.contains("upstream") {
         "Kong: host[:port] of the IdP; Envoy: the name of a cluster in the bootstrap"
+    } else if p.contains("jwks_") || p.contains("clock_skew") || p.contains("max_lifetime") {
+        "durations are whole seconds (jwks_timeout_ms: milliseconds); the JWKS refresh and \
+         timeout must be positive; max_lifetime_seconds 0 switches that check off"
     } else if p.contains("callers") {
         "callers[].name is a-z, 0-9 and `-`, app_ids the client app ids (azp/appid) of that caller; \
          routes[].callers names entries of callers"
