@@ -153,13 +153,20 @@ fn restart_lines(gw: &Gateway) -> Vec<String> {
     out
 }
 
-/// nginx logs one `start worker process` line per worker it starts (again after a crash).
+/// nginx logs one `start worker process <pid>` line per worker it starts (again after a
+/// crash).
 fn worker_starts(gw: &Gateway) -> usize {
-    if gw.is_kong() {
-        gw.log_lines(&["start worker process"]).len()
-    } else {
-        0
+    if !gw.is_kong() {
+        return 0;
     }
+    gw.log_lines(&["start worker process "])
+        .iter()
+        .filter(|l| {
+            l.rsplit("start worker process ")
+                .next()
+                .is_some_and(|pid| pid.trim().parse::<u32>().is_ok())
+        })
+        .count()
 }
 
 struct Sent<'a> {
@@ -254,16 +261,19 @@ both_hosts! {
         let stop = AtomicBool::new(false);
         let seq = AtomicUsize::new(0);
         let t0 = Instant::now();
-        let at = |frac: f64| t0 + total.mul_f64(frac);
-        // The failure lasts a tenth of the run (at least a second), the emergency rotation
-        // comes well after the node's backoff of that failure has ended.
-        let fail_for = total.mul_f64(0.1).max(Duration::from_secs(1));
+        // Each step waits this long after the previous one finished (a rotation's key
+        // generation takes the mock a while on a busy machine). The failure lasts a tenth of
+        // the run (at least a second); the emergency rotation comes after the node's backoff
+        // of that failure has surely ended (its new key must pass after one refetch).
+        let part = |frac: f64| total.mul_f64(frac);
+        let fail_for = part(0.1).max(Duration::from_secs(1));
         let plan = [
-            (at(0.2), "rotate"),
-            (at(0.35), "fail500"),
-            (at(0.35) + fail_for / 2, "failgarbage"),
-            (at(0.35) + fail_for, "recover"),
-            (at(0.8), "emergency"),
+            (part(0.2), "rotate"),
+            (part(0.15), "fail500"),
+            (fail_for / 2, "failgarbage"),
+            (fail_for / 2, "recover"),
+            (part(0.3).max(Duration::from_secs(6)), "emergency"),
+            (part(0.15).max(Duration::from_secs(3)), "end"),
         ];
         std::thread::scope(|s| {
             for _ in 0..CLIENTS {
@@ -313,9 +323,10 @@ both_hosts! {
             }
             // The controller: the IdP's plan, then the end of the run.
             let mut epoch = 0;
-            for (when, step) in plan {
-                std::thread::sleep(when.saturating_duration_since(Instant::now()));
+            for (after, step) in plan {
+                std::thread::sleep(after);
                 match step {
+                    "end" => break,
                     "rotate" | "emergency" => {
                         control(&gw, "rotate?family=rsa");
                         epoch += 1;
@@ -343,6 +354,7 @@ both_hosts! {
                 }
                 println!("soak {host:?}: {:?} {step}", t0.elapsed());
             }
+            // At least the configured time, longer when the steps took longer.
             std::thread::sleep((t0 + total).saturating_duration_since(Instant::now()));
             stop.store(true, Ordering::Relaxed);
         });
@@ -360,7 +372,7 @@ both_hosts! {
             "SOAK {}: {} s, {} requests ({:.0}/s), wrong decisions {}, unexpected 5xx {}, \
              deliberate 503 {}, worker/VM restarts {} (log lines {}, new nginx workers {}), \
              young-key 401 {}, rate-limited route {} x 200 (at most {allowed_max}) {} x 429, \
-             JWKS requests {jwks}",
+             JWKS requests {jwks}, nginx workers started before the run {starts_before}",
             host.name(),
             elapsed.as_secs(),
             t.requests,
