@@ -365,6 +365,15 @@ both_hosts! {
         let restarts = restart_lines(&gw);
         let new_workers = worker_starts(&gw).saturating_sub(starts_before);
         let jwks = gw.idp.jwks_requests().unwrap_or(0).saturating_sub(jwks_before);
+        let fetches = |result: &str| {
+            gw.metric(&format!("jwks_fetches_total_provider=entra_result={result}"))
+                .unwrap_or(0.0) as u64
+        };
+        let (fetch_ok, fetch_failed, adopted) = (
+            fetches("ok"),
+            fetches("http_error") + fetches("parse_error"),
+            fetches("adopted_shared"),
+        );
         let t = tally.into_inner().unwrap();
         for ((class, status, code), n) in &t.by_class {
             println!("  {class:?} {status} {code}: {n}");
@@ -375,7 +384,9 @@ both_hosts! {
             "SOAK {}: {} s, {} requests ({:.0}/s), wrong decisions {}, unexpected 5xx {}, \
              deliberate 503 {}, worker/VM restarts {} (log lines {}, new nginx workers {}), \
              young-key 401 {}, rate-limited route {} x 200 (at most {allowed_max}) {} x 429, \
-             JWKS requests {jwks}, nginx workers started before the run {starts_before}",
+             JWKS requests {jwks} (filter: {fetch_ok} fetched, {fetch_failed} failed, \
+             {adopted} adopted from another worker), nginx workers started before the run \
+             {starts_before}",
             host.name(),
             elapsed.as_secs(),
             t.requests,
