@@ -1,5 +1,5 @@
 //! The warm path's host-call budget, pinned by kind (counts, not timings), and the
-//! node-wide verified-token cache across two workers on one host's shared data.
+//! node-wide verified-token cache and key-set changes across two workers on one host's shared data.
 
 use super::mem_host::Call;
 use std::collections::BTreeMap;
