@@ -7,6 +7,8 @@
 #               minimal Wasm filter and the host's native JWT check (long; docs/BENCH.md;
 #               `make test` runs only its smoke mode)
 #   make fuzz   coverage-guided fuzzing of the core, FUZZ_SECONDS (default 60) per target
+#   make soak   mixed traffic through two workers on each host for SOAK_SECONDS (default 60)
+#               while the IdP rotates keys twice and fails once (`make test` runs 10 s)
 
 SHELL      := /bin/bash
 CARGO      ?= cargo
@@ -43,9 +45,10 @@ WASM_OPT_FLAGS := -Oz --mvp-features --enable-bulk-memory-opt --enable-sign-ext 
                   --enable-nontrapping-float-to-int --enable-mutable-globals
 
 FUZZ_SECONDS ?= 60
+SOAK_SECONDS ?= 60
 FUZZ_TARGETS ?= token jwks discovery config policy path headers decide
 
-.PHONY: fuzz all setup rust-target venv wrk wasm wasm-shrink minimal-wasm mocks build fmt fmt-check clippy unit e2e test test-envoy test-kong demo bench kong-up kong-down clean size
+.PHONY: fuzz soak all setup rust-target venv wrk wasm wasm-shrink minimal-wasm mocks build fmt fmt-check clippy unit e2e test test-envoy test-kong demo bench kong-up kong-down clean size
 
 all: build
 
@@ -149,6 +152,16 @@ test-kong: build
 	@[ -x "$(AMLK_KONG)" ] || { echo "$(KONG_MISSING_NOTE)" >&2; exit 1; }
 	$(CARGO) test --workspace --tests --no-fail-fast -- --test-threads=$(E2E_THREADS) \
 		--exact $(call host_tests,kong,)
+
+# tests/e2e_soak.rs at SOAK_SECONDS per host; it prints a `SOAK <host>: ...` line of counts.
+soak: setup build
+	@if [ -x "$(AMLK_KONG)" ]; then \
+		SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --test e2e_soak -- --nocapture --test-threads=1; \
+	else \
+		echo "$(KONG_MISSING_NOTE)"; \
+		SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --test e2e_soak -- --nocapture --test-threads=1 \
+			--skip _kong; \
+	fi
 
 # DEMO_HOST=kong make demo: the tour through Kong 3.9 instead of Envoy.
 demo: setup build

@@ -38,7 +38,7 @@ impl<K: KeyCount> KeyCache<K> {
             || self.want_since.is_some()
             || self.keys_state(now) == KeysState::Stale;
         if !needed {
-            if now >= self.next_shared_poll_ms {
+            if self.stamp_is_newer(io) || now >= self.next_shared_poll_ms {
                 self.next_shared_poll_ms = now.saturating_add(SHARED_POLL_MS);
                 self.poll_record(io, parse, out);
             }
@@ -188,6 +188,21 @@ impl<K: KeyCount> KeyCache<K> {
             Step::Jwks
         };
         self.dispatch(now, step, out);
+    }
+
+    /// The node's stamp names a record newer than my keys that I have not read yet.
+    fn stamp_is_newer(&mut self, io: &mut Io<'_>) -> bool {
+        let Ok(Some((raw, _))) = io.store.get(&self.stamp_key) else {
+            return false;
+        };
+        let Some(stamp) = shared::decode_stamp(&raw) else {
+            return false;
+        };
+        let newer = self.mine().is_none_or(|m| stamp > m) && self.stamp_seen != Some(stamp);
+        if newer {
+            self.stamp_seen = Some(stamp);
+        }
+        newer
     }
 
     /// Read the shared record and adopt it if newer. Returns true if adopted.
@@ -436,8 +451,19 @@ impl<K: KeyCount> KeyCache<K> {
         });
         if let CasOutcome::Written(v) = res {
             version = v;
+            self.write_stamp(io, (fetched, v));
         }
         version
+    }
+
+    /// Tell every worker's next tick that the record changed (stamps only move forward).
+    fn write_stamp(&mut self, io: &mut Io<'_>, stamp: shared::Stamp) {
+        let _ = store::cas_update(io.store, &self.stamp_key, |cur| {
+            let newer = cur
+                .and_then(shared::decode_stamp)
+                .is_none_or(|old| stamp > old);
+            (newer.then(|| shared::encode_stamp(stamp)), ())
+        });
     }
 
     fn release_lease(&mut self, io: &mut Io<'_>) {

@@ -89,8 +89,12 @@
 //! newer; if still needed, it takes the lease by CAS (lease length = fetch budget) and
 //! dispatches. On success it writes the record (unless a newer one is there) and
 //! releases the lease; on failure it keeps the lease until its backoff ends and stores
-//! the failure in it. Caches with fresh keys poll the record every
-//! [`SHARED_POLL_MS`]. All writes are get → set(cas) → retry ([`crate::store::cas_update`]).
+//! the failure in it. Every writer of the record also writes its stamp
+//! (`amlk:jwks-stamp:<configured uri>`: `fetched_at` and version, 21 bytes). Caches with
+//! fresh keys read the stamp on every tick and adopt the record as soon as it is newer
+//! than what they hold, so a key removed from the set on one worker stops verifying on
+//! every worker of the node within one tick; they also read the record itself every
+//! [`SHARED_POLL_MS`] (a record without a stamp, a lost stamp write). All writes are get → set(cas) → retry ([`crate::store::cas_update`]).
 //!
 //! Layout: this file holds the types and the cache's state; `fetch.rs` the fetch cycle
 //! (ticks, responses, sharing), `waiters.rs` the requests waiting for keys, `rides.rs`
@@ -118,7 +122,8 @@ pub type WaiterId = u32;
 
 /// Extra time, beyond the call timeouts, that a fetch (and a waiting request) gets.
 pub const MARGIN_MS: u64 = 1_000;
-/// How often a cache with fresh keys looks for keys fetched by other workers.
+/// How often a cache with fresh keys reads the shared record even when its stamp says
+/// nothing changed (the stamp is checked on every tick).
 pub const SHARED_POLL_MS: u64 = 5_000;
 /// Upper bound on paused requests per cache; beyond it requests get 503 at once.
 pub const MAX_WAITERS: usize = 10_000;
@@ -321,6 +326,7 @@ pub struct KeyCache<K> {
     src: JwksSource,
     owner_id: u64,
     record_key: String,
+    stamp_key: String,
     lease_key: String,
     held: Option<Held<K>>,
     generation: u64,
@@ -338,6 +344,8 @@ pub struct KeyCache<K> {
     seen_failure_at_ms: u64,
     next_shared_poll_ms: u64,
     rejected_record: Option<(u64, u64)>,
+    /// The last stamp that made me read the record (not read again for the same stamp).
+    stamp_seen: Option<(u64, u64)>,
     waiters: Vec<Waiter>,
     /// Waiters resumed by the last resolution: they must not wait again.
     just_resumed: Vec<WaiterId>,
@@ -349,6 +357,7 @@ impl<K: KeyCount> KeyCache<K> {
     pub fn new(src: JwksSource, owner_id: u64) -> Self {
         KeyCache {
             record_key: src.shared_record_key(),
+            stamp_key: src.shared_stamp_key(),
             lease_key: src.shared_lease_key(),
             src,
             owner_id,
@@ -365,6 +374,7 @@ impl<K: KeyCount> KeyCache<K> {
             seen_failure_at_ms: 0,
             next_shared_poll_ms: 0,
             rejected_record: None,
+            stamp_seen: None,
             waiters: Vec::new(),
             just_resumed: Vec::new(),
             rides: 0,

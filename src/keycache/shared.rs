@@ -7,6 +7,7 @@
 /// or foreign value then decodes to `None` and is simply overwritten.
 const RECORD_MAGIC: &[u8; 5] = b"AMLK\x01";
 const LEASE_MAGIC: &[u8; 5] = b"AMLL\x01";
+const STAMP_MAGIC: &[u8; 5] = b"AMLS\x01";
 
 /// A key set shared by every worker and root context of the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +80,27 @@ impl SharedRecord {
 
 /// `(fetched_at_ms, version)` of the key set a cache holds, if any.
 pub type Stamp = (u64, u64);
+
+/// The record's stamp, stored under its own small key so that every worker can check on
+/// every tick whether the node holds a newer key set without copying the whole record:
+/// `AMLS 01 | fetched_at u64 | version u64` (LE).
+pub fn encode_stamp(stamp: Stamp) -> Vec<u8> {
+    let mut v = Vec::with_capacity(5 + 16);
+    v.extend_from_slice(STAMP_MAGIC);
+    v.extend_from_slice(&stamp.0.to_le_bytes());
+    v.extend_from_slice(&stamp.1.to_le_bytes());
+    v
+}
+
+/// `None` for anything that is not exactly a stamp of this format.
+pub fn decode_stamp(mut buf: &[u8]) -> Option<Stamp> {
+    if take(&mut buf, 5)? != STAMP_MAGIC {
+        return None;
+    }
+    let fetched_at_ms = take_u64(&mut buf)?;
+    let version = take_u64(&mut buf)?;
+    buf.is_empty().then_some((fetched_at_ms, version))
+}
 
 /// Rule (c): adopt a shared record when it is strictly newer than what I hold:
 /// later `fetched_at_ms`, or the same `fetched_at_ms` and a higher `version`.

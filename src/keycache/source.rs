@@ -295,6 +295,12 @@ impl JwksSource {
         format!("amlk:jwks:{}", self.uri)
     }
 
+    /// Shared-data key of the record's stamp (see `shared::encode_stamp`):
+    /// `amlk:jwks-stamp:<configured uri>`.
+    pub fn shared_stamp_key(&self) -> String {
+        format!("amlk:jwks-stamp:{}", self.uri)
+    }
+
     /// Shared-data key of the fetch lease: `amlk:lease:<configured uri>`.
     pub fn shared_lease_key(&self) -> String {
         format!("amlk:lease:{}", self.uri)

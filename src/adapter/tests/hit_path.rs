@@ -1,5 +1,5 @@
 //! The warm path's host-call budget, pinned by kind (counts, not timings), and the
-//! node-wide verified-token cache across two workers on one host's shared data.
+//! node-wide verified-token cache and key-set changes across two workers on one host's shared data.
 
 use super::mem_host::Call;
 use std::collections::BTreeMap;
@@ -217,4 +217,65 @@ fn failing_verified_slots_leave_key_sets_and_rate_limits_in_shared_data() {
     // ...while rate limits still count in shared data.
     w.request(3, "/limited", true);
     assert!(w.host.mem().shared.keys().any(|k| k.starts_with("aml-rl:")));
+}
+
+/// The node's tokens signed by `pem` under `kid` (the claims of `token()`).
+fn token_of(pem: &str, kid: &str) -> String {
+    use jwt_simple::prelude::*;
+    let claims = json!({
+        "iss": format!("https://login.microsoftonline.com/{T1}/v2.0"), "tid": T1,
+        "aud": "api://gw", "oid": OID, "sub": "s-1", "azp": "app-1",
+        "iat": NOW - 60, "nbf": NOW - 60, "exp": NOW + 3600, "ver": "2.0"
+    });
+    let mut c =
+        Claims::with_custom_claims(claims.as_object().cloned().unwrap(), Duration::from_secs(1));
+    c.issued_at = None;
+    c.expires_at = None;
+    c.invalid_before = None;
+    RS256KeyPair::from_pem(pem)
+        .unwrap()
+        .with_key_id(kid)
+        .sign(c)
+        .unwrap()
+}
+
+#[test]
+fn a_key_removed_by_one_worker_is_refused_by_another_after_its_next_tick() {
+    use crate::jwks::testkeys::RSA_B_PEM;
+    let mut a = World::new(true, &jwks_config(""));
+    a.warm_kong(1);
+    let mut b = World::on(a.host.clone(), true, &jwks_config(""));
+    // B accepts the old key (from shared data, then from its own cache).
+    for id in [2, 3] {
+        b.request(id, "/score", true);
+        assert_eq!(responses(&b.take()), vec![], "request {id}");
+    }
+    // Past the unknown-kid refetch limit; B has just read the node's record.
+    a.host.mem().now_ms += 301_000;
+    b.tick();
+    b.take();
+    // The IdP dropped k1 for k2: A's request with a k2 token refetches (a ride on Kong).
+    a.token = token_of(RSA_B_PEM, "k2");
+    let (mut http, _) = a.request(10, "/score", true);
+    let (_, call) = one_dispatch(&a.take());
+    a.answer_ride(
+        &mut http,
+        10,
+        call,
+        200,
+        &jwks(&[rsa_jwk(RSA_B_PEM, "k2", "")]),
+    );
+    assert_eq!(responses(&a.take()), vec![], "k2 passes on A");
+    // B's very next tick takes the new set: the k1 token is refused, the k2 token passes.
+    b.tick();
+    let calls = b.take();
+    assert!(dispatches(&calls).is_empty(), "{calls:?}");
+    b.request(11, "/score", true);
+    assert_eq!(
+        responses(&b.take()),
+        vec![(11, 401, "kid_unknown".to_string())]
+    );
+    b.token = a.token.clone();
+    b.request(12, "/score", true);
+    assert_eq!(responses(&b.take()), vec![]);
 }

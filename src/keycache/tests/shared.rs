@@ -335,3 +335,97 @@ fn per_worker_mode_fetches_independently() {
     assert_eq!(dispatches(&tick(&mut a, &mut env, 0)).len(), 1);
     assert_eq!(dispatches(&tick(&mut b, &mut env, 0)).len(), 1);
 }
+
+#[test]
+fn stamp_roundtrip_and_junk() {
+    use crate::keycache::shared::{decode_stamp, encode_stamp};
+    let raw = encode_stamp((500, 3));
+    assert_eq!(raw.len(), 21);
+    assert_eq!(decode_stamp(&raw), Some((500, 3)));
+    assert_eq!(decode_stamp(&raw[..20]), None);
+    assert_eq!(decode_stamp(b"AMLK\x01aaaaaaaabbbbbbbb"), None);
+    let mut longer = raw.clone();
+    longer.push(0);
+    assert_eq!(decode_stamp(&longer), None);
+}
+
+/// Emergency removal: once one worker installed a set without key `a`, the other worker
+/// holds the same set after its next tick (not after the record poll period).
+#[test]
+fn a_key_removed_on_one_worker_is_gone_on_every_worker_after_one_tick() {
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    n.respond(&mut a, 100, d.ticket, &ok("keys:a,b"));
+    n.tick(&mut b, 200);
+    assert_eq!(b.keys().unwrap().0, vec!["a", "b"]);
+    let stamp_key = a.source().shared_stamp_key();
+    assert_eq!(
+        crate::keycache::shared::decode_stamp(&n.store.map[&stamp_key].0),
+        Some((100, 1))
+    );
+    // Nothing new: B's ticks change nothing.
+    for t in [400, 600, 800] {
+        assert!(n.tick(&mut b, t).is_empty());
+    }
+    // Long after the record was last read, A refetches for an unknown kid: `a` is gone.
+    let t = 400_000;
+    assert_eq!(a.request_refetch_for_unknown_kid(t, 9), Refetch::Wait);
+    let d = one_dispatch(&n.tick(&mut a, t));
+    n.respond(&mut a, t + 100, d.ticket, &ok("keys:b,c"));
+    assert_eq!(
+        crate::keycache::shared::decode_stamp(&n.store.map[&stamp_key].0),
+        Some((t + 100, 2))
+    );
+    // B's next tick, whenever its periodic record poll is due: B's set is A's.
+    b.next_shared_poll_ms = u64::MAX;
+    let acts = n.tick(&mut b, t + 150);
+    assert!(dispatches(&acts).is_empty(), "{acts:?}");
+    assert_eq!(b.keys().unwrap().0, vec!["b", "c"]);
+    assert_eq!(b.generation(), a.generation());
+    assert_eq!(b.body(), a.body());
+    // The same stamp does not make B read the record again.
+    assert!(n.tick(&mut b, t + 350).is_empty());
+}
+
+/// A stamp that is junk, or names a record B cannot use, leaves B on its keys and its
+/// periodic poll; a stamp older than B's keys is ignored.
+#[test]
+fn junk_or_useless_stamps_change_nothing() {
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
+    n.tick(&mut b, 200);
+    let stamp_key = a.source().shared_stamp_key();
+    b.next_shared_poll_ms = u64::MAX;
+    n.store.map.insert(stamp_key.clone(), (b"junk".to_vec(), 9));
+    assert!(n.tick(&mut b, 400).is_empty());
+    n.store.map.insert(
+        stamp_key.clone(),
+        (crate::keycache::shared::encode_stamp((50, 7)), 10),
+    );
+    assert!(n.tick(&mut b, 600).is_empty());
+    // A newer stamp but a record of garbage: refused once, keys kept.
+    let rec = SharedRecord {
+        version: 2,
+        fetched_at_ms: 700,
+        expires_at_ms: 3_600_700,
+        body: b"not keys".to_vec(),
+    };
+    let record_key = a.source().shared_record_key();
+    n.store.map.insert(record_key, (rec.encode(), 11));
+    n.store.map.insert(
+        stamp_key,
+        (crate::keycache::shared::encode_stamp((700, 2)), 12),
+    );
+    n.tick(&mut b, 800);
+    n.tick(&mut b, 1000);
+    assert_eq!(b.keys().unwrap().0, vec!["a"]);
+}
