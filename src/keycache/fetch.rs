@@ -143,6 +143,21 @@ impl<K: KeyCount> KeyCache<K> {
                     self.adopt_shared(io, parse, out);
                     return;
                 }
+                let recent = |l: &&Lease| now < l.until_ms.saturating_add(response::BACKOFF_MAX_MS);
+                if let Some(f) = lease
+                    .as_ref()
+                    .filter(recent)
+                    .and_then(|l| l.failure.as_ref())
+                    .filter(|f| f.at_ms > self.seen_failure_at_ms)
+                {
+                    // The node's last attempt failed and its backoff ran out lately, before
+                    // I looked: my attempt continues that streak (logged once per node).
+                    self.seen_failure_at_ms = f.at_ms;
+                    if self.streak == 0 {
+                        self.streak_started_ms = f.at_ms;
+                    }
+                    self.streak = self.streak.max(f.streak);
+                }
                 true
             }
         };

@@ -277,6 +277,47 @@ fn workers_backing_off_with_the_node_adopt_the_next_good_set() {
     assert_eq!(b.keys().unwrap().0, vec!["a", "new"]);
 }
 
+/// A worker that never saw another's failed attempt while its lease was held (its own keys
+/// were fresh) and fails the next attempt continues the node's streak: one loud log line
+/// per outage per node. An old failure starts a new streak.
+#[test]
+fn a_lapsed_failed_lease_continues_the_nodes_streak() {
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
+    n.tick(&mut b, 200);
+    let t = 3_600_100; // both stale now; A tries first and fails
+    let d = one_dispatch(&n.tick(&mut a, t));
+    let acts = n.respond(&mut a, t + 100, d.ticket, &status("502"));
+    assert_eq!(failure_codes(&acts), vec![("jwks_http_502".into(), true)]);
+    // A's lease (its backoff) runs out before B looks; B takes the next attempt.
+    let later = t + 5_000;
+    let d = one_dispatch(&n.tick(&mut b, later));
+    let acts = n.respond(&mut b, later + 100, d.ticket, &status("502"));
+    assert_eq!(failure_codes(&acts), vec![("jwks_http_502".into(), false)]);
+    assert_eq!(b.failure_streak(), 2);
+
+    // A failure long past is another outage: logged again.
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
+    n.tick(&mut b, 200);
+    let d = one_dispatch(&n.tick(&mut a, t));
+    n.respond(&mut a, t + 100, d.ticket, &status("502"));
+    let much_later = t + 600_000;
+    let d = one_dispatch(&n.tick(&mut b, much_later));
+    let acts = n.respond(&mut b, much_later + 100, d.ticket, &status("502"));
+    assert_eq!(failure_codes(&acts), vec![("jwks_http_502".into(), true)]);
+}
+
 #[test]
 fn unknown_kid_refetch_limit_is_per_node_even_before_the_record_was_seen() {
     // jwks_min_refetch_seconds = 300 (default).
