@@ -224,8 +224,21 @@ pub fn build_jws(
     claims: &Value,
     sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
 ) -> Result<String, String> {
+    build_jws_raw(
+        header,
+        &serde_json::to_vec(claims).map_err(|e| e.to_string())?,
+        sign,
+    )
+}
+
+/// Like [`build_jws`] with the payload bytes as given (they need not be JSON or UTF-8).
+pub fn build_jws_raw(
+    header: &Value,
+    payload: &[u8],
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<String, String> {
     let h = b64url(&serde_json::to_vec(header).map_err(|e| e.to_string())?);
-    let p = b64url(&serde_json::to_vec(claims).map_err(|e| e.to_string())?);
+    let p = b64url(payload);
     let signing_input = format!("{h}.{p}");
     let sig = sign(signing_input.as_bytes())?;
     Ok(format!("{signing_input}.{}", b64url(&sig)))

@@ -45,6 +45,9 @@ impl<K: KeyCount> KeyCache<K> {
             return;
         }
         if now < self.next_attempt_ms {
+            // Backing off (mine or the node's): a set another worker installed since is
+            // still taken, or this worker would refuse the IdP's newest key all outage.
+            self.adopt_shared(io, parse, out);
             return;
         }
         self.start_cycle(io, parse, out);
@@ -135,36 +138,37 @@ impl<K: KeyCount> KeyCache<K> {
                         }));
                         self.resolve_waiters(now, out);
                     }
-                    return; // someone else is fetching (or backing off): wait
+                    // Someone else is fetching (or backing off): wait, but take a newer
+                    // set it may have installed meanwhile.
+                    self.adopt_shared(io, parse, out);
+                    return;
+                }
+                let recent = |l: &&Lease| now < l.until_ms.saturating_add(response::BACKOFF_MAX_MS);
+                if let Some(f) = lease
+                    .as_ref()
+                    .filter(recent)
+                    .and_then(|l| l.failure.as_ref())
+                    .filter(|f| f.at_ms > self.seen_failure_at_ms)
+                {
+                    // The node's last attempt failed and its backoff ran out lately, before
+                    // I looked: my attempt continues that streak (logged once per node).
+                    self.seen_failure_at_ms = f.at_ms;
+                    if self.streak == 0 {
+                        self.streak_started_ms = f.at_ms;
+                    }
+                    self.streak = self.streak.max(f.streak);
                 }
                 true
             }
         };
+        if shared_ok
+            && self.adopt_shared(io, parse, out)
+            && self.keys_state(now) == KeysState::Fresh
+            && self.want_since.is_none()
+        {
+            return;
+        }
         if shared_ok {
-            let was_cold = self.held.is_none();
-            if self.poll_record(io, parse, out) {
-                // The adopted keys answer my waiters if they were fetched after the waiters
-                // asked, or — unknown-kid refetches — less than `min_refetch_ms` ago: the
-                // refetch limit is per node, so a worker that had not yet seen another
-                // worker's fresh refetch must not make a second one (a resumed request whose
-                // kid is still unknown gets 401 `kid_unknown`).
-                let min_refetch = self.src.min_refetch_ms;
-                let satisfied = was_cold
-                    || self
-                        .held
-                        .as_ref()
-                        .zip(self.want_since)
-                        .is_some_and(|(h, since)| {
-                            h.fetched_at_ms >= since
-                                || now < h.fetched_at_ms.saturating_add(min_refetch)
-                        });
-                if satisfied {
-                    self.resolve_waiters(now, out);
-                }
-                if self.keys_state(now) == KeysState::Fresh && self.want_since.is_none() {
-                    return;
-                }
-            }
             let budget = self.budget_for(now);
             let lease = Lease {
                 owner_id: me,
@@ -203,6 +207,37 @@ impl<K: KeyCount> KeyCache<K> {
             self.stamp_seen = Some(stamp);
         }
         newer
+    }
+
+    /// [`Self::poll_record`], then answer my waiters if the adopted keys satisfy them:
+    /// if they were fetched after the waiters asked, or — unknown-kid refetches — less
+    /// than `min_refetch_ms` ago: the refetch limit is per node, so a worker that had not
+    /// yet seen another worker's fresh refetch must not make a second one (a resumed
+    /// request whose kid is still unknown gets 401 `kid_unknown`). Returns true if adopted.
+    fn adopt_shared<E: core::fmt::Display>(
+        &mut self,
+        io: &mut Io<'_>,
+        parse: impl FnOnce(&[u8]) -> Result<K, E>,
+        out: &mut Vec<KeyAction>,
+    ) -> bool {
+        let now = io.now_ms;
+        let was_cold = self.held.is_none();
+        if !self.poll_record(io, parse, out) {
+            return false;
+        }
+        let min_refetch = self.src.min_refetch_ms;
+        let satisfied = was_cold
+            || self
+                .held
+                .as_ref()
+                .zip(self.want_since)
+                .is_some_and(|(h, since)| {
+                    h.fetched_at_ms >= since || now < h.fetched_at_ms.saturating_add(min_refetch)
+                });
+        if satisfied {
+            self.resolve_waiters(now, out);
+        }
+        true
     }
 
     /// Read the shared record and adopt it if newer. Returns true if adopted.

@@ -85,9 +85,11 @@
 //! Sharing (keys `amlk:jwks:<configured uri>`, `amlk:lease:<configured uri>`): when a
 //! fetch is needed the cache reads the lease; if another owner holds it, it waits
 //! (if the lease carries a failure newer than what it saw, its waiters get 503 and it
-//! backs off until the lease ends). Otherwise it reads the record and adopts it if
-//! newer; if still needed, it takes the lease by CAS (lease length = fetch budget) and
-//! dispatches. On success it writes the record (unless a newer one is there) and
+//! backs off until the lease ends), and while it waits or backs off it still adopts a
+//! newer record on each tick. Otherwise it reads the record and adopts it if newer; a
+//! lease that ran out less than `BACKOFF_MAX_MS` ago with a failure in it continues the
+//! node's failure streak (logged once); if still needed, it takes the lease by CAS (lease
+//! length = fetch budget) and dispatches. On success it writes the record (unless a newer one is there) and
 //! releases the lease; on failure it keeps the lease until its backoff ends and stores
 //! the failure in it. Every writer of the record also writes its stamp
 //! (`amlk:jwks-stamp:<configured uri>`: `fetched_at` and version, 21 bytes). Caches with

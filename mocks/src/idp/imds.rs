@@ -192,6 +192,7 @@ impl Idp {
             sign_with: SignWith::Current,
             expires_in: lifetime,
             omit_kid: false,
+            raw_payload: None,
         };
         let now = common::now();
         match self.mint(&mint) {

@@ -87,6 +87,7 @@ impl Idp {
             sign_with: SignWith::Current,
             expires_in: lifetime,
             omit_kid: false,
+            raw_payload: None,
         };
         match self.mint(&mint) {
             Ok(t) => Reply::json(
@@ -242,7 +243,10 @@ impl Idp {
         merge(&mut header, &m.header);
         let header = Value::Object(header);
         let claims = Value::Object(claims);
-        let token = keys::build_jws(&header, &claims, |msg| signer.sign(&m.alg, msg))?;
+        let token = match &m.raw_payload {
+            None => keys::build_jws(&header, &claims, |msg| signer.sign(&m.alg, msg))?,
+            Some(raw) => keys::build_jws_raw(&header, raw, |msg| signer.sign(&m.alg, msg))?,
+        };
         Ok(Minted {
             token,
             header,
@@ -271,6 +275,9 @@ pub(super) struct Mint {
     pub(super) sign_with: SignWith,
     pub(super) expires_in: i64,
     pub(super) omit_kid: bool,
+    /// Signed verbatim instead of the claims (tests of hostile payloads: duplicate
+    /// members, non-UTF-8, deep nesting, a nested token).
+    pub(super) raw_payload: Option<Vec<u8>>,
 }
 
 pub(super) struct Minted {
@@ -320,6 +327,10 @@ impl Mint {
             None | Some(Value::Null) => false,
             Some(v) => v.as_bool().ok_or("omit_kid: expected a boolean")?,
         };
+        let raw_payload = match string("payload_b64")? {
+            None => None,
+            Some(b) => Some(common::b64url_decode(&b).ok_or("payload_b64: expected base64url")?),
+        };
         let tenant = string("tenant")?.unwrap_or_default();
         Ok(Mint {
             tenant: idp.token_tenant(&tenant),
@@ -331,6 +342,7 @@ impl Mint {
             sign_with,
             expires_in,
             omit_kid,
+            raw_payload,
         })
     }
 }

@@ -196,6 +196,128 @@ fn fresh_workers_poll_shared_record() {
     assert_eq!(b.keys().unwrap().0, vec!["a", "new"]);
 }
 
+/// A worker whose keys are stale while another holds the lease (fetching, or backing off
+/// after a failure) still takes the newer set the other installed: it never keeps
+/// refusing the IdP's newest key for a whole outage.
+#[test]
+fn waiting_workers_adopt_newer_keys_while_another_holds_the_lease() {
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
+    n.tick(&mut b, 200);
+    assert_eq!(b.keys().unwrap().0, vec!["a"]);
+    // Shortly before B's keys go stale, A refetches for a new kid...
+    let t = 3_599_000;
+    assert_eq!(a.request_refetch_for_unknown_kid(t, 9), Refetch::Wait);
+    let d = one_dispatch(&n.tick(&mut a, t));
+    n.respond(&mut a, t + 100, d.ticket, &ok("keys:a,new"));
+    // ...and then fails its next attempt: it backs off holding the lease.
+    let lease_key = a.source().shared_lease_key();
+    let lease = Lease {
+        owner_id: 1,
+        until_ms: t + 60_000,
+        failure: Some(SharedFailure {
+            at_ms: t + 500,
+            reason: "jwks_http_502".into(),
+            streak: 3,
+        }),
+    };
+    let cas = n.store.map[&lease_key].1;
+    n.store.set(&lease_key, &lease.encode(), Some(cas)).unwrap();
+    // B goes stale (needs a fetch) while A holds the lease: no fetch, but A's newer keys.
+    let stale = 3_600_200;
+    assert!(dispatches(&n.tick(&mut b, stale)).is_empty());
+    assert!(dispatches(&n.tick(&mut b, stale + 100)).is_empty());
+    assert_eq!(b.keys().unwrap().0, vec!["a", "new"]);
+}
+
+/// A worker backing off with the node (another's failure seen) still polls the record, and
+/// takes the set the other worker installs after all.
+#[test]
+fn workers_backing_off_with_the_node_adopt_the_next_good_set() {
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
+    n.tick(&mut b, 200);
+    // A failed an attempt and backs off for a minute, holding the lease.
+    let t = 3_599_000;
+    let lease_key = a.source().shared_lease_key();
+    let lease = Lease {
+        owner_id: 1,
+        until_ms: t + 60_000,
+        failure: Some(SharedFailure {
+            at_ms: t,
+            reason: "jwks_http_502".into(),
+            streak: 3,
+        }),
+    };
+    let cas = n.store.map[&lease_key].1;
+    n.store.set(&lease_key, &lease.encode(), Some(cas)).unwrap();
+    // B's keys go stale: it sees the failure and backs off with the node.
+    let stale = 3_600_200;
+    assert!(dispatches(&n.tick(&mut b, stale)).is_empty());
+    // A refetches for a new kid (its own lease) and succeeds.
+    assert_eq!(
+        a.request_refetch_for_unknown_kid(stale + 100, 9),
+        Refetch::Wait
+    );
+    let d = one_dispatch(&n.tick(&mut a, stale + 100));
+    n.respond(&mut a, stale + 200, d.ticket, &ok("keys:a,new"));
+    // B, still in the node's backoff, takes it on its next tick without fetching.
+    let acts = n.tick(&mut b, stale + 300);
+    assert!(dispatches(&acts).is_empty());
+    assert_eq!(b.keys().unwrap().0, vec!["a", "new"]);
+}
+
+/// A worker that never saw another's failed attempt while its lease was held (its own keys
+/// were fresh) and fails the next attempt continues the node's streak: one loud log line
+/// per outage per node. An old failure starts a new streak.
+#[test]
+fn a_lapsed_failed_lease_continues_the_nodes_streak() {
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
+    n.tick(&mut b, 200);
+    let t = 3_600_100; // both stale now; A tries first and fails
+    let d = one_dispatch(&n.tick(&mut a, t));
+    let acts = n.respond(&mut a, t + 100, d.ticket, &status("502"));
+    assert_eq!(failure_codes(&acts), vec![("jwks_http_502".into(), true)]);
+    // A's lease (its backoff) runs out before B looks; B takes the next attempt.
+    let later = t + 5_000;
+    let d = one_dispatch(&n.tick(&mut b, later));
+    let acts = n.respond(&mut b, later + 100, d.ticket, &status("502"));
+    assert_eq!(failure_codes(&acts), vec![("jwks_http_502".into(), false)]);
+    assert_eq!(b.failure_streak(), 2);
+
+    // A failure long past is another outage: logged again.
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
+    n.tick(&mut b, 200);
+    let d = one_dispatch(&n.tick(&mut a, t));
+    n.respond(&mut a, t + 100, d.ticket, &status("502"));
+    let much_later = t + 600_000;
+    let d = one_dispatch(&n.tick(&mut b, much_later));
+    let acts = n.respond(&mut b, much_later + 100, d.ticket, &status("502"));
+    assert_eq!(failure_codes(&acts), vec![("jwks_http_502".into(), true)]);
+}
+
 #[test]
 fn unknown_kid_refetch_limit_is_per_node_even_before_the_record_was_seen() {
     // jwks_min_refetch_seconds = 300 (default).
