@@ -34,6 +34,9 @@ pub trait SharedStore {
     /// The value and its cas, `Ok(None)` when the key does not exist.
     fn get(&mut self, key: &str) -> Result<Option<Versioned>, StoreError>;
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+    /// Remove `key` if its cas is still `cas`. Kong frees the entry; Envoy (no removal in
+    /// its ABI) keeps the key with an empty value, which every reader takes as absent.
+    fn delete(&mut self, key: &str, cas: Option<u32>) -> Result<(), StoreError>;
 }
 
 /// Per-worker mode: no shared data; every cache fetches and every worker counts for itself.
@@ -45,6 +48,9 @@ impl SharedStore for NoSharedStore {
         Err(StoreError::Unavailable)
     }
     fn set(&mut self, _key: &str, _value: &[u8], _cas: Option<u32>) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable)
+    }
+    fn delete(&mut self, _key: &str, _cas: Option<u32>) -> Result<(), StoreError> {
         Err(StoreError::Unavailable)
     }
 }
@@ -95,6 +101,17 @@ pub fn cas_update<T>(
     CasOutcome::Contended
 }
 
+/// Remove `key` if `stale(value)` holds for the value it has now (an absent or empty value
+/// counts as gone). Returns whether the key is gone; a key rewritten in between is kept.
+pub fn delete_if(store: &mut dyn SharedStore, key: &str, stale: impl Fn(&[u8]) -> bool) -> bool {
+    match store.get(key) {
+        Ok(None) => true,
+        Ok(Some((v, _))) if v.is_empty() => true,
+        Ok(Some((v, cas))) if stale(&v) => store.delete(key, cas).is_ok(),
+        _ => false,
+    }
+}
+
 /// In-memory shared data with Kong's CAS rules, for native tests of the store's users.
 #[cfg(test)]
 pub mod testing {
@@ -132,6 +149,23 @@ pub mod testing {
             self.map.insert(key.to_string(), (value.to_vec(), next));
             self.sets += 1;
             Ok(())
+        }
+        fn delete(&mut self, key: &str, cas: Option<u32>) -> Result<(), StoreError> {
+            match (self.map.get(key).map(|(_, c)| *c), cas) {
+                (Some(c), Some(x)) if c == x => {
+                    self.map.remove(key);
+                    Ok(())
+                }
+                (None, _) => Ok(()),
+                _ => Err(StoreError::CasMismatch),
+            }
+        }
+    }
+
+    impl KongStore {
+        /// What a full zone does to `key`: the entry is gone (least recently used).
+        pub fn evict(&mut self, key: &str) {
+            self.map.remove(key);
         }
     }
 }
