@@ -186,6 +186,12 @@ both_hosts! {
 /// own connection, which the caller may drop before the answer. Sent again while the
 /// gateway refuses it at once (a quick probe may hold the slot for a moment).
 fn hold_slot(gw: &Gateway, token: &str, delay_ms: u64) -> TcpStream {
+    hold_slot_with(gw, token, &[("x-mock-delay-ms", &delay_ms.to_string())])
+}
+
+/// [`hold_slot`] with the mock's controls in `mock` (`x-mock-delay-ms`, `x-mock-drop`).
+fn hold_slot_with(gw: &Gateway, token: &str, mock: &[(&str, &str)]) -> TcpStream {
+    let controls: String = mock.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let addr = gw
         .url("/")
         .trim_start_matches("http://")
@@ -193,7 +199,7 @@ fn hold_slot(gw: &Gateway, token: &str, delay_ms: u64) -> TcpStream {
         .to_string();
     let req = format!(
         "POST /gpu/score HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         content-type: application/json\r\nx-mock-delay-ms: {delay_ms}\r\n\
+         content-type: application/json\r\n{controls}\
          Content-Length: {}\r\n\r\n{BODY}",
         BODY.len()
     );
@@ -300,5 +306,34 @@ both_hosts! {
         until_refused(&gw, &fraud, Duration::from_secs(3));
         drop(gone);
         until_admitted(&gw, &fraud, Duration::from_secs(10));
+    }
+}
+
+both_hosts! {
+    fn a_slot_comes_back_when_the_upstream_drops_the_connection(host: Host) {
+        let gw = start(host, "allow");
+        let fraud = token(&gw, "fraud-svc", "fraud");
+        // More failed calls than max_in_flight (2): each must give its slot back.
+        for _ in 0..4 {
+            let r = post(&gw, "/gpu/score", &fraud, &[("x-mock-drop", "1")]);
+            // The host's own answer to a backend that reset the connection.
+            assert!(matches!(r.status, 502 | 503), "{} {}", r.status, r.body);
+        }
+        // The same for a backend that dies while a slow request is in flight.
+        let dying = [
+            hold_slot_with(&gw, &fraud, &[("x-mock-delay-ms", "1500"), ("x-mock-drop", "1")]),
+            hold_slot_with(&gw, &fraud, &[("x-mock-delay-ms", "1500"), ("x-mock-drop", "1")]),
+        ];
+        until_refused(&gw, &fraud, Duration::from_secs(3));
+        for s in dying {
+            assert!(matches!(status_of(s), 502 | 503));
+        }
+        // Every slot is free: max_in_flight slow calls are admitted, and the next refused.
+        let slow = [hold_slot(&gw, &fraud, 6000), hold_slot(&gw, &fraud, 6000)];
+        let r = until_refused(&gw, &fraud, Duration::from_secs(4));
+        assert_eq!(r.json()["error"], "concurrency_limited", "{}", r.body);
+        for s in slow {
+            assert_eq!(status_of(s), 200);
+        }
     }
 }

@@ -100,3 +100,29 @@ fn limit_state_evicted_by_a_full_zone_is_counted_and_the_limits_still_hold() {
     assert_eq!(action, Action::Continue);
     third.on_done();
 }
+
+#[test]
+fn a_context_deleted_without_on_done_gives_its_slot_back() {
+    // Kong answers a failed upstream with an nginx error page and never calls `on_done`
+    // for the request; it deletes the context when the request is freed.
+    for kong in [false, true] {
+        let mut w = World::new(kong, &slots_config());
+        if kong {
+            w.warm_kong(2);
+        } else {
+            w.warm_envoy(2);
+        }
+        let (first, action) = w.request(3, "/limited", true);
+        assert_eq!(action, Action::Continue);
+        assert_eq!(
+            w.request(4, "/limited", true).1,
+            Action::Pause,
+            "kong={kong}"
+        );
+        w.take();
+        drop(first);
+        let (mut next, action) = w.request(5, "/limited", true);
+        assert_eq!(action, Action::Continue, "kong={kong}: the slot came back");
+        next.on_done();
+    }
+}
