@@ -376,7 +376,7 @@ both_hosts! {
         // Bursts of concurrent requests, each on a new connection, until both workers have
         // decided some (nginx may hand a burst to one worker). A worker counting alone would
         // admit its own 20.
-        for _ in 0..10 {
+        for _ in 0..60 {
             let statuses: Vec<u16> = thread::scope(|s| {
                 let hs: Vec<_> = (0..8)
                     .map(|_| {
