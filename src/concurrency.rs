@@ -259,21 +259,19 @@ impl Slots {
         }
         let me = self.worker;
         // A lost release (contention, full zone) is healed by the next acquire here.
-        let outcome = store::cas_update(store, bucket, |cur| {
+        let outcome = store::cas_update_or_delete(store, bucket, |cur| {
             let mut slots = cur.map(decode).unwrap_or_default();
             let before = slots.len();
             slots.retain(|s| !(s.worker == me && s.ticket == ticket));
-            let gone = slots.len() == before;
-            ((!gone).then(|| encode(&slots)), (gone, slots.is_empty()))
-        });
-        match outcome {
-            // The list lost this worker's slot before it ended: evicted.
-            CasOutcome::Declined((true, _)) => self.lost += 1,
-            // Nothing in flight: the key goes, so idle callers leave no lists behind.
-            CasOutcome::Written((_, true)) => {
-                store::delete_if(store, bucket, |v| decode(v).is_empty());
+            if slots.len() == before {
+                return (None, true);
             }
-            _ => {}
+            // Nothing left in flight: the key goes, so idle callers leave no lists behind.
+            ((Some((!slots.is_empty()).then(|| encode(&slots)))), false)
+        });
+        // The list lost this worker's slot before it ended: evicted.
+        if outcome == CasOutcome::Declined(true) {
+            self.lost += 1;
         }
     }
 

@@ -335,7 +335,11 @@ impl Limiter {
     }
 
     fn remember(&mut self, bucket: &str, w: Window, window_secs: u64, now: u64) {
-        if self.seen.len() >= SEEN_CAP && !self.seen.contains_key(bucket) {
+        if let Some(seen) = self.seen.get_mut(bucket) {
+            *seen = (w, window_secs);
+            return;
+        }
+        if self.seen.len() >= SEEN_CAP {
             self.seen.retain(|_, (w, len)| live(w, *len, now));
             if self.seen.len() >= SEEN_CAP {
                 // Beyond the cap a bucket is neither watched nor swept by this worker.

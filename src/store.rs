@@ -101,6 +101,34 @@ pub fn cas_update<T>(
     CasOutcome::Contended
 }
 
+/// [`cas_update`] where `decide` may also remove the key: `(Some(None), info)` deletes it
+/// with the cas just read (one call, as a set would be).
+pub fn cas_update_or_delete<T>(
+    store: &mut dyn SharedStore,
+    key: &str,
+    mut decide: impl FnMut(Option<&[u8]>) -> (Option<Option<Vec<u8>>>, T),
+) -> CasOutcome<T> {
+    for _ in 0..CAS_RETRIES {
+        let (cur_val, cas) = match store.get(key) {
+            Ok(Some((v, cas))) => (Some(v), cas),
+            Ok(None) => (None, None),
+            Err(_) => return CasOutcome::Unavailable,
+        };
+        let (new, info) = decide(cur_val.as_deref());
+        let done = match new {
+            None => return CasOutcome::Declined(info),
+            Some(Some(v)) => store.set(key, &v, cas),
+            Some(None) => store.delete(key, cas),
+        };
+        match done {
+            Ok(()) => return CasOutcome::Written(info),
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Unavailable) => return CasOutcome::Unavailable,
+        }
+    }
+    CasOutcome::Contended
+}
+
 /// Remove `key` if `stale(value)` holds for the value it has now (an absent or empty value
 /// counts as gone). Returns whether the key is gone; a key rewritten in between is kept.
 pub fn delete_if(store: &mut dyn SharedStore, key: &str, stale: impl Fn(&[u8]) -> bool) -> bool {
@@ -214,6 +242,31 @@ mod tests {
         assert_eq!(
             cas_update(&mut NoSharedStore, "k", |_| (Some(vec![]), ())),
             CasOutcome::<()>::Unavailable
+        );
+    }
+
+    #[test]
+    fn cas_update_or_delete_removes_with_the_cas_just_read() {
+        let mut s = KongStore::default();
+        s.map.insert("k".into(), (b"v".to_vec(), 3));
+        // A delete with an older cas is refused: the key was rewritten since.
+        assert_eq!(s.delete("k", Some(2)), Err(StoreError::CasMismatch));
+        let out = cas_update_or_delete(&mut s, "k", |_| (Some(None), ()));
+        assert_eq!(out, CasOutcome::Written(()));
+        assert!(!s.map.contains_key("k"));
+        assert_eq!(
+            cas_update_or_delete(&mut s, "k", |c| (
+                c.is_none().then(|| Some(b"n".to_vec())),
+                ()
+            )),
+            CasOutcome::Written(())
+        );
+        assert_eq!(s.map["k"].0, b"n");
+        assert!(delete_if(&mut s, "k", |v| v == b"n"));
+        assert!(delete_if(&mut s, "absent", |_| false));
+        assert_eq!(
+            cas_update_or_delete(&mut NoSharedStore, "k", |_| (Some(None), ())),
+            CasOutcome::Unavailable
         );
     }
 }
