@@ -138,6 +138,9 @@ pub struct Slots {
     /// Tickets this worker holds, per bucket, and whether each is counted in shared data.
     held: HashMap<String, Vec<(u64, bool)>>,
     last_heartbeat_ms: Option<u64>,
+    /// Slot lists (and this worker's heartbeat) found gone while this worker had entries in
+    /// them (evicted by a full zone), since the last [`Slots::take_lost`].
+    lost: u64,
 }
 
 impl Slots {
@@ -148,6 +151,7 @@ impl Slots {
             next_ticket: 1,
             held: HashMap::new(),
             last_heartbeat_ms: None,
+            lost: 0,
         }
     }
 
@@ -175,7 +179,9 @@ impl Slots {
         let me = self.worker;
         let dead = self.dead_workers(store, bucket, now_ms);
         let mine: Vec<u64> = self.tickets(bucket);
+        let mine_shared = self.shared_tickets(bucket);
         let max_len = usize::try_from(max).unwrap_or(usize::MAX);
+        let mut lost = false;
         let outcome = store::cas_update(store, bucket, |cur| {
             let mut slots = cur.map(decode).unwrap_or_default();
             let before = slots.len();
@@ -186,8 +192,21 @@ impl Slots {
                     !dead.contains(&s.worker)
                 }
             });
+            // This worker's slots missing from the list: the zone evicted it. Put them back,
+            // so its requests in flight keep counting.
+            let missing: Vec<u64> = mine_shared
+                .iter()
+                .copied()
+                .filter(|t| !slots.iter().any(|s| s.worker == me && s.ticket == *t))
+                .collect();
+            lost = !missing.is_empty();
+            slots.extend(
+                missing
+                    .into_iter()
+                    .map(|ticket| Slot { worker: me, ticket }),
+            );
             if slots.len() >= max_len {
-                let changed = slots.len() != before;
+                let changed = slots.len() != before || lost;
                 return (changed.then(|| encode(&slots)), false);
             }
             slots.push(Slot { worker: me, ticket });
@@ -199,6 +218,12 @@ impl Slots {
             CasOutcome::Declined(true) => Some(true), // not produced by the closure
             CasOutcome::Contended | CasOutcome::Unavailable => None,
         };
+        if lost && shared.is_some() {
+            self.lost += 1;
+        }
+        if !dead.is_empty() {
+            self.forget_dead(store, &dead, now_ms);
+        }
         match shared {
             Some(true) => {
                 self.hold(bucket, ticket, true);
@@ -234,12 +259,43 @@ impl Slots {
         }
         let me = self.worker;
         // A lost release (contention, full zone) is healed by the next acquire here.
-        let _ = store::cas_update(store, bucket, |cur| {
+        let outcome = store::cas_update_or_delete(store, bucket, |cur| {
             let mut slots = cur.map(decode).unwrap_or_default();
             let before = slots.len();
             slots.retain(|s| !(s.worker == me && s.ticket == ticket));
-            ((slots.len() != before).then(|| encode(&slots)), ())
+            if slots.len() == before {
+                return (None, true);
+            }
+            // Nothing left in flight: the key goes, so idle callers leave no lists behind.
+            ((Some((!slots.is_empty()).then(|| encode(&slots)))), false)
         });
+        // The list lost this worker's slot before it ended: evicted.
+        if outcome == CasOutcome::Declined(true) {
+            self.lost += 1;
+        }
+    }
+
+    /// Slot lists and heartbeats lost to eviction since the last call.
+    pub fn take_lost(&mut self) -> u64 {
+        std::mem::take(&mut self.lost)
+    }
+
+    fn shared_tickets(&self, bucket: &str) -> Vec<u64> {
+        self.held
+            .get(bucket)
+            .map(|l| l.iter().filter(|(_, s)| *s).map(|(t, _)| *t).collect())
+            .unwrap_or_default()
+    }
+
+    /// Remove the heartbeats of dead workers (still stale), so they do not pile up.
+    fn forget_dead(&self, store: &mut dyn SharedStore, dead: &[u64], now_ms: u64) {
+        for w in dead {
+            store::delete_if(store, &heartbeat_key(*w), |v| {
+                <[u8; 8]>::try_from(v)
+                    .map(u64::from_le_bytes)
+                    .is_ok_and(|t| now_ms.saturating_sub(t) > RECLAIM_AFTER_MS)
+            });
+        }
     }
 
     /// From the tick: say this worker is alive, at most every [`HEARTBEAT_EVERY_MS`].
@@ -250,9 +306,17 @@ impl Slots {
         {
             return;
         }
+        let wrote_before = self.last_heartbeat_ms.is_some();
         self.last_heartbeat_ms = Some(now_ms);
         let key = heartbeat_key(self.worker);
-        let _ = store::cas_update(store, &key, |_| (Some(now_ms.to_le_bytes().to_vec()), ()));
+        let holds = self.held.values().flatten().any(|(_, s)| *s);
+        let outcome = store::cas_update(store, &key, |cur| {
+            (Some(now_ms.to_le_bytes().to_vec()), cur.is_none())
+        });
+        // Gone while this worker holds slots: others may have taken them as abandoned.
+        if outcome == CasOutcome::Written(true) && wrote_before && holds {
+            self.lost += 1;
+        }
     }
 
     fn tickets(&self, bucket: &str) -> Vec<u64> {
@@ -440,5 +504,53 @@ mod tests {
         };
         assert_eq!(a.acquire(&mut store, B, 1, 0), (Acquired::Full, None));
         assert_eq!(a.acquire(&mut store, "aml-cc:c", 1, 0).0, Acquired::Worker);
+    }
+
+    #[test]
+    fn an_evicted_slot_list_is_found_and_rebuilt_from_the_workers_own_slots() {
+        let mut store = KongStore::default();
+        let mut a = Slots::new(1);
+        a.heartbeat(&mut store, 0);
+        let (_, t1) = a.acquire(&mut store, B, 2, 0);
+        let (_, t2) = a.acquire(&mut store, B, 2, 0);
+        assert_eq!(a.take_lost(), 0);
+        store.evict(B);
+        // Its two requests are still in flight: the list comes back with them, and holds.
+        assert_eq!(a.acquire(&mut store, B, 2, 0), (Acquired::Full, None));
+        assert_eq!(a.take_lost(), 1);
+        assert_eq!(decode(&store.map[B].0).len(), 2);
+        a.release(&mut store, B, t1.unwrap());
+        assert_eq!(a.take_lost(), 0);
+        // A release that finds its slot gone is a loss too.
+        store.evict(B);
+        a.release(&mut store, B, t2.unwrap());
+        assert_eq!(a.take_lost(), 1);
+        // The last release removes the emptied list.
+        let (_, t) = a.acquire(&mut store, B, 2, 0);
+        assert_eq!(decode(&store.map[B].0).len(), 1);
+        a.release(&mut store, B, t.unwrap());
+        assert_eq!(a.take_lost(), 0);
+        assert!(!store.map.contains_key(B), "no list left for an idle key");
+        // The heartbeat found gone while slots are held: others may reclaim them.
+        let (_, _t3) = a.acquire(&mut store, B, 2, 0);
+        store.evict(&heartbeat_key(1));
+        a.heartbeat(&mut store, HEARTBEAT_EVERY_MS);
+        assert_eq!(a.take_lost(), 1);
+    }
+
+    #[test]
+    fn a_dead_workers_heartbeat_goes_with_its_slots() {
+        let mut store = KongStore::default();
+        let (mut a, mut b) = (Slots::new(1), Slots::new(2));
+        alive(&mut store, &mut [&mut a, &mut b], 0);
+        assert_eq!(a.acquire(&mut store, B, 1, 0).0, Acquired::Shared);
+        let t = RECLAIM_AFTER_MS + HEARTBEAT_EVERY_MS;
+        b.heartbeat(&mut store, t);
+        let (got, t2) = b.acquire(&mut store, B, 1, t);
+        assert_eq!(got, Acquired::Shared);
+        assert!(!store.map.contains_key(&heartbeat_key(1)));
+        assert!(store.map.contains_key(&heartbeat_key(2)));
+        b.release(&mut store, B, t2.unwrap());
+        assert!(!store.map.contains_key(B));
     }
 }

@@ -81,6 +81,11 @@ pub const SHARED_HITS: &str = "verified_cache_total_result=shared_hit";
 /// Recently failed tokens refused again without verification.
 pub const REJECTED_HITS: &str = "verified_cache_total_result=rejected_hit";
 
+/// Rate-limit windows found evicted from shared data while still counting.
+pub const LOST_WINDOWS: &str = "limit_state_lost_total_result=window";
+/// Concurrency slot lists (or a worker's heartbeat) found evicted while slots were held.
+pub const LOST_SLOTS: &str = "limit_state_lost_total_result=slots";
+
 /// The JWKS counter for a key-cache event, if it counts as a fetch outcome.
 pub fn jwks_counter(provider: &str, ev: &Event) -> Option<String> {
     let result = match ev {

@@ -260,11 +260,27 @@ pub enum CountedIn {
     WorkerContended,
 }
 
+/// Buckets one worker remembers (the last window it read or wrote in each), for finding
+/// windows lost to a full zone and for removing expired ones.
+pub const SEEN_CAP: usize = 8_192;
+/// How often a worker removes the expired windows it knows of.
+pub const SWEEP_EVERY_SECS: u64 = 10;
+
 /// Counts requests per bucket (one per worker; see the module docs).
 #[derive(Debug, Default)]
 pub struct Limiter {
     /// Per-worker windows, used only when shared data cannot be.
     local: HashMap<String, Window>,
+    /// The last shared window this worker saw per bucket, and the bucket's window length.
+    seen: HashMap<String, (Window, u64)>,
+    /// Windows found gone while still counting (evicted), since the last [`Limiter::take_lost`].
+    lost: u64,
+    last_sweep_secs: u64,
+}
+
+/// Whether `w` (of `window_secs`) still counts at `now`: as the current or previous window.
+fn live(w: &Window, window_secs: u64, now: u64) -> bool {
+    w.start.saturating_add(window_secs.max(1).saturating_mul(2)) > now
 }
 
 impl Limiter {
@@ -278,13 +294,35 @@ impl Limiter {
         window_secs: u64,
     ) -> (Verdict, CountedIn) {
         let now = now_ms / 1000;
+        // A window this worker saw that should still be there: if the key is gone, the zone
+        // evicted it, and counting goes on from this view rather than from zero.
+        let remembered = self
+            .seen
+            .get(bucket)
+            .map(|(w, _)| *w)
+            .filter(|w| live(w, window_secs, now));
+        let mut lost = false;
         let shared = store::cas_update(store, bucket, |cur| {
-            let (verdict, window) = check(cur.and_then(Window::decode), now, limit, window_secs);
+            lost = cur.is_none() && remembered.is_some();
+            let prev = match cur {
+                None => remembered,
+                Some(b) => Window::decode(b),
+            };
+            let (verdict, window) = check(prev, now, limit, window_secs);
             // Denied requests are not counted: nothing to write.
-            (verdict.allowed.then(|| window.encode().to_vec()), verdict)
+            (
+                verdict.allowed.then(|| window.encode().to_vec()),
+                (verdict, window),
+            )
         });
         let counted_in = match shared {
-            CasOutcome::Written(v) | CasOutcome::Declined(v) => return (v, CountedIn::Shared),
+            CasOutcome::Written((v, w)) | CasOutcome::Declined((v, w)) => {
+                if lost {
+                    self.lost += 1;
+                }
+                self.remember(bucket, w, window_secs, now);
+                return (v, CountedIn::Shared);
+            }
             CasOutcome::Contended => CountedIn::WorkerContended,
             CasOutcome::Unavailable => CountedIn::Worker,
         };
@@ -294,6 +332,54 @@ impl Limiter {
             self.local.insert(bucket.to_string(), window);
         }
         (verdict, counted_in)
+    }
+
+    fn remember(&mut self, bucket: &str, w: Window, window_secs: u64, now: u64) {
+        if let Some(seen) = self.seen.get_mut(bucket) {
+            *seen = (w, window_secs);
+            return;
+        }
+        if self.seen.len() >= SEEN_CAP {
+            self.seen.retain(|_, (w, len)| live(w, *len, now));
+            if self.seen.len() >= SEEN_CAP {
+                // Beyond the cap a bucket is neither watched nor swept by this worker.
+                return;
+            }
+        }
+        self.seen.insert(bucket.to_string(), (w, window_secs));
+    }
+
+    /// Windows lost to eviction since the last call.
+    pub fn take_lost(&mut self) -> u64 {
+        std::mem::take(&mut self.lost)
+    }
+
+    /// From the tick, every [`SWEEP_EVERY_SECS`]: remove the expired windows this worker
+    /// knows of (unless another worker counted in them since), so shared data holds only
+    /// callers active within their last two windows. Returns how many keys went.
+    pub fn sweep(&mut self, store: &mut dyn SharedStore, now_ms: u64) -> usize {
+        let now = now_ms / 1000;
+        if now.saturating_sub(self.last_sweep_secs) < SWEEP_EVERY_SECS {
+            return 0;
+        }
+        self.last_sweep_secs = now;
+        let expired: Vec<(String, u64)> = self
+            .seen
+            .iter()
+            .filter(|(_, (w, len))| !live(w, *len, now))
+            .map(|(k, (_, len))| (k.clone(), *len))
+            .collect();
+        let mut removed = 0;
+        for (bucket, len) in expired {
+            let gone = store::delete_if(store, &bucket, |v| {
+                Window::decode(v).is_none_or(|w| !live(&w, len, now))
+            });
+            if gone {
+                removed += 1;
+                self.seen.remove(&bucket);
+            }
+        }
+        removed
     }
 }
 
@@ -514,5 +600,61 @@ mod tests {
         );
         let [_, current] = limit_headers("a\"b\\c", &rl, &denied);
         assert!(current.1.starts_with("\"abc\";r=0;t="), "{}", current.1);
+    }
+
+    #[test]
+    fn an_evicted_window_is_found_counted_and_continued_from_this_workers_view() {
+        let mut store = KongStore::default();
+        let mut l = Limiter::default();
+        let b = "aml-rl:b";
+        for _ in 0..2 {
+            assert!(l.count(&mut store, b, 1_000, 3, 60).0.allowed);
+        }
+        assert_eq!(l.take_lost(), 0);
+        store.evict(b);
+        let (v, at) = l.count(&mut store, b, 2_000, 3, 60);
+        assert!(v.allowed);
+        assert_eq!(at, CountedIn::Shared);
+        assert_eq!(l.take_lost(), 1);
+        assert_eq!(l.take_lost(), 0, "taken once");
+        // The count went on from 2: the limit still holds.
+        assert_eq!(Window::decode(&store.map[b].0).map(|w| w.count), Some(3));
+        assert!(!l.count(&mut store, b, 3_000, 3, 60).0.allowed);
+        // Another worker, which never saw the window, cannot tell; it starts afresh.
+        store.evict(b);
+        let mut other = Limiter::default();
+        assert!(other.count(&mut store, b, 3_000, 3, 60).0.allowed);
+        assert_eq!(other.take_lost(), 0);
+        // A window this worker saw that expired anyway is no loss.
+        store.evict(b);
+        assert!(l.count(&mut store, b, 200_000, 3, 60).0.allowed);
+        assert_eq!(l.take_lost(), 0);
+    }
+
+    #[test]
+    fn the_sweep_removes_expired_windows_only() {
+        let mut store = KongStore::default();
+        let (mut a, mut b) = (Limiter::default(), Limiter::default());
+        let (old, busy) = ("aml-rl:old", "aml-rl:busy");
+        assert!(a.count(&mut store, old, 0, 5, 60).0.allowed);
+        assert!(a.count(&mut store, busy, 0, 5, 60).0.allowed);
+        // Nothing has expired yet; a second sweep within the period does nothing either.
+        assert_eq!(a.sweep(&mut store, 100_000), 0);
+        // Worker b keeps `busy` going in the next window.
+        assert!(b.count(&mut store, busy, 110_000, 5, 60).0.allowed);
+        assert_eq!(a.sweep(&mut store, 105_000), 0, "within the sweep period");
+        assert_eq!(a.sweep(&mut store, 130_000), 1);
+        assert!(!store.map.contains_key(old));
+        assert!(store.map.contains_key(busy), "counted in by another worker");
+        // Removed by a sweep is not lost: the window had expired.
+        assert!(a.count(&mut store, old, 131_000, 5, 60).0.allowed);
+        assert_eq!(a.take_lost(), 0);
+        // Envoy keeps the key with an empty value: a fresh window, and no loss.
+        store.map.insert(old.into(), (Vec::new(), 9));
+        assert!(a.count(&mut store, old, 132_000, 5, 60).0.allowed);
+        assert_eq!(a.take_lost(), 0);
+        assert_eq!(Window::decode(&store.map[old].0).map(|w| w.count), Some(1));
+        // Without shared data the sweep is harmless.
+        a.sweep(&mut NoSharedStore, 1_000_000);
     }
 }

@@ -34,6 +34,9 @@ pub trait SharedStore {
     /// The value and its cas, `Ok(None)` when the key does not exist.
     fn get(&mut self, key: &str) -> Result<Option<Versioned>, StoreError>;
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+    /// Remove `key` if its cas is still `cas`. Kong frees the entry; Envoy (no removal in
+    /// its ABI) keeps the key with an empty value, which every reader takes as absent.
+    fn delete(&mut self, key: &str, cas: Option<u32>) -> Result<(), StoreError>;
 }
 
 /// Per-worker mode: no shared data; every cache fetches and every worker counts for itself.
@@ -45,6 +48,9 @@ impl SharedStore for NoSharedStore {
         Err(StoreError::Unavailable)
     }
     fn set(&mut self, _key: &str, _value: &[u8], _cas: Option<u32>) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable)
+    }
+    fn delete(&mut self, _key: &str, _cas: Option<u32>) -> Result<(), StoreError> {
         Err(StoreError::Unavailable)
     }
 }
@@ -95,6 +101,45 @@ pub fn cas_update<T>(
     CasOutcome::Contended
 }
 
+/// [`cas_update`] where `decide` may also remove the key: `(Some(None), info)` deletes it
+/// with the cas just read (one call, as a set would be).
+pub fn cas_update_or_delete<T>(
+    store: &mut dyn SharedStore,
+    key: &str,
+    mut decide: impl FnMut(Option<&[u8]>) -> (Option<Option<Vec<u8>>>, T),
+) -> CasOutcome<T> {
+    for _ in 0..CAS_RETRIES {
+        let (cur_val, cas) = match store.get(key) {
+            Ok(Some((v, cas))) => (Some(v), cas),
+            Ok(None) => (None, None),
+            Err(_) => return CasOutcome::Unavailable,
+        };
+        let (new, info) = decide(cur_val.as_deref());
+        let done = match new {
+            None => return CasOutcome::Declined(info),
+            Some(Some(v)) => store.set(key, &v, cas),
+            Some(None) => store.delete(key, cas),
+        };
+        match done {
+            Ok(()) => return CasOutcome::Written(info),
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Unavailable) => return CasOutcome::Unavailable,
+        }
+    }
+    CasOutcome::Contended
+}
+
+/// Remove `key` if `stale(value)` holds for the value it has now (an absent or empty value
+/// counts as gone). Returns whether the key is gone; a key rewritten in between is kept.
+pub fn delete_if(store: &mut dyn SharedStore, key: &str, stale: impl Fn(&[u8]) -> bool) -> bool {
+    match store.get(key) {
+        Ok(None) => true,
+        Ok(Some((v, _))) if v.is_empty() => true,
+        Ok(Some((v, cas))) if stale(&v) => store.delete(key, cas).is_ok(),
+        _ => false,
+    }
+}
+
 /// In-memory shared data with Kong's CAS rules, for native tests of the store's users.
 #[cfg(test)]
 pub mod testing {
@@ -132,6 +177,23 @@ pub mod testing {
             self.map.insert(key.to_string(), (value.to_vec(), next));
             self.sets += 1;
             Ok(())
+        }
+        fn delete(&mut self, key: &str, cas: Option<u32>) -> Result<(), StoreError> {
+            match (self.map.get(key).map(|(_, c)| *c), cas) {
+                (Some(c), Some(x)) if c == x => {
+                    self.map.remove(key);
+                    Ok(())
+                }
+                (None, _) => Ok(()),
+                _ => Err(StoreError::CasMismatch),
+            }
+        }
+    }
+
+    impl KongStore {
+        /// What a full zone does to `key`: the entry is gone (least recently used).
+        pub fn evict(&mut self, key: &str) {
+            self.map.remove(key);
         }
     }
 }
@@ -180,6 +242,31 @@ mod tests {
         assert_eq!(
             cas_update(&mut NoSharedStore, "k", |_| (Some(vec![]), ())),
             CasOutcome::<()>::Unavailable
+        );
+    }
+
+    #[test]
+    fn cas_update_or_delete_removes_with_the_cas_just_read() {
+        let mut s = KongStore::default();
+        s.map.insert("k".into(), (b"v".to_vec(), 3));
+        // A delete with an older cas is refused: the key was rewritten since.
+        assert_eq!(s.delete("k", Some(2)), Err(StoreError::CasMismatch));
+        let out = cas_update_or_delete(&mut s, "k", |_| (Some(None), ()));
+        assert_eq!(out, CasOutcome::Written(()));
+        assert!(!s.map.contains_key("k"));
+        assert_eq!(
+            cas_update_or_delete(&mut s, "k", |c| (
+                c.is_none().then(|| Some(b"n".to_vec())),
+                ()
+            )),
+            CasOutcome::Written(())
+        );
+        assert_eq!(s.map["k"].0, b"n");
+        assert!(delete_if(&mut s, "k", |v| v == b"n"));
+        assert!(delete_if(&mut s, "absent", |_| false));
+        assert_eq!(
+            cas_update_or_delete(&mut NoSharedStore, "k", |_| (Some(None), ())),
+            CasOutcome::Unavailable
         );
     }
 }

@@ -56,6 +56,15 @@ fn config(idp_port: u16, unknown: &str) -> Value {
     routes.insert(
         0,
         json!({
+            "name": "burst",
+            "match": {"path_prefix": "/burst/"},
+            "rate_limit": {"requests": 20, "window_seconds": 600, "key": "caller"},
+            "set_request_headers": {"authorization": format!("Bearer {ENDPOINT_KEY}")}
+        }),
+    );
+    routes.insert(
+        0,
+        json!({
             "name": "per-caller",
             "match": {"path_prefix": "/per-caller/"},
             "rate_limit": {"requests": 3, "window_seconds": 60, "key": "caller"},
@@ -186,6 +195,12 @@ both_hosts! {
 /// own connection, which the caller may drop before the answer. Sent again while the
 /// gateway refuses it at once (a quick probe may hold the slot for a moment).
 fn hold_slot(gw: &Gateway, token: &str, delay_ms: u64) -> TcpStream {
+    hold_slot_with(gw, token, &[("x-mock-delay-ms", &delay_ms.to_string())])
+}
+
+/// [`hold_slot`] with the mock's controls in `mock` (`x-mock-delay-ms`, `x-mock-drop`).
+fn hold_slot_with(gw: &Gateway, token: &str, mock: &[(&str, &str)]) -> TcpStream {
+    let controls: String = mock.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let addr = gw
         .url("/")
         .trim_start_matches("http://")
@@ -193,7 +208,7 @@ fn hold_slot(gw: &Gateway, token: &str, delay_ms: u64) -> TcpStream {
         .to_string();
     let req = format!(
         "POST /gpu/score HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         content-type: application/json\r\nx-mock-delay-ms: {delay_ms}\r\n\
+         content-type: application/json\r\n{controls}\
          Content-Length: {}\r\n\r\n{BODY}",
         BODY.len()
     );
@@ -300,5 +315,112 @@ both_hosts! {
         until_refused(&gw, &fraud, Duration::from_secs(3));
         drop(gone);
         until_admitted(&gw, &fraud, Duration::from_secs(10));
+    }
+}
+
+both_hosts! {
+    fn a_slot_comes_back_when_the_upstream_drops_the_connection(host: Host) {
+        let gw = start(host, "allow");
+        let fraud = token(&gw, "fraud-svc", "fraud");
+        // More failed calls than max_in_flight (2): each must give its slot back.
+        for _ in 0..4 {
+            let r = post(&gw, "/gpu/score", &fraud, &[("x-mock-drop", "1")]);
+            // The host's own answer to a backend that reset the connection.
+            assert!(matches!(r.status, 502 | 503), "{} {}", r.status, r.body);
+        }
+        // The same for a backend that dies while a slow request is in flight.
+        let dying = [
+            hold_slot_with(&gw, &fraud, &[("x-mock-delay-ms", "1500"), ("x-mock-drop", "1")]),
+            hold_slot_with(&gw, &fraud, &[("x-mock-delay-ms", "1500"), ("x-mock-drop", "1")]),
+        ];
+        until_refused(&gw, &fraud, Duration::from_secs(3));
+        for s in dying {
+            assert!(matches!(status_of(s), 502 | 503));
+        }
+        // Every slot is free: max_in_flight slow calls are admitted, and the next refused.
+        let slow = [hold_slot(&gw, &fraud, 6000), hold_slot(&gw, &fraud, 6000)];
+        let r = until_refused(&gw, &fraud, Duration::from_secs(4));
+        assert_eq!(r.json()["error"], "concurrency_limited", "{}", r.body);
+        for s in slow {
+            assert_eq!(status_of(s), 200);
+        }
+    }
+}
+
+/// How many workers wrote audit lines for `route`: nginx prefixes its error-log lines with
+/// the worker's `pid#tid`, Envoy with `[time][thread id]`.
+fn workers_deciding(gw: &Gateway, route: &str) -> usize {
+    let mut ids: Vec<String> = gw
+        .log_lines(&[&format!("\"route\":\"{route}\"")])
+        .iter()
+        .filter_map(|l| {
+            if gw.is_kong() {
+                let (_, rest) = l.split_once("] ")?;
+                rest.split_once('#').map(|(pid, _)| pid.to_string())
+            } else {
+                l.split("][").nth(1).map(str::to_string)
+            }
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids.len()
+}
+
+both_hosts! {
+    fn rate_limit_counts_are_shared_across_workers_within_the_stated_tolerance(host: Host) {
+        let gw = start(host, "allow");
+        let fraud = token(&gw, "fraud-svc", "fraud");
+        let mut allowed = 0;
+        let mut sent = 0;
+        // Bursts of concurrent requests, each on a new connection, until both workers have
+        // decided some (nginx may hand a burst to one worker). A worker counting alone would
+        // admit its own 20.
+        for _ in 0..60 {
+            let statuses: Vec<u16> = thread::scope(|s| {
+                let hs: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            (0..4)
+                                .map(|_| post(&gw, "/burst/score", &fraud, &[]).status)
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                hs.into_iter().flat_map(|h| h.join().expect("thread")).collect()
+            });
+            assert!(statuses.iter().all(|s| matches!(s, 200 | 429)), "{statuses:?}");
+            allowed += statuses.iter().filter(|s| **s == 200).count();
+            sent += statuses.len();
+            if workers_deciding(&gw, "burst") >= 2 && sent >= 64 {
+                break;
+            }
+        }
+        assert!(
+            workers_deciding(&gw, "burst") >= 2,
+            "the requests never reached the second worker"
+        );
+        // The tolerance docs/LIMITS.md states: exact while shared data answers; a request
+        // whose compare-and-swap loses 4 times in a row counts in its worker's own window
+        // (rare; two such are allowed here).
+        assert!((20..=22).contains(&allowed), "{allowed} of {sent} allowed (limit 20)");
+    }
+}
+
+both_hosts! {
+    fn one_slow_request_ending_frees_one_slot(host: Host) {
+        let gw = start(host, "allow");
+        let fraud = token(&gw, "fraud-svc", "fraud");
+        let short = hold_slot(&gw, &fraud, 3000);
+        let long = hold_slot(&gw, &fraud, 10_000);
+        until_refused(&gw, &fraud, Duration::from_secs(2));
+        assert_eq!(status_of(short), 200);
+        // One ended, one still in flight: one slot is free, and only one.
+        let again = hold_slot(&gw, &fraud, 4000);
+        let r = until_refused(&gw, &fraud, Duration::from_secs(4));
+        assert_eq!(r.json()["error"], "concurrency_limited", "{}", r.body);
+        for s in [again, long] {
+            assert_eq!(status_of(s), 200);
+        }
     }
 }

@@ -1210,6 +1210,8 @@ fn emitted_series() -> Vec<(String, Vec<String>)> {
         metrics::credential_counter("aml", &acquired).expect("a grant counts"),
         metrics::credential_gauge("aml"),
         metrics::credential_age_gauge("aml"),
+        metrics::LOST_WINDOWS.to_string(),
+        metrics::LOST_SLOTS.to_string(),
     ];
     let patterns = label_patterns(&meta());
     names

@@ -20,6 +20,9 @@ pub const MAX_BODY: usize = 5 * 1024 * 1024;
 /// [`MAX_DELAY_MS`]): a slow GPU model, for concurrency-limit tests.
 pub const DELAY_HEADER: &str = "x-mock-delay-ms";
 pub const MAX_DELAY_MS: u64 = 30_000;
+/// A scoring request with this header gets no answer: the connection is dropped (after
+/// the delay, if any), as a backend that crashes or resets mid-request.
+pub const DROP_HEADER: &str = "x-mock-drop";
 
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -54,7 +57,27 @@ pub fn serve(server: Server, config: Config) -> Result<Running, String> {
         server.log_as("mock-aml")
     };
     let aad = config.aad.clone().map(AadVerifier::new);
-    server.spawn(move |req| handle(&config, aad.as_ref(), req).into())
+    server.spawn(move |req| {
+        if req.header(DROP_HEADER).is_some() {
+            delay(req);
+            return http::Outcome {
+                reply: None,
+                delay: std::time::Duration::ZERO,
+            };
+        }
+        handle(&config, aad.as_ref(), req).into()
+    })
+}
+
+/// Waits what the request's [`DELAY_HEADER`] asks for.
+fn delay(req: &Request) {
+    if let Some(ms) = req
+        .header(DELAY_HEADER)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        // Handlers run on the blocking pool: a sleep holds one thread, not the server.
+        std::thread::sleep(std::time::Duration::from_millis(ms.min(MAX_DELAY_MS)));
+    }
 }
 
 /// Answers one request (`aad`: the verifier of `config.aad`).
@@ -75,13 +98,7 @@ fn route(
     if is_get && (path == "/health" || path == "/") {
         return Reply::json(200, &json!({"status": "ok"}));
     }
-    if let Some(ms) = req
-        .header(DELAY_HEADER)
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        // Handlers run on the blocking pool: a sleep holds one thread, not the server.
-        std::thread::sleep(std::time::Duration::from_millis(ms.min(MAX_DELAY_MS)));
-    }
+    delay(req);
     let received = json!({
         "method": method.as_str(),
         "path": req.url(),

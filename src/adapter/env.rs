@@ -162,8 +162,11 @@ impl<H: Host> Env for RequestEnv<'_, H> {
     }
 
     fn acquire_slot(&mut self, bucket: &str, max_in_flight: u64) -> bool {
-        self.slots
-            .acquire(self.host, self.now_ms, self.waiter, bucket, max_in_flight)
+        let got = self
+            .slots
+            .acquire(self.host, self.now_ms, self.waiter, bucket, max_in_flight);
+        self.slots.note_lost(self.host, self.metrics, self.now_ms);
+        got
     }
 
     fn shared_verified(&mut self, key: &TokenKey, generation: u64, now: u64) -> Option<Verified> {
@@ -191,7 +194,13 @@ impl<H: Host> Env for RequestEnv<'_, H> {
     }
 
     fn rate_limit(&mut self, bucket: &str, limit: u64, window_secs: u64) -> Verdict {
-        self.keys
-            .count(self.host, self.now_ms, bucket, limit, window_secs)
+        self.keys.count(
+            self.host,
+            self.metrics,
+            self.now_ms,
+            bucket,
+            limit,
+            window_secs,
+        )
     }
 }

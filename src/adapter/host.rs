@@ -71,6 +71,8 @@ pub trait Host {
     /// The value (if any) and its cas.
     fn get_shared_data(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), Status>;
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status>;
+    /// `set_shared_data` without a value: Kong removes the key, Envoy stores an empty value.
+    fn delete_shared_data(&self, key: &str, cas: Option<u32>) -> Result<(), Status>;
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status>;
     fn increment_metric(&self, id: u32, offset: i64) -> Result<(), Status>;
     fn record_metric(&self, id: u32, value: u64) -> Result<(), Status>;
@@ -180,6 +182,10 @@ impl Host for AbiHost {
 
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
         super::abi::set_shared_data(key, Some(value), cas)
+    }
+
+    fn delete_shared_data(&self, key: &str, cas: Option<u32>) -> Result<(), Status> {
+        super::abi::set_shared_data(key, None, cas)
     }
 
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status> {

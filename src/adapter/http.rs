@@ -41,7 +41,7 @@ enum Riding {
     Credential(CredentialRide),
 }
 
-pub struct Http<H> {
+pub struct Http<H: Host> {
     host: H,
     context_id: u32,
     state: Rc<RefCell<State>>,
@@ -119,6 +119,30 @@ impl<H: Host> Context for Http<H> {
     }
 
     fn on_done(&mut self) -> bool {
+        self.finish();
+        true
+    }
+}
+
+impl<H: Host> Drop for Http<H> {
+    /// Kong never calls `on_done` for a request whose answer is an nginx error page (an
+    /// upstream that failed: 502/503/504 go through an internal redirect that drops the
+    /// filter's request context); it still deletes the context when the request is freed.
+    /// What such a request holds node-wide is given back here; its per-worker leftovers
+    /// too. Waiting lists and rides are `on_done`'s: a request cannot wait on an error page.
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.state.try_borrow_mut() {
+            st.slots.release(&self.host, self.context_id);
+            st.denied.retain(|id| *id != self.context_id);
+            st.response_headers.remove(&self.context_id);
+        }
+    }
+}
+
+impl<H: Host> Http<H> {
+    /// The request ended however it ended: give back what it holds (its slot, its place in
+    /// waiting lists, its ride). `Drop` repeats the slot's part, harmlessly.
+    fn finish(&mut self) {
         if let Ok(mut st) = self.state.try_borrow_mut() {
             if self.waiting {
                 st.waiters.retain(|w| w.context_id != self.context_id);
@@ -132,7 +156,6 @@ impl<H: Host> Context for Http<H> {
         if let Some((call, _)) = self.ride.take() {
             self.end_ride(call.what);
         }
-        true
     }
 }
 

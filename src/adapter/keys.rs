@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use super::host::{Host, Outbound};
 use super::metrics::Metrics;
+use super::pressure::Streak;
 use super::store::HostStore;
 use super::waiting::{read_call_response, Cx, Wake};
 use crate::engine::KeyState;
@@ -30,6 +31,7 @@ pub struct KeyManager {
     /// Shared data is off: configured so, or switched off after its first host error.
     store_off: bool,
     limiter: Limiter,
+    lost_windows: Streak,
     next_gauges_ms: u64,
     /// Per provider: (the cache's generation, the node-wide id of that key set).
     key_set_ids: Vec<Option<(u64, u64)>>,
@@ -42,6 +44,7 @@ impl KeyManager {
             calls: HashMap::new(),
             store_off: false,
             limiter: Limiter::default(),
+            lost_windows: Streak::new("rate-limit windows", crate::metrics::LOST_WINDOWS),
             next_gauges_ms: 0,
             key_set_ids: Vec::new(),
         }
@@ -109,6 +112,8 @@ impl KeyManager {
             });
             self.perform(cx, i, out, &mut wakes);
         }
+        let mut store = HostStore::new(cx.host, &mut self.store_off);
+        self.limiter.sweep(store.as_dyn(), cx.now_ms);
         if cx.now_ms >= self.next_gauges_ms {
             self.next_gauges_ms = cx.now_ms.saturating_add(GAUGE_PERIOD_MS);
             self.record_gauges(cx);
@@ -183,6 +188,7 @@ impl KeyManager {
     pub fn count<H: Host>(
         &mut self,
         host: &H,
+        metrics: &mut Metrics,
         now_ms: u64,
         bucket: &str,
         limit: u64,
@@ -195,6 +201,8 @@ impl KeyManager {
         if counted_in == CountedIn::WorkerContended {
             log::debug!("azure_ml_kong: rate-limit CAS contention on {bucket}");
         }
+        let lost = self.limiter.take_lost();
+        self.lost_windows.note(host, metrics, lost, now_ms);
         verdict
     }
 

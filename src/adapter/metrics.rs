@@ -50,6 +50,12 @@ impl Metrics {
         }
     }
 
+    pub fn add(&mut self, host: &impl Host, name: &str, n: u64) {
+        if let Some(id) = self.id(host, MetricType::Counter, name) {
+            let _ = host.increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     pub fn gauge(&mut self, host: &impl Host, name: &str, value: u64) {
         if let Some(id) = self.id(host, MetricType::Gauge, name) {
             let _ = host.record_metric(id, value);

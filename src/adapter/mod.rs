@@ -9,7 +9,7 @@
 //! * `state`: the per-worker state both kinds of context share; `env`: the engine's view of
 //!   it for one request; `waiting`: how a request waits on each host; `keys`: the key
 //!   caches and rate limits; `credentials`: the gateway's own tokens; `store`: shared data;
-//!   `shelf`: the node's verified tokens in it;
+//!   `pressure`: limit state lost to a full zone; `shelf`: the node's verified tokens in it;
 //!   `metrics`: host metrics.
 //! * `host`: the [`host::Host`] trait the logic above makes its host calls through: `abi`
 //!   on Wasm, an in-memory recorder in the native tests (`tests`). Only the logger and the
@@ -27,6 +27,7 @@ mod http;
 mod keys;
 mod metrics;
 mod outcome;
+mod pressure;
 mod root;
 mod shelf;
 mod slots;

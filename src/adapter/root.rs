@@ -169,7 +169,8 @@ impl<H: Host + Clone + 'static> RootContext for Root<H> {
                 let (mut cx, keys, creds) = st.parts(&self.host, now);
                 let mut wakes = keys.on_tick(&mut cx);
                 wakes.extend(creds.on_tick(&mut cx));
-                st.slots.on_tick(&self.host, now);
+                let st = &mut *st;
+                st.slots.on_tick(&self.host, &mut st.metrics, now);
                 wakes
             }
             Err(_) => Vec::new(),

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 
 use super::host::Host;
+use super::metrics::Metrics;
+use super::pressure::Streak;
 use super::store::HostStore;
 use crate::concurrency::{Acquired, Slots};
 
@@ -15,6 +17,7 @@ pub struct SlotManager {
     store_off: bool,
     /// Some route has a `concurrency_limit` (else no heartbeat is written).
     active: bool,
+    lost: Streak,
 }
 
 impl SlotManager {
@@ -24,6 +27,7 @@ impl SlotManager {
             by_context: HashMap::new(),
             store_off: false,
             active: false,
+            lost: Streak::new("concurrency slots", crate::metrics::LOST_SLOTS),
         }
     }
 
@@ -71,10 +75,17 @@ impl SlotManager {
         }
     }
 
-    pub fn on_tick<H: Host>(&mut self, host: &H, now_ms: u64) {
+    /// Count and report slot lists found evicted since the last call.
+    pub fn note_lost<H: Host>(&mut self, host: &H, metrics: &mut Metrics, now_ms: u64) {
+        let lost = self.slots.take_lost();
+        self.lost.note(host, metrics, lost, now_ms);
+    }
+
+    pub fn on_tick<H: Host>(&mut self, host: &H, metrics: &mut Metrics, now_ms: u64) {
         if self.active {
             let mut store = HostStore::new(host, &mut self.store_off);
             self.slots.heartbeat(store.as_dyn(), now_ms);
         }
+        self.note_lost(host, metrics, now_ms);
     }
 }

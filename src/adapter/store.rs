@@ -72,4 +72,13 @@ impl<H: Host> SharedStore for HostStore<'_, H> {
             Err(e) => Err(self.fail("set", e)),
         }
     }
+
+    fn delete(&mut self, key: &str, cas: Option<u32>) -> Result<(), StoreError> {
+        // Only housekeeping: a host that refuses removal keeps shared data on.
+        match self.host.delete_shared_data(key, cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(_) => Err(StoreError::Unavailable),
+        }
+    }
 }

@@ -267,6 +267,21 @@ impl Host for MemHost {
         Ok(())
     }
 
+    fn delete_shared_data(&self, key: &str, cas: Option<u32>) -> Result<(), Status> {
+        self.count("delete_shared_data");
+        let mut m = self.mem();
+        m.shared_data_calls += 1;
+        let cur = m.shared.get(key).map(|(_, c)| *c);
+        match (cur, cas) {
+            (Some(c), Some(x)) if c == x => {
+                m.shared.remove(key);
+                Ok(())
+            }
+            (None, _) => Ok(()),
+            _ => Err(Status::CasMismatch),
+        }
+    }
+
     fn define_metric(&self, _kind: MetricType, name: &str) -> Result<u32, Status> {
         self.count("define_metric");
         let mut m = self.mem();
