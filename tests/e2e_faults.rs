@@ -403,23 +403,8 @@ impl Gw {
             "{host} exited\n{}",
             self.gw.log_tail(40)
         );
-        let log = self.gw.log();
-        let bad: Vec<&str> = log
-            .lines()
-            .filter(|l| {
-                [
-                    "panicked",
-                    "wasm trap",
-                    "Uncaught RuntimeError",
-                    "unreachable",
-                ]
-                .iter()
-                .any(|b| l.contains(b))
-            })
-            .collect();
+        let bad = self.gw.vm_fault_lines();
         assert!(bad.is_empty(), "{host} log:\n{}", bad.join("\n"));
-        let crashes = self.gw.crash_lines();
-        assert!(crashes.is_empty(), "{host} log:\n{}", crashes.join("\n"));
     }
 }
 

@@ -25,14 +25,7 @@ fn workers_deciding(gw: &Gateway) -> usize {
     let mut ids: Vec<String> = gw
         .log_lines(&["\"decision\":\"allow\""])
         .iter()
-        .filter_map(|l| {
-            if gw.is_kong() {
-                let (_, rest) = l.split_once("] ")?;
-                rest.split_once('#').map(|(pid, _)| pid.to_string())
-            } else {
-                l.split("][").nth(1).map(str::to_string)
-            }
-        })
+        .filter_map(|l| gw.worker_of(l))
         .collect();
     ids.sort();
     ids.dedup();

@@ -838,23 +838,8 @@ fn want_is_denial(w: Want) -> bool {
 fn assert_healthy(gw: &mut Gateway) {
     let host = gw.host();
     assert!(gw.is_running(), "{host} exited\n{}", gw.log_tail(40));
-    let log = gw.log();
-    let bad: Vec<&str> = log
-        .lines()
-        .filter(|l| {
-            [
-                "panicked",
-                "wasm trap",
-                "Uncaught RuntimeError",
-                "unreachable",
-            ]
-            .iter()
-            .any(|b| l.contains(b))
-        })
-        .collect();
+    let bad = gw.vm_fault_lines();
     assert!(bad.is_empty(), "{host} log:\n{}", bad.join("\n"));
-    let crashes = gw.crash_lines();
-    assert!(crashes.is_empty(), "{host} log:\n{}", crashes.join("\n"));
 }
 
 both_hosts! {

@@ -47,13 +47,7 @@ fn mint(gw: &Gateway, spec: Value) -> String {
 /// The worker that wrote the audit line of `request_id`, if it is in the log yet.
 fn worker_of(gw: &Gateway, log: &str, request_id: &str) -> Option<String> {
     let needle = format!("\"request_id\":\"{request_id}\"");
-    let line = log.lines().find(|l| l.contains(&needle))?;
-    if gw.is_kong() {
-        let (_, rest) = line.split_once("] ")?;
-        rest.split_once('#').map(|(pid, _)| pid.to_string())
-    } else {
-        line.split("][").nth(1).map(str::to_string)
-    }
+    gw.worker_of(log.lines().find(|l| l.contains(&needle))?)
 }
 
 /// One answer to the old-key token: when it came (since the clock started), its status.

@@ -429,6 +429,36 @@ impl Gateway {
                 .collect(),
         }
     }
+
+    /// Lines of the host's log where a Wasm VM panicked or trapped, with the Kong worker
+    /// crash signs of [`Self::crash_lines`].
+    pub fn vm_fault_lines(&self) -> Vec<String> {
+        const SIGNS: [&str; 4] = [
+            "panicked",
+            "wasm trap",
+            "Uncaught RuntimeError",
+            "unreachable",
+        ];
+        let mut out: Vec<String> = self
+            .log()
+            .lines()
+            .filter(|l| SIGNS.iter().any(|s| l.contains(s)))
+            .map(str::to_string)
+            .collect();
+        out.extend(self.crash_lines());
+        out
+    }
+
+    /// The worker that wrote a line of the host's log: nginx prefixes its error-log lines
+    /// with the worker's `pid#tid`, Envoy with `[time][thread id]`.
+    pub fn worker_of(&self, line: &str) -> Option<String> {
+        if self.is_kong() {
+            let (_, rest) = line.split_once("] ")?;
+            rest.split_once('#').map(|(pid, _)| pid.to_string())
+        } else {
+            line.split("][").nth(1).map(str::to_string)
+        }
+    }
 }
 
 impl Drop for Gateway {
