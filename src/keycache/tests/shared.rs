@@ -118,6 +118,36 @@ impl Node {
     }
 }
 
+/// Two workers of one node: A fetched `keys:a` at 0-100 and B adopted it at 200.
+fn two_workers_holding_keys_a() -> (Node, KeyCache<Dummy>, KeyCache<Dummy>) {
+    let mut n = Node {
+        store: KongStore::default(),
+    };
+    let mut a = cache(JWKS, 1);
+    let mut b = cache(JWKS, 2);
+    let d = one_dispatch(&n.tick(&mut a, 0));
+    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
+    n.tick(&mut b, 200);
+    (n, a, b)
+}
+
+/// A (worker 1) holds the node's lease until `until_ms`, backing off after a third failed
+/// attempt (502) at `failed_at_ms`.
+fn hold_failed_lease(n: &mut Node, a: &KeyCache<Dummy>, failed_at_ms: u64, until_ms: u64) {
+    let lease_key = a.source().shared_lease_key();
+    let lease = Lease {
+        owner_id: 1,
+        until_ms,
+        failure: Some(SharedFailure {
+            at_ms: failed_at_ms,
+            reason: "jwks_http_502".into(),
+            streak: 3,
+        }),
+    };
+    let cas = n.store.map[&lease_key].1;
+    n.store.set(&lease_key, &lease.encode(), Some(cas)).unwrap();
+}
+
 #[test]
 fn one_worker_fetches_others_adopt() {
     let mut n = Node {
@@ -177,14 +207,7 @@ fn one_worker_fetches_others_adopt() {
 
 #[test]
 fn fresh_workers_poll_shared_record() {
-    let mut n = Node {
-        store: KongStore::default(),
-    };
-    let mut a = cache(JWKS, 1);
-    let mut b = cache(JWKS, 2);
-    let d = one_dispatch(&n.tick(&mut a, 0));
-    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
-    n.tick(&mut b, 200);
+    let (mut n, mut a, mut b) = two_workers_holding_keys_a();
     assert_eq!(b.generation(), 1);
     // A refetches for an unknown kid later; B picks it up within SHARED_POLL_MS.
     let t = 400_000;
@@ -201,14 +224,7 @@ fn fresh_workers_poll_shared_record() {
 /// refusing the IdP's newest key for a whole outage.
 #[test]
 fn waiting_workers_adopt_newer_keys_while_another_holds_the_lease() {
-    let mut n = Node {
-        store: KongStore::default(),
-    };
-    let mut a = cache(JWKS, 1);
-    let mut b = cache(JWKS, 2);
-    let d = one_dispatch(&n.tick(&mut a, 0));
-    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
-    n.tick(&mut b, 200);
+    let (mut n, mut a, mut b) = two_workers_holding_keys_a();
     assert_eq!(b.keys().unwrap().0, vec!["a"]);
     // Shortly before B's keys go stale, A refetches for a new kid...
     let t = 3_599_000;
@@ -216,18 +232,7 @@ fn waiting_workers_adopt_newer_keys_while_another_holds_the_lease() {
     let d = one_dispatch(&n.tick(&mut a, t));
     n.respond(&mut a, t + 100, d.ticket, &ok("keys:a,new"));
     // ...and then fails its next attempt: it backs off holding the lease.
-    let lease_key = a.source().shared_lease_key();
-    let lease = Lease {
-        owner_id: 1,
-        until_ms: t + 60_000,
-        failure: Some(SharedFailure {
-            at_ms: t + 500,
-            reason: "jwks_http_502".into(),
-            streak: 3,
-        }),
-    };
-    let cas = n.store.map[&lease_key].1;
-    n.store.set(&lease_key, &lease.encode(), Some(cas)).unwrap();
+    hold_failed_lease(&mut n, &a, t + 500, t + 60_000);
     // B goes stale (needs a fetch) while A holds the lease: no fetch, but A's newer keys.
     let stale = 3_600_200;
     assert!(dispatches(&n.tick(&mut b, stale)).is_empty());
@@ -239,28 +244,10 @@ fn waiting_workers_adopt_newer_keys_while_another_holds_the_lease() {
 /// takes the set the other worker installs after all.
 #[test]
 fn workers_backing_off_with_the_node_adopt_the_next_good_set() {
-    let mut n = Node {
-        store: KongStore::default(),
-    };
-    let mut a = cache(JWKS, 1);
-    let mut b = cache(JWKS, 2);
-    let d = one_dispatch(&n.tick(&mut a, 0));
-    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
-    n.tick(&mut b, 200);
+    let (mut n, mut a, mut b) = two_workers_holding_keys_a();
     // A failed an attempt and backs off for a minute, holding the lease.
     let t = 3_599_000;
-    let lease_key = a.source().shared_lease_key();
-    let lease = Lease {
-        owner_id: 1,
-        until_ms: t + 60_000,
-        failure: Some(SharedFailure {
-            at_ms: t,
-            reason: "jwks_http_502".into(),
-            streak: 3,
-        }),
-    };
-    let cas = n.store.map[&lease_key].1;
-    n.store.set(&lease_key, &lease.encode(), Some(cas)).unwrap();
+    hold_failed_lease(&mut n, &a, t, t + 60_000);
     // B's keys go stale: it sees the failure and backs off with the node.
     let stale = 3_600_200;
     assert!(dispatches(&n.tick(&mut b, stale)).is_empty());
@@ -282,14 +269,7 @@ fn workers_backing_off_with_the_node_adopt_the_next_good_set() {
 /// per outage per node. An old failure starts a new streak.
 #[test]
 fn a_lapsed_failed_lease_continues_the_nodes_streak() {
-    let mut n = Node {
-        store: KongStore::default(),
-    };
-    let mut a = cache(JWKS, 1);
-    let mut b = cache(JWKS, 2);
-    let d = one_dispatch(&n.tick(&mut a, 0));
-    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
-    n.tick(&mut b, 200);
+    let (mut n, mut a, mut b) = two_workers_holding_keys_a();
     let t = 3_600_100; // both stale now; A tries first and fails
     let d = one_dispatch(&n.tick(&mut a, t));
     let acts = n.respond(&mut a, t + 100, d.ticket, &status("502"));
@@ -302,14 +282,7 @@ fn a_lapsed_failed_lease_continues_the_nodes_streak() {
     assert_eq!(b.failure_streak(), 2);
 
     // A failure long past is another outage: logged again.
-    let mut n = Node {
-        store: KongStore::default(),
-    };
-    let mut a = cache(JWKS, 1);
-    let mut b = cache(JWKS, 2);
-    let d = one_dispatch(&n.tick(&mut a, 0));
-    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
-    n.tick(&mut b, 200);
+    let (mut n, mut a, mut b) = two_workers_holding_keys_a();
     let d = one_dispatch(&n.tick(&mut a, t));
     n.respond(&mut a, t + 100, d.ticket, &status("502"));
     let much_later = t + 600_000;
@@ -321,14 +294,7 @@ fn a_lapsed_failed_lease_continues_the_nodes_streak() {
 #[test]
 fn unknown_kid_refetch_limit_is_per_node_even_before_the_record_was_seen() {
     // jwks_min_refetch_seconds = 300 (default).
-    let mut n = Node {
-        store: KongStore::default(),
-    };
-    let mut a = cache(JWKS, 1);
-    let mut b = cache(JWKS, 2);
-    let d = one_dispatch(&n.tick(&mut a, 0));
-    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
-    n.tick(&mut b, 200);
+    let (mut n, mut a, mut b) = two_workers_holding_keys_a();
     // A refetches for a new kid; B gets the same kid before it polled A's record.
     let t = 400_000;
     assert_eq!(a.request_refetch_for_unknown_kid(t, 9), Refetch::Wait);
@@ -517,14 +483,7 @@ fn a_key_removed_on_one_worker_is_gone_on_every_worker_after_one_tick() {
 /// periodic poll; a stamp older than B's keys is ignored.
 #[test]
 fn junk_or_useless_stamps_change_nothing() {
-    let mut n = Node {
-        store: KongStore::default(),
-    };
-    let mut a = cache(JWKS, 1);
-    let mut b = cache(JWKS, 2);
-    let d = one_dispatch(&n.tick(&mut a, 0));
-    n.respond(&mut a, 100, d.ticket, &ok("keys:a"));
-    n.tick(&mut b, 200);
+    let (mut n, a, mut b) = two_workers_holding_keys_a();
     let stamp_key = a.source().shared_stamp_key();
     b.next_shared_poll_ms = u64::MAX;
     n.store.map.insert(stamp_key.clone(), (b"junk".to_vec(), 9));
