@@ -5,6 +5,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -206,13 +207,15 @@ fn hold_slot_with(gw: &Gateway, token: &str, mock: &[(&str, &str)]) -> TcpStream
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
-    let req = format!(
-        "POST /gpu/score HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         content-type: application/json\r\n{controls}\
-         Content-Length: {}\r\n\r\n{BODY}",
-        BODY.len()
-    );
-    for _ in 0..50 {
+    for attempt in 0..50 {
+        // A request id of its own: the audit line says whether this attempt was admitted.
+        let rid = format!("hold-{}-{attempt}", HOLDS.fetch_add(1, Ordering::Relaxed));
+        let req = format!(
+            "POST /gpu/score HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             content-type: application/json\r\nx-request-id: {rid}\r\n{controls}\
+             Content-Length: {}\r\n\r\n{BODY}",
+            BODY.len()
+        );
         let mut s = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
         s.write_all(req.as_bytes())
             .unwrap_or_else(|e| panic!("{e}"));
@@ -220,8 +223,13 @@ fn hold_slot_with(gw: &Gateway, token: &str, mock: &[(&str, &str)]) -> TcpStream
             .expect("timeout");
         let mut first = [0u8; 12];
         match s.read(&mut first) {
-            // No answer yet: it is upstream, holding its slot.
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return s,
+            // No answer yet: upstream holding its slot, or a refusal slow to arrive (a
+            // loaded host); the audit line decides.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if admitted(gw, &rid) {
+                    return s;
+                }
+            }
             Ok(n) => assert!(
                 first.get(..n).is_some_and(|b| b.ends_with(b"429")),
                 "{}",
@@ -232,6 +240,21 @@ fn hold_slot_with(gw: &Gateway, token: &str, mock: &[(&str, &str)]) -> TcpStream
         thread::sleep(Duration::from_millis(100));
     }
     panic!("a slow request never got a slot: {}", gw.log());
+}
+
+static HOLDS: AtomicU32 = AtomicU32::new(0);
+
+/// Whether the filter admitted the request with id `rid`, from its audit line.
+fn admitted(gw: &Gateway, rid: &str) -> bool {
+    let needle = format!("\"request_id\":\"{rid}\"");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(line) = gw.log_lines(&[&needle]).first() {
+            return line.contains("\"decision\":\"allow\"");
+        }
+        assert!(Instant::now() < deadline, "no audit line for {rid}");
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The status of the answer on a held connection.
