@@ -101,6 +101,11 @@ pub struct State {
 
 impl State {
     pub fn new(seed: u64) -> State {
+        let mut rng = Rng::new(seed);
+        // This worker's id in the node's slot lists: drawn from the entropy-mixed generator,
+        // not the seed alone (Envoy workers starting in the same millisecond share a seed
+        // and would drop each other's slots as their own stale ones).
+        let slot_worker = rng.next();
         State {
             filter: Err("no configuration received yet".into()),
             keys: KeyManager::empty(),
@@ -109,12 +114,12 @@ impl State {
             shared: SharedShelf::off(),
             waiters: Vec::new(),
             metrics: Metrics::default(),
-            rng: Rng::new(seed),
+            rng,
             is_kong: None,
             denied: Vec::new(),
             ngx_vars: NgxVars::default(),
             response_headers: HashMap::new(),
-            slots: SlotManager::new(seed.rotate_left(17) ^ 0x5107_5107),
+            slots: SlotManager::new(slot_worker),
             default_realm: crate::config::default_realm(),
         }
     }
