@@ -569,9 +569,11 @@ both_hosts! {
     /// `Retry-After`, the whole streak (changing faults) is logged once, good keys end it.
     fn faults_on_a_fresh_gateway_answer_503(host: Host) {
         use Fault::*;
-        let mut g = start(host, NotFound);
+        // The discovery fault comes first: during a discovery fault the key set itself is
+        // good, so a worker still holding the previous phase's discovery would load it.
+        let mut g = start(host, DiscoveryForeignHost);
         let t = g.valid();
-        for fault in [NotFound, Html, EmptyKeys, SmallRsa, Reset, DiscoveryForeignHost] {
+        for fault in [DiscoveryForeignHost, NotFound, Html, EmptyKeys, SmallRsa, Reset] {
             g.faults.set(fault);
             let mut answered = 0;
             poll(Duration::from_secs(60), &format!("{fault:?}: a failed attempt"), || {
