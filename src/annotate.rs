@@ -324,7 +324,7 @@ impl Annotator {
                         .find_map(|alt| lookup(c, alt).filter(|v| !v.is_null()))
                 })
                 .and_then(render)
-                .filter(|v| v.len() <= MAX_VALUE_BYTES && !v.chars().any(char::is_control))
+                .filter(|v| v.len() <= MAX_VALUE_BYTES && !crate::audit::has_control(v))
                 .unwrap_or_default();
             ops.push(HeaderOp::Set {
                 name: i.header.clone(),

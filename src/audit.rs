@@ -105,6 +105,13 @@ fn cut(s: &str, max: usize) -> String {
     }
 }
 
+/// Whether `s` holds a control character (`char::is_control`: C0, DEL, C1), by bytes: C1
+/// is 0xC2 0x80..=0x9F in UTF-8, so a value without 0xC2 needs no decoding (nearly every
+/// value).
+pub fn has_control(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) && s.chars().any(char::is_control)
+}
+
 /// `s` with control characters as `?`, at most `max` bytes (at least 16): a longer
 /// value keeps its head and ends in `…#` and 8 hex digits of the SHA-256 of the whole
 /// value, so two long values stay distinguishable and neither inflates the line.
@@ -112,6 +119,9 @@ pub fn capped(s: &str, max: usize) -> String {
     use sha2::Digest as _;
     const MARK: usize = "…#".len() + 8;
     let clean = |t: &str| -> String {
+        if !has_control(t) {
+            return t.to_owned();
+        }
         t.chars()
             .map(|c| if c.is_control() { '?' } else { c })
             .collect()
@@ -224,6 +234,9 @@ mod tests {
     fn capped_values() {
         assert_eq!(capped("kid-1", 64), "kid-1");
         assert_eq!(capped("a\r\nb\0", 64), "a??b?");
+        // C1 controls and DEL are replaced; other characters starting with 0xC2 are kept.
+        assert_eq!(capped("a\u{85}b\u{9f}c\u{7f}", 64), "a?b?c?");
+        assert_eq!(capped("\u{a0}£é中", 64), "\u{a0}£é中");
         let long = "k".repeat(4096);
         let c = capped(&long, 64);
         assert!(

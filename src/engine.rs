@@ -357,8 +357,8 @@ impl Filter {
         if token.len() > max_bytes {
             return Err(Unverified::deny(Reason::TokenTooLarge));
         }
-        let key = cache.key(token);
-        let cached = key.as_ref().and_then(|k| cache.peek(k, now));
+        let local = cache.local_key(token);
+        let cached = local.and_then(|k| cache.peek(token, k, now));
         let decoded = match cached {
             Some(_) => None,
             None => Some(jose::decode(token, max_bytes).map_err(Unverified::deny)?),
@@ -399,7 +399,7 @@ impl Filter {
                 }
             }
         };
-        if key.is_some() {
+        if local.is_some() {
             // Same key set and same provider (two providers may share an issuer but not
             // their audiences or other checks).
             let hit = matches!(&cached, Some((v, g)) if *g == generation && v.provider == pi);
@@ -409,8 +409,10 @@ impl Filter {
             }
         }
         // A miss: a token that failed under these keys is refused again as it was; one
-        // another worker verified under them is taken as it verified it.
-        if let Some(k) = &key {
+        // another worker verified under them is taken as it verified it. Both name the
+        // token by its SHA-256, computed only now.
+        let key = cache.key(token);
+        if let (Some(k), Some(l)) = (&key, local) {
             if let Some(reason) = cache.rejected.get(k.as_bytes(), pi, generation, now) {
                 env.note(CacheEvent::RejectedHit);
                 return Err(Unverified::deny(reason));
@@ -421,7 +423,7 @@ impl Filter {
             if let Some(v) = shared {
                 env.note(CacheEvent::SharedHit);
                 let v = Rc::new(v);
-                cache.insert_key(*k, v.clone(), generation);
+                cache.insert_key(token, l, v.clone(), generation);
                 return Ok(v);
             }
         }
@@ -437,8 +439,8 @@ impl Filter {
                     env.share_verified(k, generation, &v, now);
                 }
                 let v = Rc::new(v);
-                if let Some(k) = key {
-                    cache.insert_key(k, v.clone(), generation);
+                if let Some(l) = local {
+                    cache.insert_key(token, l, v.clone(), generation);
                 }
                 Ok(v)
             }

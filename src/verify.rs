@@ -232,16 +232,69 @@ fn key_issuer_matches(key_iss: &str, claims: &Claims) -> bool {
     }
 }
 
-/// SHA-256 of a token: the cache key (the token itself is never stored).
+/// SHA-256 of a token: how records outside this worker name it (node-shared results and
+/// the rejected-token cache), never the token itself.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct TokenHash([u8; 32]);
 
-impl Hash for TokenHash {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(self.0.get(..8).unwrap_or(&[0; 8]));
-        state.write_u64(u64::from_le_bytes(first));
+fn token_hash(token: &str) -> TokenHash {
+    TokenHash(sha2::Sha256::digest(token.as_bytes()).into())
+}
+
+/// The SHA-256 of one token, for records outside this worker's memory. Computed only when
+/// the worker's own cache misses: hashing a ~1 KB token with SHA-256 was the largest single
+/// cost of a hit (about 40% of the filter's time per request in Kong).
+#[derive(Clone, Copy)]
+pub struct TokenKey(TokenHash);
+
+impl TokenKey {
+    /// The SHA-256 itself (shared-data records name the token by it).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &(self.0).0
     }
+
+    /// Its first eight bytes as a number (already uniform: a slot or bucket index).
+    pub fn prefix_u64(&self) -> u64 {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(self.0 .0.get(..8).unwrap_or(&[0; 8]));
+        u64::from_le_bytes(first)
+    }
+}
+
+/// Where a token sits in this worker's cache: a fast 64-bit hash of its length and last
+/// 64 bytes (the signature's tail: tokens that reach the cache differ there). Only a
+/// bucket: a hit also needs the entry's token to be these very bytes, so the hash needs no
+/// resistance to crafted collisions (a colliding token is a miss).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LocalKey(u64);
+
+impl LocalKey {
+    fn of(token: &str) -> LocalKey {
+        const K: u64 = 0x9E37_79B9_7F4A_7C15;
+        let bytes = token.as_bytes();
+        let tail = bytes.get(bytes.len().saturating_sub(64)..).unwrap_or(bytes);
+        let mut h = (bytes.len() as u64).wrapping_mul(K);
+        for w in tail.chunks(8) {
+            let word = w.iter().rev().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
+            h = (h.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        // murmur3's finaliser: every input bit reaches the top bits the table probes with.
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        LocalKey(h ^ (h >> 33))
+    }
+}
+
+/// `a == b` eight bytes at a time (a byte loop in Wasm otherwise, for a ~1 KB token on
+/// every cache hit).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.chunks(8).zip(b.chunks(8)).all(|(x, y)| {
+            let word = |w: &[u8]| w.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
+            word(x) == word(y)
+        })
 }
 
 /// The key is already a uniform hash: take it as is (no per-process random seed needed,
@@ -263,31 +316,10 @@ impl Hasher for PassThroughHasher {
     }
 }
 
-fn token_hash(token: &str) -> TokenHash {
-    TokenHash(sha2::Sha256::digest(token.as_bytes()).into())
-}
-
-/// The cache key of one token: its SHA-256 (the token itself is never stored). Computed
-/// once per request and used for both the lookup and, on a miss, the insert: hashing a
-/// ~1 KB token is the largest single cost of a cache hit.
-#[derive(Clone, Copy)]
-pub struct TokenKey(TokenHash);
-
-impl TokenKey {
-    /// The SHA-256 itself (shared-data records name the token by it).
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &(self.0).0
-    }
-
-    /// Its first eight bytes as a number (already uniform: a slot or bucket index).
-    pub fn prefix_u64(&self) -> u64 {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(self.0 .0.get(..8).unwrap_or(&[0; 8]));
-        u64::from_le_bytes(first)
-    }
-}
-
 struct CacheEntry {
+    /// The token this entry is for: a hit compares bytes, not only hashes (as Envoy's
+    /// `jwt_authn` cache does). Worker memory only, never shared data or logs.
+    token: Box<str>,
     /// Shared, not copied: a hit hands out another `Rc` instead of cloning the claim map
     /// (a `serde_json::Map` with a dozen strings) on every request.
     verified: Rc<Verified>,
@@ -296,15 +328,17 @@ struct CacheEntry {
 
 /// Recently verified tokens, so a repeated token skips signature work.
 ///
-/// Keyed by SHA-256 of the token. An entry is returned only while `now < valid_until`
-/// and only for the key-set `generation` it was verified under (bump the generation when
-/// keys change). Bounded: when full, the oldest inserted entry is evicted (FIFO, O(1)).
+/// Keyed by a fast hash of the token ([`LocalKey`]); an entry holds the token and answers
+/// only for the same bytes, only while `now < valid_until` and only for the key-set
+/// `generation` it was verified under (bump the generation when keys change). Bounded: when
+/// full, the oldest inserted entry is evicted (FIFO, O(1)); memory is at most `max_entries`
+/// tokens (typically 1–2 KB each) plus their claims.
 /// A hit says which provider verified the token: the caller must still check that the
 /// route accepts that provider, and apply route-level audiences and policy.
 pub struct VerifiedCache {
     max_entries: usize,
-    map: HashMap<TokenHash, CacheEntry, BuildHasherDefault<PassThroughHasher>>,
-    order: VecDeque<TokenHash>,
+    map: HashMap<LocalKey, CacheEntry, BuildHasherDefault<PassThroughHasher>>,
+    order: VecDeque<LocalKey>,
     hits: u64,
     misses: u64,
     /// Tokens that recently failed verification (see [`crate::rejected`]).
@@ -324,18 +358,30 @@ impl VerifiedCache {
         }
     }
 
-    /// The key for `token`, or `None` when the cache is disabled (no hashing then).
+    /// The token's place in this cache, or `None` when the cache is disabled.
+    pub fn local_key(&self, token: &str) -> Option<LocalKey> {
+        (self.max_entries != 0).then(|| LocalKey::of(token))
+    }
+
+    /// The token's SHA-256 for records outside this worker (node-shared results, rejected
+    /// tokens), or `None` when the cache is disabled (no hashing then).
     pub fn key(&self, token: &str) -> Option<TokenKey> {
         (self.max_entries != 0).then(|| TokenKey(token_hash(token)))
     }
 
-    /// The entry for `key` while it is still valid at `now`, with the key-set generation
-    /// it was verified under, without counting a hit or miss: the caller learns which
-    /// provider (hence which generation) applies only from the entry's claims, then
-    /// calls [`VerifiedCache::count`] with the outcome.
-    pub fn peek(&self, key: &TokenKey, now: u64) -> Option<(Rc<Verified>, u64)> {
-        match self.map.get(&key.0) {
-            Some(e) if now < e.verified.valid_until => Some((e.verified.clone(), e.generation)),
+    /// The entry for `token` (at `key`, from [`VerifiedCache::local_key`]) while it is
+    /// still valid at `now`, with the key-set generation it was verified under, without
+    /// counting a hit or miss: the caller learns which provider (hence which generation)
+    /// applies only from the entry's claims, then calls [`VerifiedCache::count`] with the
+    /// outcome.
+    pub fn peek(&self, token: &str, key: LocalKey, now: u64) -> Option<(Rc<Verified>, u64)> {
+        match self.map.get(&key) {
+            Some(e)
+                if now < e.verified.valid_until
+                    && same_bytes(e.token.as_bytes(), token.as_bytes()) =>
+            {
+                Some((e.verified.clone(), e.generation))
+            }
             _ => None,
         }
     }
@@ -350,25 +396,32 @@ impl VerifiedCache {
     }
 
     pub fn get(&mut self, token: &str, now: u64, generation: u64) -> Option<Rc<Verified>> {
-        let key = self.key(token)?;
-        let hit = self.peek(&key, now).filter(|(_, g)| *g == generation);
+        let key = self.local_key(token)?;
+        let hit = self.peek(token, key, now).filter(|(_, g)| *g == generation);
         self.count(hit.is_some());
         hit.map(|(v, _)| v)
     }
 
     pub fn insert(&mut self, token: &str, verified: Verified, generation: u64) {
-        if let Some(key) = self.key(token) {
-            self.insert_key(key, Rc::new(verified), generation);
+        if let Some(key) = self.local_key(token) {
+            self.insert_key(token, key, Rc::new(verified), generation);
         }
     }
 
-    /// [`VerifiedCache::insert`] with a key from [`VerifiedCache::key`].
-    pub fn insert_key(&mut self, key: TokenKey, verified: Rc<Verified>, generation: u64) {
+    /// [`VerifiedCache::insert`] with the key from [`VerifiedCache::local_key`]. A token
+    /// whose hash collides with an entry's replaces it.
+    pub fn insert_key(
+        &mut self,
+        token: &str,
+        key: LocalKey,
+        verified: Rc<Verified>,
+        generation: u64,
+    ) {
         if self.max_entries == 0 {
             return;
         }
-        let key = key.0;
         let entry = CacheEntry {
+            token: token.into(),
             verified,
             generation,
         };

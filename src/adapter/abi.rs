@@ -268,12 +268,18 @@ pub fn deserialize_map(bytes: &[u8]) -> Result<Vec<(String, String)>, Status> {
         let value_len = read_u32(bytes, entry.saturating_add(4)).ok_or(Status::ParseFailure)?;
         let key = read_nul_terminated(bytes, &mut pos, key_len).ok_or(Status::ParseFailure)?;
         let value = read_nul_terminated(bytes, &mut pos, value_len).ok_or(Status::ParseFailure)?;
-        map.push((
-            String::from_utf8_lossy(key).into_owned(),
-            String::from_utf8_lossy(value).into_owned(),
-        ));
+        map.push((utf8_or_lossy(key), utf8_or_lossy(value)));
     }
     Ok(map)
+}
+
+/// Valid UTF-8 (every header in practice) is checked by `from_utf8`'s word-at-a-time path;
+/// only invalid bytes go through the slower lossy conversion.
+fn utf8_or_lossy(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 /// Serialises a property path: the segments joined by NUL, no trailing NUL; the empty path

@@ -860,3 +860,46 @@ fn cache_with_real_tokens() {
     // A tampered copy is a different key.
     assert!(cache.get(&tamper_sig(&t), NOW + 1, 7).is_none());
 }
+
+#[test]
+fn a_hit_needs_the_same_token_bytes_not_only_the_same_hash() {
+    use std::rc::Rc;
+    let mut cache = VerifiedCache::new(16);
+    let t = sign(Alg::ES256, &good_claims());
+    let forged = tamper_sig(&t);
+    // Plant the verified entry of `t` where `forged` hashes to: a colliding hash.
+    let at = cache.local_key(&forged).unwrap();
+    cache.insert_key(&t, at, Rc::new(check(&t).unwrap()), 7);
+    assert!(
+        cache.peek(&forged, at, NOW + 1).is_none(),
+        "same bucket, other bytes"
+    );
+    assert!(cache.peek(&t, at, NOW + 1).is_some());
+    // The node-wide name of a token is still its SHA-256.
+    assert_ne!(
+        cache.key(&t).unwrap().as_bytes(),
+        cache.key(&forged).unwrap().as_bytes()
+    );
+}
+
+#[test]
+fn local_keys_spread_over_the_tail_and_length() {
+    let cache = VerifiedCache::new(16);
+    let base = "x".repeat(1000);
+    let k = |s: &str| cache.local_key(s).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for i in 936..1000 {
+        let mut b = base.clone().into_bytes();
+        b[i] = b'y';
+        assert!(seen.insert(k(std::str::from_utf8(&b).unwrap())), "byte {i}");
+    }
+    assert!(seen.insert(k(&base)) && seen.insert(k(&base[..999])) && seen.insert(k("")));
+    // Same tail and length, other head: one bucket, told apart by the bytes.
+    let (mut a, mut b) = (base.clone().into_bytes(), base.clone().into_bytes());
+    a[0] = b'a';
+    b[0] = b'b';
+    let (a, b) = (String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+    assert!(k(&a) == k(&b) && !super::same_bytes(a.as_bytes(), b.as_bytes()));
+    assert!(super::same_bytes(a.as_bytes(), a.clone().as_bytes()));
+    assert!(!super::same_bytes(b"abcdefghi", b"abcdefghj") && !super::same_bytes(b"ab", b"abc"));
+}
