@@ -35,6 +35,7 @@ fn smoke(host: Host) {
     }
     want.extend([
         "ours_warm",
+        "ours_quiet",
         "ours_distinct",
         "ours_flood",
         "ours_cache1",

@@ -51,6 +51,9 @@ pub enum Setup {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Extras {
     None,
+    /// The audit line at `debug`, below the host's level (Envoy `warning`, Kong `notice`):
+    /// the line is still built (the filter cannot ask Kong for its level) but not written.
+    QuietAudit,
     /// A caller registry naming the bench's warm token (audit, metric label, x-caller-name).
     Callers,
     /// The registry and a `rate_limit` keyed by caller, never reached.
@@ -117,6 +120,12 @@ pub fn variants(host: Host) -> Vec<Variant> {
     };
     out.extend([
         v("ours_warm", "ours, warm token", ours(None), Traffic::One),
+        v(
+            "ours_quiet",
+            "ours, warm, audit line below the log level",
+            priced(Extras::QuietAudit),
+            Traffic::One,
+        ),
         v(
             "ours_distinct",
             "ours, distinct tokens (cache hits)",
@@ -247,6 +256,10 @@ fn ours_config(ctx: &Ctx, setup: Setup) -> Value {
         cfg["cache"] = json!({ "max_entries": n });
     }
     if extras == Extras::None {
+        return cfg;
+    }
+    if extras == Extras::QuietAudit {
+        cfg["audit"] = json!({"log_level": "debug"});
         return cfg;
     }
     // The warm token's client (`bench.rs`): a registered caller.
