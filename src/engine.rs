@@ -368,46 +368,29 @@ impl Filter {
             (None, Some(jwt)) => (&jwt.header.kid, jwt.header.alg, &jwt.claims),
             (None, None) => return Err(Unverified::deny(Reason::TokenMalformed)), // unreachable
         };
-        // Unverified until `verify` succeeds; recorded so a denial says who claimed to call.
-        audit.note_claimed(kid.as_deref(), claims);
-        let allowed = route.and_then(|r| r.providers.as_deref());
-        // Provider choice from `iss` comes before any key lookup or fetch: a foreign token
-        // costs nothing and cannot trigger JWKS traffic.
-        let pi = self
-            .providers
-            .select(claims, allowed)
-            .map_err(Unverified::deny)?;
-        let provider = self
-            .providers
-            .get(pi)
-            .ok_or(Unverified::Deny(Reason::IssuerUnknown, None))?;
-        audit.provider = Some(provider.name.clone());
-        // HS* needs no key set; neither does an algorithm this provider does not allow
-        // (`verify` refuses it): such a token must not wait for keys, nor be answered
-        // 503 by a provider that has no JWKS at all.
-        let (keys, generation) = if is_hmac(alg) || !provider.allows(alg) {
-            (None, 0)
-        } else {
-            match env.keys(pi) {
-                KeyState::Ready { keys, generation } => (Some(keys), generation),
-                KeyState::Loading => return Err(Unverified::Wait(pi)),
-                KeyState::Unavailable { retry_after_secs } => {
-                    return Err(Unverified::Deny(
-                        Reason::JwksUnavailable,
-                        Some(retry_after_secs),
-                    ))
-                }
-            }
+        // Who claimed to call is recorded on every way out but a hit (which the caller
+        // records as verified).
+        let claimed = |audit: &mut AuditRecord, e: Unverified| {
+            audit.note_claimed(kid.as_deref(), claims);
+            e
         };
+        let (pi, provider) = self
+            .provider_for(claims, route)
+            .map_err(|e| claimed(audit, e))?;
+        audit.provider = Some(provider.name.clone());
+        let (keys, generation) = self
+            .keys_for(pi, provider, alg, env)
+            .map_err(|e| claimed(audit, e))?;
         if local.is_some() {
             // Same key set and same provider (two providers may share an issuer but not
             // their audiences or other checks).
             let hit = matches!(&cached, Some((v, g)) if *g == generation && v.provider == pi);
             cache.count(hit);
-            if let (true, Some((v, _))) = (hit, cached) {
-                return Ok(v);
+            if let (true, Some((v, _))) = (hit, &cached) {
+                return Ok(Rc::clone(v));
             }
         }
+        audit.note_claimed(kid.as_deref(), claims);
         // A miss: a token that failed under these keys is refused again as it was; one
         // another worker verified under them is taken as it verified it. Both name the
         // token by its SHA-256, computed only now.
@@ -453,6 +436,50 @@ impl Filter {
                 }
                 Err(Unverified::Deny(reason, None))
             }
+        }
+    }
+
+    /// The provider for a token's `iss`, among those the route allows. It comes before
+    /// any key lookup or fetch: a foreign token costs nothing and cannot trigger JWKS
+    /// traffic.
+    fn provider_for(
+        &self,
+        claims: &Claims,
+        route: Option<&Route>,
+    ) -> Result<(usize, &crate::providers::Provider), Unverified> {
+        let allowed = route.and_then(|r| r.providers.as_deref());
+        let pi = self
+            .providers
+            .select(claims, allowed)
+            .map_err(Unverified::deny)?;
+        let provider = self
+            .providers
+            .get(pi)
+            .ok_or(Unverified::Deny(Reason::IssuerUnknown, None))?;
+        Ok((pi, provider))
+    }
+
+    /// The key set (and its generation) a token of `alg` is checked against. HS* needs
+    /// none; neither does an algorithm this provider does not allow (`verify` refuses
+    /// it): such a token must not wait for keys, nor be answered 503 by a provider that
+    /// has no JWKS at all.
+    fn keys_for(
+        &self,
+        pi: usize,
+        provider: &crate::providers::Provider,
+        alg: Alg,
+        env: &mut dyn Env,
+    ) -> Result<(Option<Rc<KeySet>>, u64), Unverified> {
+        if is_hmac(alg) || !provider.allows(alg) {
+            return Ok((None, 0));
+        }
+        match env.keys(pi) {
+            KeyState::Ready { keys, generation } => Ok((Some(keys), generation)),
+            KeyState::Loading => Err(Unverified::Wait(pi)),
+            KeyState::Unavailable { retry_after_secs } => Err(Unverified::Deny(
+                Reason::JwksUnavailable,
+                Some(retry_after_secs),
+            )),
         }
     }
 
@@ -1491,6 +1518,34 @@ mod tests {
         };
         let d = f.decide(&req, later, &mut run.env, &mut run.cache);
         assert_deny(&d, 401, "token_expired");
+    }
+
+    #[test]
+    fn a_cached_token_is_written_as_verified_on_a_hit_and_as_claimed_when_denied() {
+        let f = filter("");
+        let mut run = Run::new(&f, FakeEnv::ready());
+        let t = good();
+        allowed(&run.bearer("GET", "/any/x", &t));
+        let hit = run.bearer("GET", "/any/x", &t);
+        assert_eq!(run.cache.stats().0, 1, "a hit");
+        let a = audit_of(&hit);
+        assert!(a.subject.is_some() && a.iss.is_some(), "{a:?}");
+        assert!(
+            a.claimed_subject.is_none() && a.claimed_iss.is_none(),
+            "{a:?}"
+        );
+        // The cached token on a route that does not allow its provider: denied before
+        // any cache lookup counts, and only claimed.
+        let d = run.bearer("GET", "/hs/x", &t);
+        let a = audit_of(&d);
+        assert!(a.claimed_subject.is_some() && a.subject.is_none(), "{a:?}");
+        // Keys unavailable: the provider is named, the caller only claimed.
+        run.env.keys = Keys::Unavailable(30);
+        let d = run.bearer("GET", "/any/x", &t);
+        assert_deny(&d, 503, "jwks_unavailable");
+        let a = audit_of(&d);
+        assert_eq!(a.provider.as_deref(), Some("entra"));
+        assert!(a.claimed_subject.is_some() && a.subject.is_none(), "{a:?}");
     }
 
     #[test]
