@@ -18,7 +18,6 @@ ENVOY      := $(VENV)/bin/envoy
 WASM       := target/wasm32-wasip1/release/azure_ml_kong.wasm
 # The bench's floor: bench/minimal-filter (reads the request headers, sets one header).
 MINIMAL_WASM := target/wasm32-wasip1/release/minimal_filter.wasm
-MOCKS      := target/release/mock-idp target/release/mock-aml
 WASM_TARGET := wasm32-wasip1
 # Kong Gateway 3.9 built from source (docs/kong.md); the harness reads the same variable.
 AMLK_KONG  ?= /opt/kong/bin/kong
@@ -48,7 +47,7 @@ FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 60
 FUZZ_TARGETS ?= token jwks discovery config policy path headers decide
 
-.PHONY: fuzz soak all setup rust-target venv wrk wasm wasm-shrink minimal-wasm mocks build fmt fmt-check clippy unit e2e test test-envoy test-kong demo bench kong-up kong-down clean size
+.PHONY: fuzz soak all setup rust-target venv wrk wasm wasm-shrink minimal-wasm mocks mocks-release build fmt fmt-check clippy unit e2e test test-envoy test-kong demo bench kong-up kong-down clean size
 
 all: build
 
@@ -94,7 +93,12 @@ minimal-wasm: rust-target
 	$(CARGO) build --release --target $(WASM_TARGET) -p minimal-filter
 	@ls -l $(MINIMAL_WASM) | awk '{print "minimal filter: $(MINIMAL_WASM) " $$5 " bytes"}'
 
+# Debug builds for the tests' harness (the same profile `cargo test` builds, so nothing is
+# compiled twice); release builds for the demo and the bench.
 mocks:
+	$(CARGO) build -p aml-mocks -p aml-harness
+
+mocks-release:
 	$(CARGO) build --release -p aml-mocks -p aml-harness
 
 build: wasm minimal-wasm mocks
@@ -164,11 +168,11 @@ soak: setup build
 	fi
 
 # DEMO_HOST=kong make demo: the tour through Kong 3.9 instead of Envoy.
-demo: setup build
+demo: setup wasm mocks-release
 	target/release/demo
 
 # BENCH_ROUNDS, BENCH_SECONDS, BENCH_HOSTS, BENCH_VARIANTS, BENCH_FILTER_WASM, ...: docs/BENCH.md.
-bench: setup build
+bench: setup wasm minimal-wasm mocks-release
 	target/release/bench
 
 kong-up: wasm

@@ -14,7 +14,7 @@ both_hosts! {
             .parent()
             .map(|d| d.join("demo"))
             .filter(|p| p.exists())
-            .unwrap_or_else(|| panic!("target/release/demo not built (run `make mocks`)"));
+            .unwrap_or_else(|| panic!("{}: demo not built (run `make mocks`)", a.mock_idp.display()));
         let out = Command::new(demo)
             .env("DEMO_ONCE", "1")
             .env("DEMO_HOST", host.name())

@@ -132,6 +132,22 @@ pub fn kong_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_KONG))
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` in the repository).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// The mocks (and the demo) built with the same profile as this harness: the tests' harness
+/// uses `cargo test`'s own debug builds (`make mocks`), `make demo` and `make bench` the
+/// release ones (`make mocks-release`), so no build waits on the other profile.
+const MOCKS_PROFILE: &str = if cfg!(debug_assertions) {
+    "debug"
+} else {
+    "release"
+};
+
 impl Artifacts {
     /// Everything an Envoy run needs.
     pub fn locate() -> Result<Artifacts, Error> {
@@ -141,9 +157,7 @@ impl Artifacts {
     /// Everything a run on `host` needs (the other host's binary may be missing).
     pub fn locate_for(host: Host) -> Result<Artifacts, Error> {
         let root = repo_root();
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
+        let target = target_dir();
         let envoy = std::env::var_os("ENVOY_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join(".venv/bin/envoy"));
@@ -153,8 +167,8 @@ impl Artifacts {
             wasm: std::env::var_os("FILTER_WASM")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| target.join("wasm32-wasip1/release/azure_ml_kong.wasm")),
-            mock_idp: target.join("release/mock-idp"),
-            mock_aml: target.join("release/mock-aml"),
+            mock_idp: target.join(MOCKS_PROFILE).join("mock-idp"),
+            mock_aml: target.join(MOCKS_PROFILE).join("mock-aml"),
         };
         let mut missing = Vec::new();
         match host {

@@ -11,10 +11,10 @@
 //! On a fresh gateway (no keys yet): every fault answers 503 `jwks_unavailable`, the whole
 //! streak is logged once, and good keys end it. Neither crashes a worker or traps a VM.
 //!
-//! Already covered elsewhere (not repeated here): status 500 and a hang (tests/e2e_jwks.rs
+//! Already covered elsewhere (not repeated here): status 500 and a hang (tests/e2e/jwks.rs
 //! `idp_down_*`), a 200 non-JSON body, ~1 MiB and a hang during refresh with once-per-streak
-//! logging (e2e_jwks.rs `jwks_*_during_refresh_*`), 500 from the start then recovery
-//! (e2e_foundation.rs), a foreign `issuer` on a fresh gateway (e2e_harden.rs).
+//! logging (jwks.rs `jwks_*_during_refresh_*`), 500 from the start then recovery
+//! (foundation.rs), a foreign `issuer` on a fresh gateway (harden.rs).
 //!
 //! Every test runs twice: `<name>_envoy` and `<name>_kong`.
 

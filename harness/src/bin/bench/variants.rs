@@ -395,13 +395,7 @@ fn start_kong(ctx: &Ctx, v: &Variant, a: &Artifacts, dir: &Path) -> Result<Kong,
     o.declarative = Some(declarative);
     o.workers = 1;
     o.log_level = ctx.kong_log_level.clone();
-    if let Some(cache) = &ctx.wasmtime_cache {
-        let prefix = dir.join("kong-prefix");
-        std::fs::create_dir_all(cache).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&prefix).map_err(|e| e.to_string())?;
-        std::os::unix::fs::symlink(cache, prefix.join(".wasmtime_cache"))
-            .map_err(|e| format!("wasmtime cache link: {e}"))?;
-    }
+    o.compile_cache = ctx.wasmtime_cache.clone();
     let wasm_log = dir.join("wasm.log");
     o.conf = vec![
         (
