@@ -421,12 +421,7 @@ impl Gateway {
         ];
         match self.proxy {
             Proxy::Envoy(_) => Vec::new(),
-            Proxy::Kong(_) => self
-                .log()
-                .lines()
-                .filter(|l| SIGNS.iter().any(|s| l.contains(s)))
-                .map(str::to_string)
-                .collect(),
+            Proxy::Kong(_) => kong_crash_lines(&self.log(), &SIGNS),
         }
     }
 
@@ -492,6 +487,25 @@ impl Drop for Gateway {
     }
 }
 
+/// The lines of a Kong error log with one of `signs`, except a worker's SIGKILL once the
+/// master is shutting down: nginx's master kills the workers that have not exited a second
+/// after its own SIGTERM (`kong stop`), which on a busy machine is a slow exit, not a crash.
+/// Any other signal (SIGSEGV, SIGABRT, ...) counts whenever it comes.
+fn kong_crash_lines(log: &str, signs: &[&str]) -> Vec<String> {
+    let mut stopping = false;
+    let mut out = Vec::new();
+    for line in log.lines() {
+        if line.contains("signal 15 (SIGTERM) received") {
+            stopping = true;
+        }
+        let shutdown_kill = stopping && line.contains("exited on signal 9");
+        if !shutdown_kill && signs.iter().any(|s| line.contains(s)) {
+            out.push(line.to_string());
+        }
+    }
+    out
+}
+
 /// The audit JSON object in one log line, if it holds one.
 fn audit_json(line: &str) -> Option<Value> {
     let i = line.find("{\"time\"")?;
@@ -499,4 +513,27 @@ fn audit_json(line: &str) -> Option<Value> {
         .into_iter::<Value>()
         .next()?
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kong_crash_lines;
+
+    #[test]
+    fn a_shutdown_kill_is_not_a_crash_but_a_segfault_is() {
+        let signs = ["exited on signal", "[emerg]"];
+        let log = "\
+[alert] 1#0: worker process 7 exited on signal 9
+[notice] 1#0: signal 15 (SIGTERM) received from 9, exiting
+[alert] 1#0: worker process 8 exited on signal 9
+[alert] 1#0: worker process 6 exited on signal 11 (core dumped)
+";
+        assert_eq!(
+            kong_crash_lines(log, &signs),
+            [
+                "[alert] 1#0: worker process 7 exited on signal 9",
+                "[alert] 1#0: worker process 6 exited on signal 11 (core dumped)"
+            ]
+        );
+    }
 }
