@@ -9,12 +9,9 @@ both_hosts! {
     fn demo_tour_shows_allowed_and_denied_calls(host: Host) {
         // Fails (never skips) with the build command when something is missing.
         let a = aml_harness::Artifacts::locate_for(host).unwrap_or_else(|e| panic!("{e}"));
-        let demo = a
-            .mock_idp
-            .parent()
-            .map(|d| d.join("demo"))
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| panic!("{}: demo not built (run `make mocks`)", a.mock_idp.display()));
+        // The demo binary sits beside the mocks (the same profile as this test's harness).
+        let demo = a.mock_idp.with_file_name("demo");
+        assert!(demo.exists(), "{} not built (run `make mocks`)", demo.display());
         let out = Command::new(demo)
             .env("DEMO_ONCE", "1")
             .env("DEMO_HOST", host.name())
