@@ -20,7 +20,7 @@ use crate::jwks::KeySet;
 use crate::keycache::JwksSource;
 use crate::limits::{self, Counters, Limited};
 use crate::policy::{self, Route, Routes};
-use crate::providers::Providers;
+use crate::providers::{Provider, Providers};
 use crate::ratelimit;
 use crate::reason::Reason;
 use crate::request::{RequestView, TokenLocation};
@@ -446,7 +446,7 @@ impl Filter {
         &self,
         claims: &Claims,
         route: Option<&Route>,
-    ) -> Result<(usize, &crate::providers::Provider), Unverified> {
+    ) -> Result<(usize, &Provider), Unverified> {
         let allowed = route.and_then(|r| r.providers.as_deref());
         let pi = self
             .providers
@@ -466,7 +466,7 @@ impl Filter {
     fn keys_for(
         &self,
         pi: usize,
-        provider: &crate::providers::Provider,
+        provider: &Provider,
         alg: Alg,
         env: &mut dyn Env,
     ) -> Result<(Option<Rc<KeySet>>, u64), Unverified> {
