@@ -462,10 +462,17 @@ where
             Ok(out)
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<T>, A::Error> {
-            match map.next_key::<String>()? {
-                None => Ok(Vec::new()),
-                Some(_) => Err(serde::de::Error::custom("expected a list")),
+            if map.next_key::<serde::de::IgnoredAny>()?.is_none() {
+                return Ok(Vec::new());
             }
+            // Read the object to its end first: serde_json places the error where the
+            // deserializer stands, and `parse` names the field from that place.
+            map.next_value::<serde::de::IgnoredAny>()?;
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            Err(serde::de::Error::custom("expected a list"))
         }
     }
     d.deserialize_any(V(core::marker::PhantomData))
@@ -479,43 +486,65 @@ where
     lenient_vec(d).map(Some)
 }
 
-/// An object of string → string, kept in order; `{}` or `[]` mean empty.
+/// An object of string → string, kept in order; `{}` or `[]` mean empty. A visitor, so
+/// that serde_json places an error at the entry that caused it (see `parse`).
 fn lenient_map<'de, D>(d: D) -> Result<Vec<(String, String)>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
-    let v = Value::deserialize(d)?;
-    match v {
-        Value::Array(a) if a.is_empty() => Ok(Vec::new()),
-        Value::Object(m) => m
-            .into_iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k, s)),
-                _ => Err(serde::de::Error::custom(format!(
-                    "{k}: expected a string value"
-                ))),
-            })
-            .collect(),
-        _ => Err(serde::de::Error::custom(
-            "expected an object of header: value",
-        )),
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("an object of header: value")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((name, value)) = map.next_entry::<String, String>()? {
+                // A repeated name: the last one wins, as in a JSON object.
+                match out.iter_mut().find(|(n, _)| *n == name) {
+                    Some(slot) => slot.1 = value,
+                    None => out.push((name, value)),
+                }
+            }
+            Ok(out)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            match seq.next_element::<serde::de::IgnoredAny>()? {
+                None => Ok(Vec::new()),
+                Some(_) => Err(serde::de::Error::custom(
+                    "expected an object of header: value",
+                )),
+            }
+        }
     }
+    d.deserialize_any(V)
 }
 
 /// Parse the filter configuration (raw model) with field paths in errors.
 pub fn parse(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let cfg: FilterConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
+    serde_json::from_slice(bytes).map_err(|e| {
+        let offset = crate::json_path::offset_of(bytes, e.line(), e.column());
+        // An enum written as an object stops just after its key (`unknown variant`): the
+        // field is the object, not the key.
+        let path = if e.to_string().starts_with("unknown variant") {
+            crate::json_path::of_value_at(bytes, offset)
+        } else {
+            crate::json_path::at_offset(bytes, offset)
+        };
         let message = if holds_secret(&path) {
             "invalid value (not shown: the field holds a secret)".to_string()
         } else {
-            clean_serde_message(&inner)
+            clean_serde_message(&e)
         };
-        ConfigError::new(if path == "." { String::new() } else { path }, message)
-    })?;
-    Ok(cfg)
+        ConfigError::new(path, message)
+    })
 }
 
 /// Fields whose values are secrets (serde's messages quote the value): client and HMAC

@@ -33,6 +33,7 @@ pub mod engine;
 pub mod explain;
 pub mod headers;
 pub mod jose;
+pub mod json_path;
 pub mod jwks;
 pub mod keycache;
 pub mod limits;

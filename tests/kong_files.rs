@@ -1628,3 +1628,120 @@ fn docs_and_examples_exist() {
         assert!(Path::new(&root().join(f)).is_file(), "{f} missing");
     }
 }
+
+/// Every variant of a config with one wrong-typed value, one unknown key or one missing key.
+fn broken_variants(v: &Value) -> Vec<Value> {
+    fn walk(v: &Value, at: &mut Vec<Value>, out: &mut Vec<Value>, root: &Value) {
+        // `at` holds the path as keys (strings) and indices (numbers).
+        let replace = |with: Option<Value>, rename: Option<String>| {
+            let mut doc = root.clone();
+            let (last, parents) = at.split_last().expect("not the root");
+            let mut node = &mut doc;
+            for step in parents {
+                node = match step {
+                    Value::String(k) => node.get_mut(k.as_str()).expect("key"),
+                    n => node
+                        .get_mut(n.as_u64().expect("index") as usize)
+                        .expect("index"),
+                };
+            }
+            match (last, node) {
+                (Value::String(k), Value::Object(m)) => {
+                    let old = m.remove(k.as_str()).expect("key");
+                    if let Some(new_key) = rename {
+                        m.insert(new_key, old);
+                    } else if let Some(w) = with {
+                        m.insert(k.clone(), w);
+                    }
+                }
+                (n, Value::Array(a)) => {
+                    let i = n.as_u64().expect("index") as usize;
+                    a[i] = with.unwrap_or(Value::Null);
+                }
+                _ => unreachable!(),
+            }
+            doc
+        };
+        if !at.is_empty() {
+            let wrong = match v {
+                Value::String(_) => json!(5),
+                Value::Number(_) | Value::Bool(_) => json!("x"),
+                Value::Array(_) => json!("x"),
+                Value::Object(_) => json!(7),
+                Value::Null => json!({"x": 1}),
+            };
+            out.push(replace(Some(wrong), None));
+            // Containers of the other kind, with something in them.
+            let other = match v {
+                Value::Array(_) | Value::String(_) => json!({"x": 1}),
+                _ => json!([1]),
+            };
+            out.push(replace(Some(other), None));
+            if let Some(Value::String(k)) = at.last() {
+                out.push(replace(None, Some(format!("{k}_x"))));
+                out.push(replace(None, None));
+            }
+        }
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    at.push(Value::String(k.clone()));
+                    walk(child, at, out, root);
+                    at.pop();
+                }
+            }
+            Value::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    at.push(json!(i));
+                    walk(child, at, out, root);
+                    at.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut Vec::new(), &mut out, v);
+    out
+}
+
+#[test]
+fn config_errors_name_the_field_a_path_tracking_parser_names() {
+    let mut compared = 0;
+    let mut differ = Vec::new();
+    for f in all_configs() {
+        for doc in broken_variants(&f.config) {
+            for text in [
+                serde_json::to_string(&doc).expect("json"),
+                serde_json::to_string_pretty(&doc).expect("json"),
+            ] {
+                let Err(ours) = azure_ml_kong::config::parse(text.as_bytes()) else {
+                    continue;
+                };
+                let de = &mut serde_json::Deserializer::from_str(&text);
+                let reference: Result<azure_ml_kong::config::FilterConfig, _> =
+                    serde_path_to_error::deserialize(de);
+                let reference = reference.expect_err("both parsers reject it");
+                let want = match reference.path().to_string() {
+                    p if p == "." => String::new(),
+                    p => p,
+                };
+                compared += 1;
+                if ours.path != want {
+                    differ.push(format!(
+                        "{}: ours {:?}, reference {want:?}",
+                        f.file, ours.path
+                    ));
+                }
+            }
+        }
+    }
+    eprintln!("{compared} broken configs: the same field named by both parsers");
+    assert!(compared > 200, "only {compared} broken configs");
+    assert!(
+        differ.is_empty(),
+        "{} of {compared} differ:\n{}",
+        differ.len(),
+        differ.join("\n")
+    );
+}
