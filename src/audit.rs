@@ -220,15 +220,154 @@ impl AuditRecord {
         self.reason = Some(reason);
     }
 
-    /// The record as one JSON line (no trailing newline).
+    /// The record as one JSON line (no trailing newline): the fields in declaration order,
+    /// `None` left out, exactly as `serde_json::to_string` writes it. Written by hand: it
+    /// runs on every decision, and serde's general path was a fifth of the filter's time
+    /// on a cache hit in Kong.
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+        let mut line = String::with_capacity(192 + self.path.len());
+        line.push_str("{\"time\":");
+        push_u64(&mut line, self.time);
+        push_field(&mut line, "request_id", Some(&self.request_id));
+        push_field(&mut line, "route", self.route.as_deref());
+        push_field(&mut line, "method", Some(&self.method));
+        push_field(&mut line, "path", Some(&self.path));
+        push_field(&mut line, "decision", Some(self.decision.as_str()));
+        line.push_str(",\"status\":");
+        push_u64(&mut line, u64::from(self.status));
+        push_field(&mut line, "reason", self.reason.map(Reason::code));
+        for (name, value) in [
+            ("provider", &self.provider),
+            ("iss", &self.iss),
+            ("tid", &self.tid),
+            ("subject", &self.subject),
+            ("app", &self.app),
+            ("kid", &self.kid),
+            ("caller", &self.caller),
+            ("owner", &self.owner),
+            ("claimed_iss", &self.claimed_iss),
+            ("claimed_tid", &self.claimed_tid),
+            ("claimed_subject", &self.claimed_subject),
+            ("claimed_app", &self.claimed_app),
+            ("claimed_kid", &self.claimed_kid),
+            ("credential", &self.credential),
+        ] {
+            push_field(&mut line, name, value.as_deref());
+        }
+        line.push('}');
+        line
+    }
+}
+
+/// `,"name":"value"`, or nothing for `None`. Names are plain ASCII.
+fn push_field(line: &mut String, name: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        line.push_str(",\"");
+        line.push_str(name);
+        line.push_str("\":");
+        push_json_str(line, v);
+    }
+}
+
+/// `s` as a JSON string, escaped as serde_json escapes it: `"` and `\\`, the short forms
+/// of \b \f \n \r \t, other C0 controls as `\u00XX`; everything else as it is.
+fn push_json_str(line: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    line.push('"');
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let short = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // `i` is an ASCII byte, so both cuts fall on character boundaries.
+        line.push_str(s.get(from..i).unwrap_or(""));
+        if short.is_empty() {
+            line.push_str("\\u00");
+            for nibble in [b >> 4, b & 0xf] {
+                line.push(char::from(
+                    HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+                ));
+            }
+        } else {
+            line.push_str(short);
+        }
+        from = i + 1;
+    }
+    line.push_str(s.get(from..).unwrap_or(""));
+    line.push('"');
+}
+
+fn push_u64(line: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in digits.get(at..).unwrap_or(&[]) {
+        line.push(char::from(d));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_line_is_what_serde_json_writes() {
+        let req = RequestView {
+            method: "POST",
+            path: "/teams/a/score?x=1",
+            authority: "h",
+            headers: &[],
+        };
+        let mut bare = AuditRecord::new(0, "", &req);
+        let mut full = AuditRecord::new(u64::MAX, "rid-\"1\"\\", &req);
+        full.route = Some("team\u{1}\u{1f}\n\r\t\u{8}\u{c}\u{7f}é中\u{85}".into());
+        full.path = "/a\"b\\c/\u{0}".into();
+        full.deny(Reason::AudienceMismatch, 403);
+        for (i, field) in [
+            &mut full.provider,
+            &mut full.iss,
+            &mut full.tid,
+            &mut full.subject,
+            &mut full.app,
+            &mut full.kid,
+            &mut full.caller,
+            &mut full.owner,
+            &mut full.claimed_iss,
+            &mut full.claimed_tid,
+            &mut full.claimed_subject,
+            &mut full.claimed_app,
+            &mut full.claimed_kid,
+            &mut full.credential,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            *field = Some(format!("v{i}\"\\\u{2}"));
+        }
+        for r in [&bare, &full] {
+            assert_eq!(r.to_json_line(), serde_json::to_string(r).unwrap());
+        }
+        bare.allow();
+        bare.time = 1_700_000_000_123;
+        assert_eq!(bare.to_json_line(), serde_json::to_string(&bare).unwrap());
+    }
 
     #[test]
     fn capped_values() {

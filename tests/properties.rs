@@ -55,6 +55,28 @@ fn allowed_claims() -> impl Strategy<Value = Value> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
+    /// The hand-written audit line is the JSON serde_json writes for the same record, for
+    /// any text in any field (methods, paths and request ids come from the client).
+    #[test]
+    fn an_audit_line_is_what_serde_json_writes(
+        method in any::<String>(),
+        path in any::<String>(),
+        request_id in any::<String>(),
+        route in proptest::option::of(any::<String>()),
+        kid in proptest::option::of(any::<String>()),
+        time in any::<u64>(),
+        status in any::<u32>(),
+    ) {
+        use azure_ml_kong::audit::AuditRecord;
+        use azure_ml_kong::request::RequestView;
+        let req = RequestView { method: &method, path: &path, authority: "", headers: &[] };
+        let mut r = AuditRecord::new(time, &request_id, &req);
+        r.route = route;
+        r.claimed_kid = kid;
+        r.status = status;
+        prop_assert_eq!(r.to_json_line(), serde_json::to_string(&r).unwrap());
+    }
+
     #[test]
     fn a_token_signed_by_a_configured_key_with_allowed_claims_verifies(c in allowed_claims(), hs in any::<bool>()) {
         let t = if hs {
