@@ -155,16 +155,17 @@ fn render(stack: &[Frame]) -> String {
 /// The byte offset of serde_json's one-based `line` and `column` (bytes within the line)
 /// in `doc`; 0 when the error has no position.
 pub fn offset_of(doc: &[u8], line: usize, column: usize) -> usize {
-    if line == 0 {
-        return 0;
-    }
-    let line_start = doc
-        .iter()
-        .enumerate()
-        .filter(|(_, &b)| b == b'\n')
-        .nth(line.saturating_sub(2))
-        .map_or(doc.len(), |(i, _)| i + 1);
-    let line_start = if line == 1 { 0 } else { line_start };
+    let line_start = match line {
+        0 => return 0,
+        1 => 0,
+        // Just after the newline that ends line `line - 1`.
+        _ => doc
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .nth(line - 2)
+            .map_or(doc.len(), |(i, _)| i + 1),
+    };
     line_start.saturating_add(column).min(doc.len())
 }
 

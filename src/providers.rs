@@ -50,14 +50,6 @@ impl IssuerTemplate {
                 .is_some_and(|t| t == TENANT_PLACEHOLDER || is_guid(t)),
         }
     }
-
-    /// The issuer for this `tid` (a template filled in, or the exact string).
-    pub fn render(&self, tid: &str) -> String {
-        match self {
-            IssuerTemplate::Exact(s) => s.clone(),
-            IssuerTemplate::Tenant { prefix, suffix } => format!("{prefix}{tid}{suffix}"),
-        }
-    }
 }
 
 /// Where the provider's keys come from.
