@@ -222,8 +222,8 @@ impl AuditRecord {
 
     /// The record as one JSON line (no trailing newline): the fields in declaration order,
     /// `None` left out, exactly as `serde_json::to_string` writes it. Written by hand: it
-    /// runs on every decision, and serde's general path was a fifth of the filter's time
-    /// on a cache hit in Kong.
+    /// runs on every decision, and serde's general path was about a fifth of the request
+    /// header callback's time on a cache hit in Kong (perf, Wasmtime perfmap).
     pub fn to_json_line(&self) -> String {
         let mut line = String::with_capacity(192 + self.path.len());
         line.push_str("{\"time\":");
@@ -305,22 +305,10 @@ fn push_json_str(line: &mut String, s: &str) {
     line.push('"');
 }
 
-fn push_u64(line: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        if let Some(d) = digits.get_mut(at) {
-            *d = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in digits.get(at..).unwrap_or(&[]) {
-        line.push(char::from(d));
-    }
+fn push_u64(line: &mut String, n: u64) {
+    use core::fmt::Write as _;
+    // Writing to a String cannot fail.
+    let _ = write!(line, "{n}");
 }
 
 #[cfg(test)]

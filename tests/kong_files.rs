@@ -1629,7 +1629,8 @@ fn docs_and_examples_exist() {
     }
 }
 
-/// Every variant of a config with one wrong-typed value, one unknown key or one missing key.
+/// Every variant of a config with one change: a wrong-typed value, a container of the other
+/// kind, an unknown key or a missing key.
 fn broken_variants(v: &Value) -> Vec<Value> {
     fn walk(v: &Value, at: &mut Vec<Value>, out: &mut Vec<Value>, root: &Value) {
         // `at` holds the path as keys (strings) and indices (numbers).

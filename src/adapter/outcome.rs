@@ -155,7 +155,7 @@ fn publish_ngx(host: &impl Host, state: &Rc<RefCell<State>>, audit: &AuditRecord
     }
     for ((name, value), known) in kong_props(audit).iter().zip(st.ngx_vars.0.iter_mut()) {
         // Declared as `''` (kong/azure_ml_kong.vars.conf) and set once per request: an
-        // empty value is already there, and a host call costs about a microsecond.
+        // empty value is already there, and each set is a trip through the host.
         if *known == Some(false) || value.is_empty() {
             continue;
         }
