@@ -1,19 +1,23 @@
 //! Tokens that recently failed verification, per worker, so a repeated forged token is
-//! refused again without signature work: a flood of one bad token costs each worker one
-//! verification. Only outcomes that cannot change for the same token, provider and key
-//! set are kept ([`is_lasting`]), for [`TTL_SECS`] at most, and the answer is the reason
-//! the fresh check gave.
+//! refused again without signature work: a flood that repeats up to [`REJECTED_MAX`]
+//! distinct bad tokens costs each worker one verification per token. Only outcomes that
+//! cannot change for the same token, provider and key set are kept ([`is_lasting`]), for
+//! [`TTL_SECS`] at most, and the answer is the reason the fresh check gave.
 //!
 //! Per worker, not in shared data: the lookup is free (no host call on any request), and
 //! a node-wide record per forged token would let a flood of distinct forged tokens evict
 //! valid callers' shared verifications and grow writes into the zone they share.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 
 use crate::reason::Reason;
+use crate::verify::PassThroughHasher;
 
-/// Entries per worker (a linear scan on a local miss only: cheap at this size).
-pub const REJECTED_MAX: usize = 256;
+/// Entries per worker (at most `cache.max_entries`): about 100 bytes each, so 400 KiB of a
+/// worker's memory when full. Lookups are O(1), so the bound is set by memory, not by the
+/// cost of a miss.
+pub const REJECTED_MAX: usize = 4096;
 
 /// How long a failure is remembered.
 pub const TTL_SECS: u64 = 300;
@@ -26,10 +30,17 @@ struct Entry {
     until: u64,
 }
 
-/// Recently failed token hashes (FIFO, bounded).
+/// Recently failed token hashes (FIFO, bounded), indexed by the first eight bytes of the
+/// SHA-256 (uniform; an entry still answers only for its whole hash).
 pub struct Rejected {
     max: usize,
-    entries: VecDeque<Entry>,
+    map: HashMap<u64, Entry, BuildHasherDefault<PassThroughHasher>>,
+    order: VecDeque<u64>,
+}
+
+fn index(hash: &[u8; 32]) -> u64 {
+    let [a, b, c, d, e, f, g, h, ..] = *hash;
+    u64::from_le_bytes([a, b, c, d, e, f, g, h])
 }
 
 /// A verification outcome that holds for as long as the token, its provider and the key
@@ -54,20 +65,22 @@ impl Rejected {
     pub fn new(max: usize) -> Rejected {
         Rejected {
             max,
-            entries: VecDeque::new(),
+            map: HashMap::default(),
+            order: VecDeque::new(),
         }
     }
 
     /// The reason `hash` was refused for `provider` under `scope`, while remembered.
     pub fn get(&self, hash: &[u8; 32], provider: usize, scope: u64, now: u64) -> Option<Reason> {
-        self.entries
-            .iter()
-            .find(|e| e.hash == *hash && e.provider == provider && e.scope == scope)
+        self.map
+            .get(&index(hash))
+            .filter(|e| e.hash == *hash && e.provider == provider && e.scope == scope)
             .filter(|e| now < e.until)
             .map(|e| e.reason)
     }
 
-    /// Remember a lasting failure (others are ignored).
+    /// Remember a lasting failure (others are ignored). A token already remembered (or one
+    /// sharing its index) is replaced in place and keeps its place in the eviction order.
     pub fn insert(
         &mut self,
         hash: &[u8; 32],
@@ -79,29 +92,41 @@ impl Rejected {
         if self.max == 0 || !is_lasting(reason) {
             return;
         }
-        self.entries.retain(|e| e.hash != *hash);
-        while self.entries.len() >= self.max {
-            self.entries.pop_front();
-        }
-        self.entries.push_back(Entry {
+        let entry = Entry {
             hash: *hash,
             provider,
             scope,
             reason,
             until: now.saturating_add(TTL_SECS),
-        });
+        };
+        let i = index(hash);
+        if let Some(e) = self.map.get_mut(&i) {
+            *e = entry;
+            return;
+        }
+        while self.map.len() >= self.max {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.map.insert(i, entry);
+        self.order.push_back(i);
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.map.is_empty()
     }
 
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.map.clear();
+        self.order.clear();
     }
 }
 
@@ -138,5 +163,37 @@ mod tests {
         let mut off = Rejected::new(0);
         off.insert(&a, 0, 5, Reason::SignatureInvalid, 100);
         assert!(off.is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_many_distinct_bad_tokens_is_remembered_up_to_the_bound() {
+        let mut r = Rejected::new(REJECTED_MAX);
+        let hash = |n: usize| {
+            let mut h = [0u8; 32];
+            h[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            h[31] = 7;
+            h
+        };
+        for n in 0..REJECTED_MAX + 10 {
+            r.insert(&hash(n), 0, 1, Reason::SignatureInvalid, 100);
+        }
+        assert_eq!(r.len(), REJECTED_MAX);
+        assert_eq!(r.get(&hash(9), 0, 1, 100), None, "the oldest are evicted");
+        let last = REJECTED_MAX + 9;
+        assert_eq!(r.get(&hash(10), 0, 1, 100), Some(Reason::SignatureInvalid));
+        assert_eq!(
+            r.get(&hash(last), 0, 1, 100),
+            Some(Reason::SignatureInvalid)
+        );
+        // Same index, another hash: not this entry's answer.
+        let mut other = hash(last);
+        other[31] = 8;
+        assert_eq!(r.get(&other, 0, 1, 100), None);
+        // Re-inserted: replaced in place, the bound holds.
+        r.insert(&hash(last), 0, 2, Reason::TokenExpired, 200);
+        assert_eq!(r.len(), REJECTED_MAX);
+        assert_eq!(r.get(&hash(last), 0, 2, 200), Some(Reason::TokenExpired));
+        r.clear();
+        assert!(r.is_empty());
     }
 }

@@ -309,7 +309,7 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 /// The key is already a uniform hash: take it as is (no per-process random seed needed,
 /// which also avoids a WASI `random_get` call).
 #[derive(Default)]
-struct PassThroughHasher(u64);
+pub(crate) struct PassThroughHasher(u64);
 
 impl Hasher for PassThroughHasher {
     fn finish(&self) -> u64 {
