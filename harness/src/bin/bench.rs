@@ -393,7 +393,7 @@ fn measure(
         }
         wrk::run(&load(file.as_path(), s.connections, s.warmup_seconds))?;
     }
-    let before = machine::cpu_sample();
+    let before = machine::cpu_sample(&gw.detached_pids());
     let (out, forged) = match v.traffic {
         Traffic::Flood => {
             // Half the connections are valid callers, half send the forged tokens; only the
@@ -406,7 +406,7 @@ fn measure(
         }
         _ => (wrk::run(&load(file, s.connections, s.seconds))?, None),
     };
-    let other_cores = machine::cpu_sample()
+    let other_cores = machine::cpu_sample(&gw.detached_pids())
         .zip(before)
         .map(|(b, a)| b.foreign_cores_since(&a));
     println!(

@@ -23,8 +23,9 @@ impl CpuSample {
     }
 }
 
-/// Linux only; `None` elsewhere. Both counters are in clock ticks.
-pub fn cpu_sample() -> Option<CpuSample> {
+/// Linux only; `None` elsewhere. Both counters are in clock ticks. `also_ours`: roots of
+/// other process trees that belong to the run (a daemonized gateway).
+pub fn cpu_sample(also_ours: &[u32]) -> Option<CpuSample> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let fields: Vec<u64> = stat
         .lines()
@@ -59,6 +60,7 @@ pub fn cpu_sample() -> Option<CpuSample> {
         procs.push((pid, num(1) as u32, num(11) + num(12)));
     }
     let mut ours = vec![std::process::id()];
+    ours.extend(also_ours.iter().filter(|p| **p != std::process::id()));
     let mut own = 0;
     let mut i = 0;
     while i < ours.len() {

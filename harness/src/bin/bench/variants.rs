@@ -203,6 +203,18 @@ impl Started {
         }
     }
 
+    /// Processes of the gateway outside the bench's own process tree: Kong's nginx master
+    /// daemonizes (its parent becomes init), so its CPU would otherwise count as "other".
+    pub fn detached_pids(&self) -> Vec<u32> {
+        match &self.gw {
+            Running::Envoy(_) => Vec::new(),
+            Running::Kong(k) => u32::try_from(k.pid)
+                .into_iter()
+                .filter(|p| *p > 1)
+                .collect(),
+        }
+    }
+
     pub fn log_tail(&self, n: usize) -> String {
         let log = match &self.gw {
             Running::Envoy(e) => e.log(),
