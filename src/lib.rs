@@ -31,6 +31,7 @@ pub mod engine;
 // The operator CLI's step-by-step story of a decision; never part of the filter module.
 #[cfg(not(target_arch = "wasm32"))]
 pub mod explain;
+pub mod fifo;
 pub mod headers;
 pub mod jose;
 pub mod json_path;

@@ -8,11 +8,8 @@
 //! a node-wide record per forged token would let a flood of distinct forged tokens evict
 //! valid callers' shared verifications and grow writes into the zone they share.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
-
+use crate::fifo::FifoMap;
 use crate::reason::Reason;
-use crate::verify::PassThroughHasher;
 
 /// Entries per worker (at most `cache.max_entries`): about 100 bytes each, so 400 KiB of a
 /// worker's memory when full. Lookups are O(1), so the bound is set by memory, not by the
@@ -33,9 +30,7 @@ struct Entry {
 /// Recently failed token hashes (FIFO, bounded), indexed by the first eight bytes of the
 /// SHA-256 (uniform; an entry still answers only for its whole hash).
 pub struct Rejected {
-    max: usize,
-    map: HashMap<u64, Entry, BuildHasherDefault<PassThroughHasher>>,
-    order: VecDeque<u64>,
+    entries: FifoMap<u64, Entry>,
 }
 
 fn index(hash: &[u8; 32]) -> u64 {
@@ -64,15 +59,13 @@ impl Rejected {
     /// `max == 0`: nothing is remembered.
     pub fn new(max: usize) -> Rejected {
         Rejected {
-            max,
-            map: HashMap::default(),
-            order: VecDeque::new(),
+            entries: FifoMap::new(max),
         }
     }
 
     /// The reason `hash` was refused for `provider` under `scope`, while remembered.
     pub fn get(&self, hash: &[u8; 32], provider: usize, scope: u64, now: u64) -> Option<Reason> {
-        self.map
+        self.entries
             .get(&index(hash))
             .filter(|e| e.hash == *hash && e.provider == provider && e.scope == scope)
             .filter(|e| now < e.until)
@@ -89,7 +82,7 @@ impl Rejected {
         reason: Reason,
         now: u64,
     ) {
-        if self.max == 0 || !is_lasting(reason) {
+        if !is_lasting(reason) {
             return;
         }
         let entry = Entry {
@@ -99,34 +92,19 @@ impl Rejected {
             reason,
             until: now.saturating_add(TTL_SECS),
         };
-        let i = index(hash);
-        if let Some(e) = self.map.get_mut(&i) {
-            *e = entry;
-            return;
-        }
-        while self.map.len() >= self.max {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.map.remove(&old);
-                }
-                None => break,
-            }
-        }
-        self.map.insert(i, entry);
-        self.order.push_back(i);
+        self.entries.insert(index(hash), entry);
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.entries.is_empty()
     }
 
     pub fn clear(&mut self) {
-        self.map.clear();
-        self.order.clear();
+        self.entries.clear();
     }
 }
 

@@ -19,9 +19,7 @@
 //! `TenantNotAllowed`: the key is restricted to other tenants, so this tenant may not
 //! use it. Sovereign-cloud v1/v2 host pairs are not mapped.
 
-use std::collections::hash_map::HashMap;
-use std::collections::VecDeque;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::Hash;
 use std::rc::Rc;
 
 use jwt_simple::prelude::*;
@@ -30,6 +28,7 @@ use serde_json::Value;
 use sha2::Digest as _;
 
 use crate::claims::Claims;
+use crate::fifo::FifoMap;
 use crate::jose::{numeric_date, Alg, DecodedJwt};
 use crate::jwks::{Jwk, KeyKind, KeySet};
 use crate::providers::{is_guid, Provider, TENANT_PLACEHOLDER};
@@ -306,25 +305,6 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
         && x.remainder() == y.remainder()
 }
 
-/// The key is already a uniform hash: take it as is (no per-process random seed needed,
-/// which also avoids a WASI `random_get` call).
-#[derive(Default)]
-pub(crate) struct PassThroughHasher(u64);
-
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 ^= n;
-    }
-}
-
 struct CacheEntry {
     /// The token this entry is for: a hit compares bytes, not only hashes (as Envoy's
     /// `jwt_authn` cache does). Worker memory only, never shared data or logs.
@@ -346,8 +326,7 @@ struct CacheEntry {
 /// route accepts that provider, and apply route-level audiences and policy.
 pub struct VerifiedCache {
     max_entries: usize,
-    map: HashMap<LocalKey, CacheEntry, BuildHasherDefault<PassThroughHasher>>,
-    order: VecDeque<LocalKey>,
+    entries: FifoMap<LocalKey, CacheEntry>,
     hits: u64,
     misses: u64,
     /// Tokens that recently failed verification (see [`crate::rejected`]).
@@ -359,8 +338,7 @@ impl VerifiedCache {
     pub fn new(max_entries: usize) -> Self {
         VerifiedCache {
             max_entries,
-            map: HashMap::default(),
-            order: VecDeque::new(),
+            entries: FifoMap::new(max_entries),
             hits: 0,
             misses: 0,
             rejected: Rejected::new(max_entries.min(REJECTED_MAX)),
@@ -384,7 +362,7 @@ impl VerifiedCache {
     /// applies only from the entry's claims, then calls [`VerifiedCache::count`] with the
     /// outcome.
     pub fn peek(&self, token: &str, key: LocalKey, now: u64) -> Option<(Rc<Verified>, u64)> {
-        match self.map.get(&key) {
+        match self.entries.get(&key) {
             Some(e)
                 if now < e.verified.valid_until
                     && same_bytes(e.token.as_bytes(), token.as_bytes()) =>
@@ -434,33 +412,19 @@ impl VerifiedCache {
             verified,
             generation,
         };
-        if let Some(e) = self.map.get_mut(&key) {
-            *e = entry;
-            return;
-        }
-        while self.map.len() >= self.max_entries {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.map.remove(&old);
-                }
-                None => break,
-            }
-        }
-        self.map.insert(key, entry);
-        self.order.push_back(key);
+        self.entries.insert(key, entry);
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.entries.is_empty()
     }
 
     pub fn clear(&mut self) {
-        self.map.clear();
-        self.order.clear();
+        self.entries.clear();
         self.rejected.clear();
     }
 
