@@ -384,6 +384,12 @@ impl Kong {
                     return Ok(kong);
                 }
                 Err(e) if attempt == 0 && e.contains("in use") => {
+                    // Another process took a port between choosing and binding it. The failed
+                    // start's `[emerg]` lines go to their own file, so the log that the crash
+                    // checks read holds only the Kong that runs.
+                    drop(kong);
+                    let log = prefix.join("logs/error.log");
+                    let _ = std::fs::rename(&log, dir.join("kong-error.port-in-use.log"));
                     last_err = e;
                     continue;
                 }
