@@ -40,6 +40,11 @@ impl<K: Copy + Eq + Hash, V> FifoMap<K, V> {
         }
     }
 
+    /// The bound given to [`FifoMap::new`].
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     pub fn get(&self, key: &K) -> Option<&V> {
         self.map.get(key)
     }
@@ -86,6 +91,7 @@ mod tests {
     #[test]
     fn the_oldest_insert_goes_first_and_a_replaced_key_keeps_its_place() {
         let mut m = FifoMap::new(2);
+        assert_eq!(m.max(), 2);
         m.insert(1u64, "a");
         m.insert(2, "b");
         m.insert(1, "a2");

@@ -11,9 +11,9 @@
 use crate::fifo::FifoMap;
 use crate::reason::Reason;
 
-/// Entries per worker (at most `cache.max_entries`): about 100 bytes each, so 400 KiB of a
-/// worker's memory when full. Lookups are O(1), so the bound is set by memory, not by the
-/// cost of a miss.
+/// Entries per worker (at most `cache.max_entries`): an entry of at most 64 bytes plus its
+/// key and the table's slack, under 100 bytes each, so under 400 KiB of a worker's memory
+/// when full. Lookups are O(1), so the bound is set by memory, not by the cost of a miss.
 pub const REJECTED_MAX: usize = 4096;
 
 /// How long a failure is remembered.

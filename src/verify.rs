@@ -325,7 +325,6 @@ struct CacheEntry {
 /// A hit says which provider verified the token: the caller must still check that the
 /// route accepts that provider, and apply route-level audiences and policy.
 pub struct VerifiedCache {
-    max_entries: usize,
     entries: FifoMap<LocalKey, CacheEntry>,
     hits: u64,
     misses: u64,
@@ -337,7 +336,6 @@ impl VerifiedCache {
     /// `max_entries == 0` disables the cache.
     pub fn new(max_entries: usize) -> Self {
         VerifiedCache {
-            max_entries,
             entries: FifoMap::new(max_entries),
             hits: 0,
             misses: 0,
@@ -347,13 +345,13 @@ impl VerifiedCache {
 
     /// The token's place in this cache, or `None` when the cache is disabled.
     pub fn local_key(&self, token: &str) -> Option<LocalKey> {
-        (self.max_entries != 0).then(|| LocalKey::of(token))
+        (self.entries.max() != 0).then(|| LocalKey::of(token))
     }
 
     /// The token's SHA-256 for records outside this worker (node-shared results, rejected
     /// tokens), or `None` when the cache is disabled (no hashing then).
     pub fn key(&self, token: &str) -> Option<TokenKey> {
-        (self.max_entries != 0).then(|| TokenKey(token_hash(token)))
+        (self.entries.max() != 0).then(|| TokenKey(token_hash(token)))
     }
 
     /// The entry for `token` (at `key`, from [`VerifiedCache::local_key`]) while it is
@@ -404,7 +402,7 @@ impl VerifiedCache {
         verified: Rc<Verified>,
         generation: u64,
     ) {
-        if self.max_entries == 0 {
+        if self.entries.max() == 0 {
             return;
         }
         let entry = CacheEntry {

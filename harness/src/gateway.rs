@@ -499,7 +499,11 @@ fn kong_crash_lines(log: &str, signs: &[&str]) -> Vec<String> {
             stopping = true;
         }
         let shutdown_kill = stopping && line.contains("exited on signal 9");
-        if !shutdown_kill && signs.iter().any(|s| line.contains(s)) {
+        // nginx tries a busy listen port again after 500 ms; a Kong that is running got it
+        // (one that never did fails its start), so this `[emerg]` is not a crash.
+        let bind_retried =
+            line.contains("bind() to") && line.contains("(98: Address already in use)");
+        if !shutdown_kill && !bind_retried && signs.iter().any(|s| line.contains(s)) {
             out.push(line.to_string());
         }
     }
@@ -527,12 +531,15 @@ mod tests {
 [notice] 1#0: signal 15 (SIGTERM) received from 9, exiting
 [alert] 1#0: worker process 8 exited on signal 9
 [alert] 1#0: worker process 6 exited on signal 11 (core dumped)
+[emerg] 1#0: bind() to 127.0.0.1:36073 failed (98: Address already in use)
+[emerg] 1#0: still could not bind()
 ";
         assert_eq!(
             kong_crash_lines(log, &signs),
             [
                 "[alert] 1#0: worker process 7 exited on signal 9",
-                "[alert] 1#0: worker process 6 exited on signal 11 (core dumped)"
+                "[alert] 1#0: worker process 6 exited on signal 11 (core dumped)",
+                "[emerg] 1#0: still could not bind()"
             ]
         );
     }
