@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use azure_ml_kong::config::ProviderConfig;
 use azure_ml_kong::jose::{self, Alg};
 use azure_ml_kong::jwks::KeySet;
 use azure_ml_kong::providers::Providers;
@@ -47,13 +46,14 @@ fn main() {
         b64(&ed.public_key().to_bytes()),
     );
     let algs: Vec<String> = Alg::ALL.iter().map(|a| format!("\"{a}\"")).collect();
-    let cfg: ProviderConfig = serde_json::from_str(&format!(
-        r#"{{"name":"entra","issuers":["https://login.microsoftonline.com/{{tenantid}}/v2.0"],
+    let config = azure_ml_kong::config::parse(format!(
+        r#"{{"routes":[],"providers":[{{"name":"entra","issuers":["https://login.microsoftonline.com/{{tenantid}}/v2.0"],
             "jwks_uri":"https://login.microsoftonline.com/common/discovery/v2.0/keys",
-            "audiences":["api://gw"],"algorithms":[{}],"hmac_secret":"{SECRET}"}}"#,
+            "audiences":["api://gw"],"algorithms":[{}],"hmac_secret":"{SECRET}"}}]}}"#,
         algs.join(",")
-    ))
+    ).as_bytes())
     .unwrap();
+    let cfg = config.providers[0].clone();
     let providers = Providers::new(&[cfg]).unwrap();
 
     let n = 200;

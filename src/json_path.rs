@@ -1,10 +1,9 @@
 //! The path (`routes[0].match.path_prefix`) of the JSON value at a byte offset.
 //!
 //! serde_json reports where in the document it stopped (line and column), not which field
-//! it was reading. Config errors must name the field, so `at_offset` rescans the document
-//! up to that point and returns the path of the key or value being read there. A small
-//! scanner costs far less of the filter module than tracking the path in every
-//! deserializer call.
+//! it was reading. A config that is not JSON, or repeats a name, must still be answered
+//! with a field, so `at_offset` rescans the document up to that point and returns the
+//! path of the key or value being read there.
 
 /// One open container on the way to the offset.
 enum Frame {
@@ -19,33 +18,16 @@ enum Frame {
 /// serde_json failed on, so it may be cut short or malformed after `offset`; before
 /// `offset` it is what serde_json had accepted.
 pub fn at_offset(doc: &[u8], offset: usize) -> String {
-    render(&scan(doc, offset).0)
+    render(&scan(doc, offset))
 }
 
-/// As [`at_offset`], but when serde_json stopped just after an object key, the path of
-/// the object: where the key is itself the value being read (an enum written as
-/// `{"variant": …}`), not a field of a struct.
-pub fn of_value_at(doc: &[u8], offset: usize) -> String {
-    let (mut stack, after_key) = scan(doc, offset);
-    if after_key {
-        if let Some(Frame::Object(key)) = stack.last_mut() {
-            *key = None;
-        }
-    }
-    render(&stack)
-}
-
-/// The containers open at `offset`, and whether the last thing read was an object key.
-fn scan(doc: &[u8], offset: usize) -> (Vec<Frame>, bool) {
+/// The containers open at `offset`.
+fn scan(doc: &[u8], offset: usize) -> Vec<Frame> {
     let end = offset.min(doc.len());
     let mut stack: Vec<Frame> = Vec::new();
-    let mut after_key = false;
     let mut i = 0;
     while i < end {
         let Some(&b) = doc.get(i) else { break };
-        if !(b.is_ascii_whitespace() || b == b':') {
-            after_key = false;
-        }
         match b {
             b'{' => {
                 begin_value(&mut stack);
@@ -69,10 +51,7 @@ fn scan(doc: &[u8], offset: usize) -> (Vec<Frame>, bool) {
             b'"' => {
                 let (text, next) = string_at(doc, i + 1, end);
                 match stack.last_mut() {
-                    Some(Frame::Object(key)) if key.is_none() => {
-                        *key = Some(text);
-                        after_key = true;
-                    }
+                    Some(Frame::Object(key)) if key.is_none() => *key = Some(text),
                     _ => begin_value(&mut stack),
                 }
                 i = next;
@@ -93,7 +72,7 @@ fn scan(doc: &[u8], offset: usize) -> (Vec<Frame>, bool) {
             *begun = true;
         }
     }
-    (stack, after_key)
+    stack
 }
 
 /// A value starts in the innermost container: in an array it is the current element.
@@ -192,16 +171,6 @@ mod tests {
         // Just before an element's first byte: that element.
         let at = doc.find("{\"require\"").expect("marker");
         assert_eq!(at_offset(doc.as_bytes(), at), "routes[1]");
-    }
-
-    #[test]
-    fn a_key_that_is_the_value_is_not_part_of_the_path() {
-        let doc = r#"{"audit": {"log_level": {"loud": 1}}}"#;
-        let at = doc.find("loud").expect("marker") + "loud\"".len();
-        assert_eq!(at_offset(doc.as_bytes(), at), "audit.log_level.loud");
-        assert_eq!(of_value_at(doc.as_bytes(), at), "audit.log_level");
-        let at = doc.find("1}").expect("marker") + 1;
-        assert_eq!(of_value_at(doc.as_bytes(), at), "audit.log_level.loud");
     }
 
     #[test]

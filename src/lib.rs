@@ -49,6 +49,7 @@ pub mod respond;
 pub mod rsa;
 pub mod shared_verified;
 pub mod store;
+pub mod strict_json;
 pub mod token;
 pub mod validate;
 pub mod verify;

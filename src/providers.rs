@@ -512,7 +512,7 @@ mod tests {
     const T2: &str = "11111111-2222-3333-4444-555555555555";
 
     fn cfg(json: &str) -> ProviderConfig {
-        serde_json::from_str(json).unwrap()
+        crate::config::from_json::provider(json).unwrap()
     }
 
     fn entra(extra: &str) -> ProviderConfig {

@@ -5,7 +5,8 @@ use crate::store::testing::KongStore;
 use crate::store::NoSharedStore;
 fn spec() -> CredentialSpec {
     let cfg: UpstreamCredentialConfig =
-        serde_json::from_str(r#"{"name":"aml","managed_identity":{}}"#).unwrap();
+        crate::config::from_json::upstream_credential(r#"{"name":"aml","managed_identity":{}}"#)
+            .unwrap();
     compile(&cfg, "upstream_credentials[0]").unwrap()
 }
 

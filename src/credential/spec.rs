@@ -276,7 +276,7 @@ mod tests {
     use super::*;
 
     fn parse(json: &str) -> UpstreamCredentialConfig {
-        serde_json::from_str(json).unwrap()
+        crate::config::from_json::upstream_credential(json).unwrap()
     }
 
     fn header<'a>(s: &'a CredentialSpec, name: &str) -> &'a str {
@@ -386,7 +386,7 @@ mod tests {
             let e = compile(&parse(json), "upstream_credentials[0]").unwrap_err();
             assert_eq!(e.path, field, "{json}: {e}");
         }
-        assert!(serde_json::from_str::<UpstreamCredentialConfig>(
+        assert!(crate::config::from_json::upstream_credential(
             r#"{"name":"a","managed_identity":{"resourse":"x"}}"#
         )
         .is_err());

@@ -344,7 +344,7 @@ mod tests {
     use super::*;
 
     fn req(json: &str, params: &[&str]) -> Result<Requirement, ConfigError> {
-        let r: RequirementConfig = serde_json::from_str(json).unwrap();
+        let r = crate::config::from_json::requirement(json)?;
         Requirement::compile("r", &r, params)
     }
 

@@ -171,7 +171,7 @@ fn provider_cfg(extra: &str) -> ProviderConfig {
             "hmac_secret":"{SECRET}","max_lifetime_seconds":86400{extra}}}"#,
         algs.join(",")
     );
-    serde_json::from_str(&s).unwrap()
+    crate::config::from_json::provider(&s).unwrap()
 }
 
 fn all_algs() -> Providers {
@@ -711,7 +711,7 @@ fn jwk_issuer_field() {
         Reason::TenantNotAllowed
     );
     // Exact-issuer provider whose key names another issuer.
-    let okta: ProviderConfig = serde_json::from_str(
+    let okta = crate::config::from_json::provider(
         r#"{"name":"okta","issuers":["https://okta.example/oauth2/default"],"jwks_uri":"https://okta.example/keys","audiences":["api://gw"]}"#,
     )
     .unwrap();

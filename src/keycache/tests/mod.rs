@@ -32,7 +32,7 @@ fn parse(b: &[u8]) -> Result<Dummy, String> {
 fn provider(json: &str) -> ProviderConfig {
     let base = r#"{"name":"entra","issuers":["https://login.microsoftonline.com/{tenantid}/v2.0"],
                    "audiences":["api://x"]"#;
-    serde_json::from_str(&format!("{base}, {json}}}")).unwrap()
+    crate::config::from_json::provider(&format!("{base}, {json}}}")).unwrap()
 }
 
 const JWKS: &str = r#""jwks_uri": "https://login.example.com/t/discovery/v2.0/keys?appid=1""#;

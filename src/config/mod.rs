@@ -1,13 +1,33 @@
 //! The filter's configuration: the JSON contract (see README "Configuration reference").
 //!
-//! Plain data: `parse` turns bytes into the raw model below (serde, unknown fields
-//! rejected, field paths in errors) and nothing more. Loading goes on in
+//! Plain data: `parse` turns bytes into the raw model below (`read`: unknown fields and
+//! repeated names rejected, field paths in errors) and nothing more. Loading goes on in
 //! `engine::Filter::compile`: each part is compiled into its runtime form by the module
 //! that owns it (providers, token sources, routes, identity headers, key sources), then
 //! `validate` checks the rules that span parts.
 
-use serde::Deserialize;
 use serde_json::Value;
+
+mod read;
+
+/// Parts of the configuration from JSON text, for unit tests of the modules that compile them.
+#[cfg(test)]
+pub(crate) mod from_json {
+    use super::*;
+
+    fn doc(json: &str) -> Value {
+        serde_json::from_str(json).expect("test JSON")
+    }
+    pub fn provider(json: &str) -> Result<ProviderConfig, ConfigError> {
+        read::provider(&doc(json), "")
+    }
+    pub fn requirement(json: &str) -> Result<RequirementConfig, ConfigError> {
+        read::requirement(&doc(json), "")
+    }
+    pub fn upstream_credential(json: &str) -> Result<UpstreamCredentialConfig, ConfigError> {
+        read::upstream_credential(&doc(json), "")
+    }
+}
 
 /// A configuration error that names the field at fault, e.g.
 /// `routes[2].require.any[0].claim: expected a string`.
@@ -36,149 +56,95 @@ impl core::fmt::Display for ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct FilterConfig {
-    #[serde(deserialize_with = "lenient_vec")]
     pub providers: Vec<ProviderConfig>,
-    #[serde(default = "default_token_sources", deserialize_with = "lenient_vec")]
     pub token_sources: Vec<TokenSourceConfig>,
-    #[serde(deserialize_with = "lenient_vec")]
     pub routes: Vec<RouteConfig>,
-    #[serde(default)]
     pub on_no_route: OnNoRoute,
-    #[serde(
-        default = "default_claims_to_headers",
-        deserialize_with = "lenient_vec"
-    )]
     pub claims_to_headers: Vec<ClaimHeaderConfig>,
-    #[serde(default)]
     pub forward_token: bool,
-    #[serde(default = "default_realm")]
     pub realm: String,
-    #[serde(default)]
     pub audit: AuditConfig,
-    #[serde(default)]
     pub cache: CacheConfig,
-    #[serde(default, deserialize_with = "lenient_vec")]
     pub upstream_credentials: Vec<UpstreamCredentialConfig>,
     /// Who owns which client app (compiled by `callers::Registry::compile`).
-    #[serde(default, deserialize_with = "lenient_vec")]
     pub callers: Vec<CallerConfig>,
-    #[serde(default)]
     pub unknown_callers: UnknownCallers,
 }
 
 /// `callers[]`: one registered client application (or several app ids of one caller).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct CallerConfig {
     pub name: String,
-    #[serde(deserialize_with = "lenient_vec")]
     pub app_ids: Vec<String>,
-    #[serde(default)]
     pub owner: Option<String>,
-    #[serde(default)]
     pub contact: Option<String>,
 }
 
 /// `unknown_callers`: what a verified token from an unregistered app gets.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum UnknownCallers {
     #[default]
     Allow,
     Deny,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct ProviderConfig {
     pub name: String,
-    #[serde(deserialize_with = "lenient_vec")]
     pub issuers: Vec<String>,
-    #[serde(default, deserialize_with = "lenient_opt_vec")]
     pub tenants: Option<Vec<String>>,
-    #[serde(default)]
     pub discovery_uri: Option<String>,
-    #[serde(default)]
     pub jwks_uri: Option<String>,
     /// Kong: `host[:port]`; Envoy: a cluster name. Default: the URI's `host:port`.
-    #[serde(default)]
     pub upstream: Option<String>,
-    #[serde(deserialize_with = "lenient_vec")]
     pub audiences: Vec<String>,
-    #[serde(default = "default_algorithms", deserialize_with = "lenient_vec")]
     pub algorithms: Vec<String>,
     /// Shared secret for HS256/384/512; those algorithms are refused without it.
-    #[serde(default)]
     pub hmac_secret: Option<String>,
-    #[serde(default = "default_clock_skew")]
     pub clock_skew_seconds: u64,
     /// 0 switches the check off.
-    #[serde(default = "default_max_lifetime")]
     pub max_lifetime_seconds: u64,
-    #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_seconds: u64,
-    #[serde(default = "default_jwks_min_refetch")]
     pub jwks_min_refetch_seconds: u64,
-    #[serde(default = "default_jwks_timeout_ms")]
     pub jwks_timeout_ms: u64,
 }
 
 /// Exactly one of `header`, `query`, `cookie`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenSourceConfig {
-    #[serde(default)]
     pub header: Option<String>,
     /// Only with `header`; matched case-insensitively (e.g. `"Bearer "`).
-    #[serde(default)]
     pub prefix: Option<String>,
-    #[serde(default)]
     pub query: Option<String>,
-    #[serde(default)]
     pub cookie: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct RouteConfig {
     pub name: String,
-    #[serde(default, rename = "match")]
     pub matcher: MatchConfig,
-    #[serde(default)]
     pub auth: AuthMode,
-    #[serde(default, deserialize_with = "lenient_opt_vec")]
     pub providers: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "lenient_opt_vec")]
     pub audiences: Option<Vec<String>>,
-    #[serde(default)]
     pub require: Option<RequirementConfig>,
-    #[serde(default, deserialize_with = "lenient_map")]
     pub set_request_headers: Vec<(String, String)>,
-    #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     /// CORS preflight (`OPTIONS` + `Origin` + `Access-Control-Request-Method`) without a token.
-    #[serde(default)]
     pub cors_preflight: CorsPreflight,
     /// Name of an `upstream_credentials` entry: allowed requests go upstream with the
     /// gateway's own token instead of the caller's.
-    #[serde(default)]
     pub upstream_credential: Option<String>,
-    #[serde(default)]
     pub concurrency_limit: Option<ConcurrencyLimitConfig>,
     /// Allow-list of registered caller names (`callers[].name`).
-    #[serde(default, deserialize_with = "lenient_opt_vec")]
     pub callers: Option<Vec<String>>,
 }
 
 /// `routes[].concurrency_limit`: requests of one key in flight upstream at once, per node.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct ConcurrencyLimitConfig {
     pub max_in_flight: u64,
-    #[serde(default = "default_rate_limit_key")]
     pub key: String,
 }
 
@@ -191,38 +157,27 @@ pub const DEFAULT_SCOPE: &str = "https://ml.azure.com/.default";
 
 /// `upstream_credentials[]`: the gateway's own identity towards Azure ML (compiled by
 /// `credential::spec::compile`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct UpstreamCredentialConfig {
     pub name: String,
-    #[serde(default)]
     pub managed_identity: Option<ManagedIdentityConfig>,
-    #[serde(default)]
     pub client_credentials: Option<ClientCredentialsConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct ManagedIdentityConfig {
-    #[serde(default = "default_resource")]
     pub resource: String,
-    #[serde(default)]
     pub client_id: Option<String>,
-    #[serde(default = "default_imds_endpoint")]
     pub endpoint: String,
-    #[serde(default)]
     pub upstream: Option<String>,
 }
 
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone)]
 pub struct ClientCredentialsConfig {
     pub token_endpoint: String,
     pub client_id: String,
     pub client_secret: String,
-    #[serde(default = "default_scope")]
     pub scope: String,
-    #[serde(default)]
     pub upstream: Option<String>,
 }
 
@@ -249,21 +204,15 @@ fn default_scope() -> String {
     DEFAULT_SCOPE.into()
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct MatchConfig {
-    #[serde(default)]
     pub path: Option<String>,
-    #[serde(default)]
     pub path_prefix: Option<String>,
-    #[serde(default, deserialize_with = "lenient_opt_vec")]
     pub methods: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "lenient_opt_vec")]
     pub hosts: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AuthMode {
     #[default]
     Required,
@@ -271,16 +220,14 @@ pub enum AuthMode {
     None,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CorsPreflight {
     #[default]
     Deny,
     Allow,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum OnNoRoute {
     #[default]
     Deny,
@@ -289,48 +236,34 @@ pub enum OnNoRoute {
 
 /// One node of the requirement grammar. Exactly one form per object:
 /// `{"all": [..]}`, `{"any": [..]}`, `{"not": R}`, or `{"claim": PATH, OP: VALUE}`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct RequirementConfig {
-    #[serde(default, deserialize_with = "lenient_opt_vec")]
     pub all: Option<Vec<RequirementConfig>>,
-    #[serde(default, deserialize_with = "lenient_opt_vec")]
     pub any: Option<Vec<RequirementConfig>>,
-    #[serde(default)]
     pub not: Option<Box<RequirementConfig>>,
-    #[serde(default)]
     pub claim: Option<String>,
-    #[serde(default)]
     pub equals: Option<Value>,
-    #[serde(default, deserialize_with = "lenient_opt_vec")]
     pub one_of: Option<Vec<Value>>,
-    #[serde(default, deserialize_with = "lenient_opt_vec")]
     pub contains_any: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "lenient_opt_vec")]
     pub contains_all: Option<Vec<String>>,
-    #[serde(default)]
     pub exists: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct RateLimitConfig {
     pub requests: u64,
     pub window_seconds: u64,
-    #[serde(default = "default_rate_limit_key")]
     pub key: String,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimHeaderConfig {
     /// Claim path; `a|b` takes the first of the alternatives present (e.g. `azp|appid`).
     pub claim: String,
     pub header: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogLevel {
     Trace,
     Debug,
@@ -340,10 +273,8 @@ pub enum LogLevel {
     Error,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct AuditConfig {
-    #[serde(default)]
     pub log_level: LogLevel,
     /// Kong only: read `kong.route_name` (for audit lines) and publish the decision in
     /// `kong.ctx.shared.azure_ml_kong_*`. Off by default: Kong's `kong.*` properties run a Lua
@@ -352,21 +283,16 @@ pub struct AuditConfig {
     /// call and re-points that thread at the current request (`thread.exdata`). A suspended
     /// timer or request coroutine then resumes with this request: worker SIGSEGV or a double
     /// free once the request is freed, or Lua code of one request acting on another.
-    #[serde(default)]
     pub kong_lua_properties: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct CacheConfig {
-    #[serde(default = "default_cache_entries")]
     pub max_entries: usize,
-    #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
     /// Share JWKS, fetch leases and rate-limit windows across workers through Proxy-Wasm
     /// shared data. Set false on a Kong without an `nginx_wasm_shm_kv` zone (touching shared
     /// data there traps): each worker then fetches and counts on its own.
-    #[serde(default = "default_true")]
     pub shared_data: bool,
 }
 
@@ -436,123 +362,37 @@ fn default_cache_entries() -> usize {
 fn default_max_token_bytes() -> usize {
     16384
 }
-fn default_true() -> bool {
-    true
-}
-
-/// Kong re-encodes the config from its schema and may turn an empty array into `{}`:
-/// accept an empty object where a list is expected. A visitor (not an intermediate
-/// `Value`) keeps element paths in error messages.
-fn lenient_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    struct V<T>(core::marker::PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
-        type Value = Vec<T>;
-        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-            f.write_str("a list")
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            let mut out = Vec::new();
-            while let Some(x) = seq.next_element()? {
-                out.push(x);
-            }
-            Ok(out)
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<T>, A::Error> {
-            if map.next_key::<serde::de::IgnoredAny>()?.is_none() {
-                return Ok(Vec::new());
-            }
-            // Read the object to its end first: serde_json places the error where the
-            // deserializer stands, and `parse` names the field from that place.
-            map.next_value::<serde::de::IgnoredAny>()?;
-            while map
-                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                .is_some()
-            {}
-            Err(serde::de::Error::custom("expected a list"))
-        }
-    }
-    d.deserialize_any(V(core::marker::PhantomData))
-}
-
-fn lenient_opt_vec<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    lenient_vec(d).map(Some)
-}
-
-/// An object of string → string, kept in order; `{}` or `[]` mean empty. A visitor, so
-/// that serde_json places an error at the entry that caused it (see `parse`).
-fn lenient_map<'de, D>(d: D) -> Result<Vec<(String, String)>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    struct V;
-    impl<'de> serde::de::Visitor<'de> for V {
-        type Value = Vec<(String, String)>;
-        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-            f.write_str("an object of header: value")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some((name, value)) = map.next_entry::<String, String>()? {
-                // A repeated name: the last one wins, as in a JSON object.
-                match out.iter_mut().find(|(n, _)| *n == name) {
-                    Some(slot) => slot.1 = value,
-                    None => out.push((name, value)),
-                }
-            }
-            Ok(out)
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            match seq.next_element::<serde::de::IgnoredAny>()? {
-                None => Ok(Vec::new()),
-                Some(_) => Err(serde::de::Error::custom(
-                    "expected an object of header: value",
-                )),
-            }
-        }
-    }
-    d.deserialize_any(V)
-}
 
 /// Parse the filter configuration (raw model) with field paths in errors.
 pub fn parse(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    // Not JSON, or a repeated name: serde_json says where it stopped (its messages never
+    // quote a value), not in which field.
+    let doc = crate::strict_json::from_slice(bytes).map_err(|e| {
         let offset = crate::json_path::offset_of(bytes, e.line(), e.column());
-        // An enum written as an object stops just after its key (`unknown variant`): the
-        // field is the object, not the key.
-        let path = if e.to_string().starts_with("unknown variant") {
-            crate::json_path::of_value_at(bytes, offset)
+        ConfigError::new(
+            crate::json_path::at_offset(bytes, offset),
+            clean_serde_message(&e),
+        )
+    })?;
+    read::filter_config(&doc).map_err(|e| {
+        if holds_secret(&e.path) {
+            ConfigError::new(
+                e.path,
+                "invalid value (not shown: the field holds a secret)",
+            )
         } else {
-            crate::json_path::at_offset(bytes, offset)
-        };
-        let message = if holds_secret(&path) {
-            "invalid value (not shown: the field holds a secret)".to_string()
-        } else {
-            clean_serde_message(&e)
-        };
-        ConfigError::new(path, message)
+            e
+        }
     })
 }
 
-/// Fields whose values are secrets (serde's messages quote the value): client and HMAC
-/// secrets, and headers set upstream (endpoint keys).
+/// Fields whose values are secrets (an error may quote a value): client and HMAC secrets,
+/// and headers set upstream (endpoint keys).
 fn holds_secret(path: &str) -> bool {
-    path.ends_with("client_secret")
-        || path.ends_with("hmac_secret")
-        || path.contains("set_request_headers")
+    let mut fields = path.split('.');
+    let last = path.rsplit('.').next().unwrap_or_default();
+    matches!(last, "client_secret" | "hmac_secret")
+        || fields.any(|f| f.split('[').next() == Some("set_request_headers"))
 }
 
 /// serde_json appends " at line X column Y"; keep the message about the value only.
@@ -628,6 +468,92 @@ mod tests {
         );
         let e = parse(bad.as_bytes()).unwrap_err();
         assert_eq!(e.path, "routes[0].require.any[0].claim", "{e}");
+    }
+
+    fn err(json: &str) -> ConfigError {
+        parse(json.as_bytes()).unwrap_err()
+    }
+    fn with_route(route_fields: &str) -> String {
+        MINIMAL.replace(
+            r#""match": {"path_prefix": "/"}"#,
+            &format!(r#""match": {{"path_prefix": "/"}}, {route_fields}"#),
+        )
+    }
+
+    #[test]
+    fn null_is_absent_only_for_optional_fields() {
+        let c = parse(with_route(r#""require": null, "upstream_credential": null"#).as_bytes());
+        assert!(c.unwrap().routes[0].require.is_none());
+        let e = err(&with_route(r#""auth": null"#));
+        assert_eq!(
+            (e.path.as_str(), e.message.as_str()),
+            (
+                "routes[0].auth",
+                "invalid type: null, expected one of `required`, `optional`, `none`"
+            )
+        );
+        let e = err(&with_route(r#""providers": null"#));
+        assert_eq!(e.path, "routes[0].providers", "{e}");
+        let e = err(&MINIMAL.replace(r#""routes""#, r#""forward_token": null, "routes""#));
+        assert_eq!(
+            e.to_string(),
+            "forward_token: invalid type: null, expected a boolean"
+        );
+    }
+
+    #[test]
+    fn missing_fields_name_the_object_that_lacks_them() {
+        let e = err(r#"{"providers": []}"#);
+        assert_eq!(
+            (e.path.as_str(), e.message.as_str()),
+            ("", "missing field `routes`")
+        );
+        let e = err(&MINIMAL.replace(r#""name": "all", "#, ""));
+        assert_eq!(e.to_string(), "routes[0]: missing field `name`");
+    }
+
+    #[test]
+    fn enums_and_numbers_say_what_was_wrong() {
+        let e = err(&with_route(r#""auth": "requird""#));
+        assert_eq!(e.to_string(), "routes[0].auth: unknown variant `requird`, expected one of `required`, `optional`, `none`");
+        let e = err(&with_route(
+            r#""rate_limit": {"requests": -1, "window_seconds": 1}"#,
+        ));
+        assert_eq!(e.to_string(), "routes[0].rate_limit.requests: invalid value: integer `-1`, expected a non-negative integer");
+        let e = err(&with_route(
+            r#""rate_limit": {"requests": 1.5, "window_seconds": 1}"#,
+        ));
+        assert_eq!(e.path, "routes[0].rate_limit.requests", "{e}");
+    }
+
+    #[test]
+    fn a_repeated_field_is_refused_where_it_repeats() {
+        let e = err(&with_route(r#""auth": "none", "auth": "required""#));
+        assert_eq!(e.path, "routes[0].auth", "{e}");
+        assert!(e.message.starts_with("duplicate field `auth`"), "{e}");
+        // Headers too: which copy wins would be up to the parser.
+        let e = err(&with_route(
+            r#""set_request_headers": {"a": "1", "a": "2"}"#,
+        ));
+        assert!(e.message.contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn request_headers_keep_their_values() {
+        let c = parse(with_route(r#""set_request_headers": {"x-b": "2", "x-a": "1"}"#).as_bytes())
+            .unwrap();
+        let mut h = c.routes[0].set_request_headers.clone();
+        h.sort();
+        assert_eq!(
+            h,
+            vec![("x-a".into(), "1".into()), ("x-b".into(), "2".into())]
+        );
+        let c = parse(with_route(r#""set_request_headers": []"#).as_bytes()).unwrap();
+        assert!(c.routes[0].set_request_headers.is_empty());
+        let e = err(&with_route(
+            r#""set_request_headers": {"authorization": 5}"#,
+        ));
+        assert_eq!(e.path, "routes[0].set_request_headers.authorization");
     }
 
     #[test]
