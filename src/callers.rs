@@ -160,6 +160,11 @@ impl Registry {
         self.by_app_id.get(app).copied()
     }
 
+    /// The registered callers' names (label-safe, checked at load).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.callers.iter().map(|c| c.name.as_str())
+    }
+
     pub fn get(&self, caller: usize) -> Option<&Caller> {
         self.callers.get(caller)
     }

@@ -6,6 +6,7 @@
 
 use crate::audit::{AuditRecord, Outcome};
 use crate::credential::cache::{CredEvent, CredFailure};
+use crate::engine::Filter;
 use crate::keycache::{Event, FailReason};
 use crate::reason::Reason;
 
@@ -88,7 +89,22 @@ pub const LOST_SLOTS: &str = "limit_state_lost_total_result=slots";
 
 /// The JWKS counter for a key-cache event, if it counts as a fetch outcome.
 pub fn jwks_counter(provider: &str, ev: &Event) -> Option<String> {
-    let result = match ev {
+    jwks_result(ev).map(|result| jwks_counter_for(provider, result))
+}
+
+/// Every `result` label of `jwks_fetches_total` ([`jwks_result`] gives no other).
+pub const JWKS_RESULTS: &[&str] = &[
+    "ok",
+    "adopted_shared",
+    "timeout",
+    "dispatch_error",
+    "http_error",
+    "parse_error",
+    "issuer_mismatch",
+];
+
+fn jwks_result(ev: &Event) -> Option<&'static str> {
+    Some(match ev {
         Event::FetchOk { .. } => "ok",
         Event::AdoptedFromShared { .. } => "adopted_shared",
         Event::FetchFailed { reason, .. } => match reason {
@@ -102,11 +118,14 @@ pub fn jwks_counter(provider: &str, ev: &Event) -> Option<String> {
             FailReason::IssuerMismatch => "issuer_mismatch",
         },
         _ => return None,
-    };
-    Some(format!(
+    })
+}
+
+fn jwks_counter_for(provider: &str, result: &str) -> String {
+    format!(
         "jwks_fetches_total_provider={}_result={result}",
         label(provider)
-    ))
+    )
 }
 
 /// Counted once per fetched key set whose caps cut keys (`jwks::MAX_KEYS`).
@@ -122,7 +141,21 @@ pub fn jwks_cut_counter(provider: &str, ev: &Event) -> Option<String> {
 
 /// The counter for a credential event, if it counts as a token-request outcome.
 pub fn credential_counter(credential: &str, ev: &CredEvent) -> Option<String> {
-    let result = match ev {
+    credential_result(ev).map(|result| credential_counter_for(credential, result))
+}
+
+/// Every `result` label of `credential_fetches_total` ([`credential_result`] gives no other).
+pub const CREDENTIAL_RESULTS: &[&str] = &[
+    "ok",
+    "adopted_shared",
+    "timeout",
+    "dispatch_error",
+    "http_error",
+    "parse_error",
+];
+
+fn credential_result(ev: &CredEvent) -> Option<&'static str> {
+    Some(match ev {
         CredEvent::Acquired { fetched: true, .. } => "ok",
         CredEvent::Acquired { fetched: false, .. } => "adopted_shared",
         CredEvent::Failed { why, .. } => match why {
@@ -132,11 +165,14 @@ pub fn credential_counter(credential: &str, ev: &CredEvent) -> Option<String> {
             CredFailure::TooLarge | CredFailure::BadAnswer(_) => "parse_error",
         },
         CredEvent::Recovered { .. } => return None,
-    };
-    Some(format!(
+    })
+}
+
+fn credential_counter_for(credential: &str, result: &str) -> String {
+    format!(
         "credential_fetches_total_credential={}_result={result}",
         label(credential)
-    ))
+    )
 }
 
 /// Seconds the gateway's current token for `credential` stays in use (0: none).
@@ -155,6 +191,154 @@ pub fn jwks_gauges(provider: &str) -> (String, String) {
     (
         format!("jwks_keys_provider={p}"),
         format!("jwks_age_seconds_provider={p}"),
+    )
+}
+
+/// Counts updates to a series the catalog did not hold (which would be a bug): the update is
+/// dropped rather than defined late (see [`catalog`]).
+pub const DROPPED: &str = "metric_updates_dropped_total";
+
+/// Most series one configuration defines per worker: decisions grow as routes × callers,
+/// and a full metrics memory makes Kong trap.
+pub const MAX_SERIES: usize = 4096;
+
+/// A host metric's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// A decision counter's labels: the configured route name (`None`: no route matched), the
+/// caller label, and [`decision_labels`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionKey {
+    pub route: Option<String>,
+    pub caller: String,
+    pub decision: &'static str,
+    pub reason: &'static str,
+}
+
+/// One series of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Series {
+    pub kind: Kind,
+    pub name: String,
+    /// For a decision counter, its labels (the adapter finds it by them per request).
+    pub decision: Option<DecisionKey>,
+}
+
+/// Every series a worker may update under this configuration (`None`: no valid
+/// configuration, every request is denied `config_invalid`), most useful first, at most
+/// [`MAX_SERIES`]; and how many were left out by that cap.
+///
+/// The adapter defines them all when the configuration loads and never defines one later:
+/// in Kong 3.9 a `/metrics` scrape holds the metrics memory's lock while it yields
+/// (`wasmx.lua` `metrics_data`, `ngx.sleep(0)` per page of keys), so a definition in the
+/// same worker during that yield waits on its own worker forever.
+pub fn catalog(filter: Option<&Filter>) -> (Vec<Series>, usize) {
+    let mut out = Vec::new();
+    let mut cut = 0;
+    // Names may repeat (labels of two route names can be equal): the host gives a
+    // repeated name the same id.
+    let mut push = |kind, name: String, decision| {
+        if out.len() < MAX_SERIES {
+            out.push(Series {
+                kind,
+                name,
+                decision,
+            });
+        } else {
+            cut += 1;
+        }
+    };
+    for name in [
+        DROPPED,
+        VERIFICATIONS,
+        SHARED_HITS,
+        REJECTED_HITS,
+        LOST_WINDOWS,
+        LOST_SLOTS,
+    ] {
+        push(Kind::Counter, name.to_string(), None);
+    }
+    let Some(f) = filter else {
+        for (decision, reason) in outcomes(false) {
+            let key = decision_key(None, crate::callers::UNREGISTERED, decision, reason);
+            push(Kind::Counter, key.0, Some(key.1));
+        }
+        return (out, cut);
+    };
+    for provider in f.jwks_sources.iter().flatten().map(|s| s.provider.as_str()) {
+        for result in JWKS_RESULTS {
+            push(Kind::Counter, jwks_counter_for(provider, result), None);
+        }
+        push(
+            Kind::Counter,
+            format!("jwks_key_sets_cut_total_provider={}", label(provider)),
+            None,
+        );
+        let (keys, age) = jwks_gauges(provider);
+        push(Kind::Gauge, keys, None);
+        push(Kind::Gauge, age, None);
+    }
+    for credential in f.credentials.specs.iter().map(|c| c.name.as_str()) {
+        for result in CREDENTIAL_RESULTS {
+            push(
+                Kind::Counter,
+                credential_counter_for(credential, result),
+                None,
+            );
+        }
+        push(Kind::Gauge, credential_gauge(credential), None);
+        push(Kind::Gauge, credential_age_gauge(credential), None);
+    }
+    let routes: Vec<Option<&str>> = std::iter::once(None)
+        .chain(f.config.routes.iter().map(|r| Some(r.name.as_str())))
+        .collect();
+    // Every caller may be unregistered; a registered one only after its token verified.
+    let callers = std::iter::once((crate::callers::UNREGISTERED, false))
+        .chain(f.callers.names().map(|c| (c, true)));
+    for (caller, registered) in callers {
+        for route in &routes {
+            for (decision, reason) in outcomes(registered) {
+                let key = decision_key(*route, caller, decision, reason);
+                push(Kind::Counter, key.0, Some(key.1));
+            }
+        }
+    }
+    (out, cut)
+}
+
+/// The `decision`/`reason` pairs of an unregistered or a registered caller.
+fn outcomes(registered: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+    let allowed: &[_] = if registered {
+        &[("allow", "authenticated")]
+    } else {
+        &[("allow", "authenticated"), ("allow", "anonymous")]
+    };
+    allowed.iter().copied().chain(
+        Reason::ALL
+            .iter()
+            .filter(move |r| !registered || r.after_identity())
+            .map(|r| ("deny", r.code())),
+    )
+}
+
+fn decision_key(
+    route: Option<&str>,
+    caller: &str,
+    decision: &'static str,
+    reason: &'static str,
+) -> (String, DecisionKey) {
+    (
+        decision_counter_for(route, caller, decision, reason),
+        DecisionKey {
+            route: route.map(str::to_string),
+            caller: caller.to_string(),
+            decision,
+            reason,
+        },
     )
 }
 

@@ -99,6 +99,25 @@ reasons! {
         "the authentication filter could not process the request";
 }
 
+impl Reason {
+    /// Reasons a request can be denied for once its token is verified and its caller known
+    /// (`Filter::decide` after `note_caller`, and the adapter's `internal_error`): the only
+    /// ones a registered caller's decision counter can carry.
+    pub fn after_identity(self) -> bool {
+        matches!(
+            self,
+            Reason::InsufficientScope
+                | Reason::RouteAudienceMismatch
+                | Reason::GroupsOverage
+                | Reason::CallerNotAllowed
+                | Reason::UpstreamCredentialUnavailable
+                | Reason::RateLimited
+                | Reason::ConcurrencyLimited
+                | Reason::Internal
+        )
+    }
+}
+
 /// The RFC 6750 `error` attribute, when there is one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OAuthError {

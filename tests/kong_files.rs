@@ -1212,6 +1212,7 @@ fn emitted_series() -> Vec<(String, Vec<String>)> {
         metrics::credential_age_gauge("aml"),
         metrics::LOST_WINDOWS.to_string(),
         metrics::LOST_SLOTS.to_string(),
+        metrics::DROPPED.to_string(),
     ];
     let patterns = label_patterns(&meta());
     names
@@ -1426,6 +1427,48 @@ fn metric_names_yield_the_documented_labels() {
         let (got_name, got_labels) = kong_parse(&key, &patterns);
         assert_eq!(got_name, want_name, "{name}");
         assert_eq!(got_labels, want_labels, "{name}");
+    }
+}
+
+/// Every series a shipped configuration defines at load fits under the cap, fits Kong's
+/// name length, and Kong's label patterns read a decision counter's labels back.
+#[test]
+fn shipped_configs_define_every_series_at_load_within_the_cap() {
+    use azure_ml_kong::metrics::{catalog, MAX_SERIES};
+    let patterns = label_patterns(&meta());
+    let found = all_configs();
+    assert!(!found.is_empty());
+    for f in found {
+        let bytes = serde_json::to_vec(&f.config).expect("serialize config");
+        let filter = azure_ml_kong::engine::Filter::from_json(&bytes)
+            .unwrap_or_else(|e| panic!("{} {}: {e}", f.file, f.at));
+        let (series, cut) = catalog(Some(&filter));
+        assert_eq!(cut, 0, "{} {}: over {MAX_SERIES} series", f.file, f.at);
+        for s in &series {
+            let key = format!("pw:{FILTER}:{}", s.name);
+            assert!(
+                key.len() <= 256,
+                "{key}: longer than max_metric_name_length"
+            );
+            let (name, labels) = kong_parse(&key, &patterns);
+            assert!(name.starts_with("pw_azure_ml_kong_"), "{key} -> {name}");
+            if let Some(d) = &s.decision {
+                let route = d
+                    .route
+                    .as_deref()
+                    .map_or("unmatched".to_string(), azure_ml_kong::metrics::label);
+                let want = [
+                    ("route", route.as_str()),
+                    ("caller", d.caller.as_str()),
+                    ("decision", d.decision),
+                    ("reason", d.reason),
+                ]
+                .map(|(a, b)| (a.to_string(), b.to_string()));
+                assert_eq!(name, "pw_azure_ml_kong_decisions_total", "{key}");
+                assert_eq!(labels, want.to_vec(), "{key}");
+            }
+        }
+        eprintln!("{} {}: {} series", f.file, f.at, series.len());
     }
 }
 

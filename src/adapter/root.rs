@@ -142,10 +142,12 @@ impl<H: Host + Clone + 'static> RootContext for Root<H> {
                 );
                 let limited = f.concurrency.iter().any(Option::is_some);
                 st.slots.configure(limited, f.config.cache.shared_data);
+                st.metrics.define_all(&self.host, Some(&f));
                 st.filter = Ok(Rc::new(f));
             }
             Err(e) => {
                 st.shared = SharedShelf::off();
+                st.metrics.define_all(&self.host, None);
                 // Fail closed without failing the host's reconfigure (Kong aborts a whole
                 // DB-less reload on `false`): every request gets 503 config_invalid.
                 log::error!(

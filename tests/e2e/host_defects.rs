@@ -53,6 +53,11 @@ fn team_token(gw: &Gateway, team: &str) -> String {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The decision counter of an unregistered caller denied on `route` for `reason`.
+fn denied_counter(route: &str, reason: &str) -> String {
+    format!("decisions_total_route={route}_caller=unregistered_decision=deny_reason={reason}")
+}
+
 fn crashed_workers(gw: &Gateway) -> Vec<String> {
     ["exited on signal", "panicked at", "wasm trap"]
         .iter()
@@ -70,7 +75,8 @@ both_hosts! {
         assert_eq!(status, 200, "{body}");
         assert!(body.contains(ENDPOINT_KEY), "the backend got the endpoint key: {body}");
         assert!(gw.metric("jwks_fetches_total_provider=entra_result=ok").unwrap_or(0.0) >= 1.0);
-        assert!(gw.metric("jwks_fetches_total_provider=entra_result=dispatch_error").is_none());
+        let failed = gw.metric("jwks_fetches_total_provider=entra_result=dispatch_error");
+        assert_eq!(failed.unwrap_or(0.0), 0.0, "defined at load, never counted");
     }
 
     /// Requests that arrive while the first key set is still on its way are all answered
@@ -264,6 +270,63 @@ both_hosts! {
         assert_eq!(status, 400, "{body}");
         assert!(body.contains("duplicate_identity_header"), "{body}");
         assert!(!body.contains("received"), "{body}");
+    }
+
+    /// Metrics scrapes while requests produce decisions no series had counted yet never
+    /// wedge a worker. Kong 3.9's `/metrics` holds the metrics memory's lock while it
+    /// yields: a series defined in that worker then waited for itself forever (the first
+    /// scrape hung at the ninth such request); every series is now defined at load.
+    fn metrics_scrapes_during_new_decisions_never_wedge_a_worker(host: Host) {
+        const ROUTES: usize = 40;
+        let gw = Gateway::builder(host)
+            .workers(1)
+            .start(|idp| {
+                let routes: Vec<Value> = (0..ROUTES)
+                    .map(|i| json!({"name": format!("r{i}"), "match": {"path": format!("/r{i}/score")}}))
+                    .collect();
+                json!({"providers": [entra_provider(idp)], "routes": routes})
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Scrapes back to back while the requests go; stop at the first request not
+        // answered (a wedged worker answers none).
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (scrapes, answers) = std::thread::scope(|s| {
+            let scraper = s.spawn(|| {
+                let mut n = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Err(e) = gw.try_metric(&denied_counter("r0", "token_missing")) {
+                        return Err(format!("scrape {n}: {e}"));
+                    }
+                    n += 1;
+                }
+                Ok(n)
+            });
+            let mut answers = Vec::new();
+            'send: for i in 0..ROUTES {
+                let url = gw.url(&format!("/r{i}/score"));
+                for auth in [None, Some("Bearer not.a.jwt")] {
+                    let headers: Vec<(&str, &str)> =
+                        auth.map(|a| ("authorization", a)).into_iter().collect();
+                    let r = aml_harness::http("POST", &url, &headers, Some("{}"));
+                    answers.push(r.map_or(0, |r| r.status));
+                    if answers.last() != Some(&401) {
+                        break 'send;
+                    }
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            (scraper.join().expect("scraper"), answers)
+        });
+        let scrapes = scrapes.unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{scrapes} scrapes during {} requests", answers.len());
+        assert_eq!(answers.len(), 2 * ROUTES, "a request was not answered: {answers:?}");
+        for i in [0, ROUTES / 2, ROUTES - 1] {
+            let route = format!("r{i}");
+            for reason in ["token_missing", "token_malformed"] {
+                assert_eq!(gw.metric(&denied_counter(&route, reason)), Some(1.0), "{route} {reason}");
+            }
+        }
+        assert!(crashed_workers(&gw).is_empty(), "{:?}", crashed_workers(&gw));
     }
 
     /// A cookie token is gone from the cookie header the backend really receives, the

@@ -55,7 +55,7 @@ pub struct Mem {
     /// Kong: the nginx variables declared besides `upstream_uri` (others are NotFound).
     pub ngx_declared: Vec<String>,
     next_token: u32,
-    metrics: Vec<String>,
+    pub metrics: Vec<String>,
     pub calls: Vec<(u32, Call)>,
     /// The audit lines, in order.
     pub audit_lines: Vec<String>,

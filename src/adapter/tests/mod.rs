@@ -6,6 +6,7 @@
 mod credentials;
 mod hit_path;
 mod mem_host;
+mod metrics;
 mod ngx_vars;
 mod slots;
 
